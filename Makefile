@@ -1,0 +1,30 @@
+# Set-up and the two commands the README promises: `make train` and `make test`.
+# The venv is (re)installed only when pyproject.toml is newer than the stamp, so a second run
+# installs nothing.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install train test lint bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+train: $(STAMP)
+	$(BIN)/dyt-lab fit --config configs/quickstart.yaml
+
+test: $(STAMP)
+	MPLCONFIGDIR=$${MPLCONFIGDIR:-/tmp/dyt-lab-mpl} $(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check dyt_lab tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs studies .pytest_cache

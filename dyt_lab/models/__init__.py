@@ -1,0 +1,17 @@
+"""Plain ``nn.Module`` models whose every norm site is named and pluggable."""
+
+from dyt_lab.models.placement import (
+    NormPlacement,
+    PlacementError,
+    describe_norm,
+    describe_placement,
+    format_placement,
+    placement_summary,
+)
+from dyt_lab.models.resnet import RESNET_PRESETS, ResNet, resnet_site_presets
+from dyt_lab.models.vit import VIT_PRESETS, VIT_SITE_PRESETS, ViT
+
+__all__ = [
+    "RESNET_PRESETS", "VIT_PRESETS", "VIT_SITE_PRESETS", "NormPlacement", "PlacementError", "ResNet", "ViT",
+    "describe_norm", "describe_placement", "format_placement", "placement_summary", "resnet_site_presets",
+]

@@ -1,0 +1,150 @@
+"""Which norm goes at which named site: rules, presets, and the table that shows the result.
+
+A model's norm sites have stable dotted names (``blocks.3.norm1``, ``layer2.0.downsample.norm``).
+``NormPlacement`` picks the spec for each site in this order:
+
+1. ``rules``: an ordered list of ``{pattern: spec}``; the first rule whose pattern matches wins.
+2. ``placement``: the sites selected by these patterns get ``norm``.
+3. every other site gets ``base_norm`` (the family's own norm: LayerNorm for ViT, BatchNorm for ResNet).
+
+A pattern is a preset name (``attn``, ``stage3``...) or a glob over site names (``layer4.*``).
+A rule or placement pattern that matches no site is an error, never a silent no-op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from fnmatch import fnmatchcase
+from typing import Any
+
+from torch import nn
+
+from dyt_lab.errors import ConfigError
+from dyt_lab.norms import DYT_FAMILY, NormSpec, build_norm, describe_spec, norm_name
+from dyt_lab.norms.registry import get_entry
+
+Placement = str | list[str]
+Rules = list[dict[str, NormSpec]]
+
+
+class PlacementError(ConfigError):
+    """A rule, preset or pattern that does not fit the model's sites."""
+
+
+def _as_list(placement: Placement) -> list[str]:
+    return [placement] if isinstance(placement, str) else list(placement)
+
+
+def _with_alpha_init(spec: NormSpec, alpha_init: float | None) -> NormSpec:
+    """Give a DyT-family spec the model-wide ``alpha_init`` unless the spec sets its own."""
+    if alpha_init is None or not isinstance(spec, (str, Mapping)):
+        return spec
+    name = spec if isinstance(spec, str) else spec.get("name")
+    if "alpha_init" not in get_entry(name).options():
+        return spec
+    options = {"name": name} if isinstance(spec, str) else dict(spec)
+    options.setdefault("alpha_init", alpha_init)
+    return options
+
+
+class NormPlacement:
+    """Resolves site names to norm specs and builds the norms, remembering each site's layout."""
+
+    def __init__(
+        self,
+        family: str,
+        presets: Mapping[str, Sequence[str]],
+        norm: NormSpec,
+        placement: Placement = "all",
+        base_norm: NormSpec = "layernorm",
+        rules: Rules | None = None,
+        alpha_init: float | None = None,
+    ) -> None:
+        self.family = family
+        self.presets = dict(presets)
+        self.norm = _with_alpha_init(norm, alpha_init)
+        self.base_norm = _with_alpha_init(base_norm, alpha_init)
+        self.placement = [self._patterns(p) for p in _as_list(placement)]
+        self.placement_names = _as_list(placement)
+        self.rules: list[tuple[str, list[str], NormSpec]] = []
+        for rule in rules or []:
+            if not isinstance(rule, Mapping) or len(rule) != 1:
+                raise PlacementError(f"a placement rule is a one-key mapping {{pattern: norm}}, got {rule!r}")
+            (key, spec), = rule.items()
+            self.rules.append((key, self._patterns(key), _with_alpha_init(spec, alpha_init)))
+        self.sites: dict[str, str] = {}  # site -> layout, in build order
+        self._matched: set[str] = set()
+
+    def _patterns(self, key: str) -> list[str]:
+        if not isinstance(key, str) or not key:
+            raise PlacementError(f"a placement pattern must be a non-empty string, got {key!r}")
+        return list(self.presets.get(key, [key]))
+
+    def spec_for(self, site: str) -> NormSpec:
+        """The spec this site gets: first matching rule, else ``norm`` if placed, else ``base_norm``."""
+        for key, patterns, spec in self.rules:
+            if any(fnmatchcase(site, p) for p in patterns):
+                self._matched.add(key)
+                return spec
+        chosen = self.base_norm
+        for name, patterns in zip(self.placement_names, self.placement):
+            if any(fnmatchcase(site, p) for p in patterns):
+                self._matched.add(name)
+                chosen = self.norm
+        return chosen
+
+    def build(self, site: str, num_features: int, layout: str) -> nn.Module:
+        """Build the norm for one site; models call this once per site, in order."""
+        self.sites[site] = layout
+        return build_norm(self.spec_for(site), num_features, layout)
+
+    def check_all_matched(self) -> None:
+        """Raise if a rule or placement pattern matched none of the sites that were built."""
+        for key in [k for k, _, _ in self.rules] + self.placement_names:
+            if key not in self._matched:
+                examples = ", ".join(list(self.sites)[:3])
+                raise PlacementError(f"placement '{key}' is neither a {self.family} preset nor a pattern "
+                                     f"matching a site; presets: {', '.join(self.presets)}; "
+                                     f"sites look like: {examples}, ...")
+
+
+class NormSitesMixin:
+    """Gives a model ``norm_sites()``; the model sets ``self.placement`` while it builds."""
+
+    placement: NormPlacement
+
+    def norm_sites(self) -> dict[str, str]:
+        """Site name -> layout (``channels_last`` or ``channels_first``), in forward order."""
+        return dict(self.placement.sites)
+
+
+def describe_norm(module: nn.Module) -> str:
+    """A short label for a built norm: ``layernorm``, ``dyt(alpha_init=0.5)``."""
+    name = norm_name(module)
+    if isinstance(module, DYT_FAMILY):
+        return f"{name}(alpha_init={module.alpha_init:g})"
+    return name
+
+
+def describe_placement(model: nn.Module) -> dict[str, str]:
+    """Site -> norm label for a model with ``norm_sites()``, read from the modules actually there."""
+    return {site: describe_norm(model.get_submodule(site)) for site in model.norm_sites()}
+
+
+def format_placement(model: nn.Module) -> str:
+    """The site -> norm table as aligned text, one site a line, for the terminal and the run folder."""
+    table = describe_placement(model)
+    layouts = model.norm_sites()
+    width = max(len(site) for site in table)
+    lines = [f"{'site':<{width}}  {'layout':<14}  norm", f"{'-' * width}  {'-' * 14}  {'-' * 20}"]
+    lines += [f"{site:<{width}}  {layouts[site]:<14}  {label}" for site, label in table.items()]
+    return "\n".join(lines)
+
+
+def placement_summary(norm: NormSpec, placement: Placement, base_norm: NormSpec, rules: Any) -> str:
+    """One line naming the placement, for logs and HParams: ``dyt@attn, rest layernorm``."""
+    text = f"{describe_spec(norm)}@{'+'.join(_as_list(placement))}, rest {describe_spec(base_norm)}"
+    for rule in rules or []:
+        (key, spec), = rule.items()
+        text += f"; {key}={describe_spec(spec)}"
+    return text

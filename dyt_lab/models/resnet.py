@@ -1,0 +1,211 @@
+"""ResNet with a named, pluggable norm at every site.
+
+Laid out like torchvision's ``resnet.py`` (v1.5: the stride sits in the 3x3 conv of a
+Bottleneck), so ``resnet18/34/50`` have exactly its parameter counts with BatchNorm. Norm sites,
+all channels-first since they see feature maps ``(N, C, H, W)``:
+``stem.norm``, ``layer{s}.{b}.norm{k}`` and ``layer{s}.{b}.downsample.norm``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from dyt_lab.errors import ConfigError
+from dyt_lab.models.arguments import check_positive, check_preset, pick
+from dyt_lab.models.placement import NormPlacement, NormSitesMixin, Placement, Rules
+from dyt_lab.norms import NormSpec
+
+# preset -> (block, blocks per stage, stage widths, stem)
+RESNET_PRESETS: dict[str, tuple[str, list[int], list[int], str]] = {
+    "resnet18": ("basic", [2, 2, 2, 2], [64, 128, 256, 512], "imagenet"),
+    "resnet34": ("basic", [3, 4, 6, 3], [64, 128, 256, 512], "imagenet"),
+    "resnet50": ("bottleneck", [3, 4, 6, 3], [64, 128, 256, 512], "imagenet"),
+    "resnet20": ("basic", [3, 3, 3], [16, 32, 64], "cifar"),  # He et al. 2016, CIFAR
+    "resnet32": ("basic", [5, 5, 5], [16, 32, 64], "cifar"),
+    "resnet56": ("basic", [9, 9, 9], [16, 32, 64], "cifar"),
+    "resnet_tiny": ("basic", [1, 1, 1], [16, 32, 64], "cifar"),  # embedded 8x8 / 28x28 data
+}
+
+
+def _conv(c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False)
+
+
+class Stem(nn.Module):
+    """ImageNet stem (7x7/2 conv, norm, ReLU, 3x3/2 max-pool) or CIFAR stem (3x3 conv, norm, ReLU)."""
+
+    def __init__(self, in_channels: int, width: int, kind: str, placement: NormPlacement) -> None:
+        super().__init__()
+        imagenet = kind == "imagenet"
+        self.conv = _conv(in_channels, width, 7, 2) if imagenet else _conv(in_channels, width, 3)
+        self.norm = placement.build("stem.norm", width, "channels_first")
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1) if imagenet else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(torch.relu(self.norm(self.conv(x))))
+
+
+class Downsample(nn.Module):
+    """Projection shortcut: 1x1 conv with stride, then a norm site."""
+
+    def __init__(self, name: str, c_in: int, c_out: int, stride: int, placement: NormPlacement) -> None:
+        super().__init__()
+        self.conv = _conv(c_in, c_out, 1, stride)
+        self.norm = placement.build(f"{name}.downsample.norm", c_out, "channels_first")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(x))
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs, each followed by a norm site: ``relu(x + norm2(conv2(relu(norm1(conv1(x))))))``."""
+
+    expansion = 1
+
+    def __init__(self, name: str, c_in: int, width: int, stride: int, placement: NormPlacement) -> None:
+        super().__init__()
+        self.conv1 = _conv(c_in, width, 3, stride)
+        self.norm1 = placement.build(f"{name}.norm1", width, "channels_first")
+        self.conv2 = _conv(width, width, 3)
+        self.norm2 = placement.build(f"{name}.norm2", width, "channels_first")
+        needs_projection = stride != 1 or c_in != width
+        self.downsample = Downsample(name, c_in, width, stride, placement) if needs_projection else None
+
+    def last_norm(self) -> nn.Module:
+        return self.norm2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.norm1(self.conv1(x)))
+        out = self.norm2(self.conv2(out))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return torch.relu(out + shortcut)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (with the stride), 1x1 expand by 4, each followed by a norm site."""
+
+    expansion = 4
+
+    def __init__(self, name: str, c_in: int, width: int, stride: int, placement: NormPlacement) -> None:
+        super().__init__()
+        c_out = width * self.expansion
+        self.conv1 = _conv(c_in, width, 1)
+        self.norm1 = placement.build(f"{name}.norm1", width, "channels_first")
+        self.conv2 = _conv(width, width, 3, stride)
+        self.norm2 = placement.build(f"{name}.norm2", width, "channels_first")
+        self.conv3 = _conv(width, c_out, 1)
+        self.norm3 = placement.build(f"{name}.norm3", c_out, "channels_first")
+        needs_projection = stride != 1 or c_in != c_out
+        self.downsample = Downsample(name, c_in, c_out, stride, placement) if needs_projection else None
+
+    def last_norm(self) -> nn.Module:
+        return self.norm3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.norm1(self.conv1(x)))
+        out = torch.relu(self.norm2(self.conv2(out)))
+        out = self.norm3(self.conv3(out))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return torch.relu(out + shortcut)
+
+
+def resnet_site_presets(block: str) -> dict[str, list[str]]:
+    """Named site groups for a ResNet; ``last_in_block`` depends on the block type."""
+    last = "norm2" if block == "basic" else "norm3"
+    presets = {
+        "all": ["*"],
+        "stem": ["stem.norm"],
+        "downsample": ["*.downsample.norm"],
+        "first_in_block": ["layer*.norm1"],
+        "last_in_block": [f"layer*.{last}"],
+    }
+    presets.update({f"stage{s}": [f"layer{s}.*"] for s in range(1, 5)})
+    return presets
+
+
+class ResNet(NormSitesMixin, nn.Module):
+    """ResNet: stem, stages of residual blocks, global average pool, linear head."""
+
+    def __init__(
+        self,
+        preset: str = "resnet18",
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        block: Literal["basic", "bottleneck"] | None = None,
+        layers: list[int] | None = None,
+        widths: list[int] | None = None,
+        stem: Literal["imagenet", "cifar"] | None = None,
+        zero_init_residual: bool = False,
+        norm: NormSpec = "batchnorm",
+        placement: Placement = "all",
+        base_norm: NormSpec = "batchnorm",
+        rules: Rules | None = None,
+        alpha_init: float | None = None,
+    ) -> None:
+        """Build a ResNet from a preset, with any preset value overridden.
+
+        Args:
+            preset: architecture preset: resnet18, resnet34, resnet50, resnet20, resnet32, resnet56, resnet_tiny.
+            num_classes: number of output classes.
+            in_channels: image channels (3 for RGB, 1 for grey).
+            block: 'basic' (two 3x3 convs) or 'bottleneck' (1x1, 3x3, 1x1 x4) (None: the preset's).
+            layers: blocks per stage (None: the preset's).
+            widths: channels per stage, before the bottleneck expansion (None: the preset's).
+            stem: 'imagenet' (7x7/2 conv + max-pool) or 'cifar' (3x3 conv) (None: the preset's).
+            zero_init_residual: start each block's last norm weight at zero, so blocks start as identity.
+            norm: the norm placed at the sites selected by placement (a registry name or mapping).
+            placement: presets (all, stem, downsample, stage1..4, first_in_block, last_in_block) or globs.
+            base_norm: the norm at every site not selected by placement.
+            rules: ordered {pattern: norm} overrides applied before placement; the first match wins.
+            alpha_init: alpha0 for every DyT-family site whose spec does not set its own.
+        """
+        super().__init__()
+        check_preset("ResNet", preset, RESNET_PRESETS)
+        p_block, p_layers, p_widths, p_stem = RESNET_PRESETS[preset]
+        block, stem = pick(block, p_block), pick(stem, p_stem)
+        layers, widths = list(pick(layers, p_layers)), list(pick(widths, p_widths))
+        if block not in ("basic", "bottleneck"):
+            raise ConfigError(f"unknown ResNet block '{block}'; valid: basic, bottleneck")
+        if stem not in ("imagenet", "cifar"):
+            raise ConfigError(f"unknown ResNet stem '{stem}'; valid: imagenet, cifar")
+        if not layers or len(layers) != len(widths) or len(layers) > 4:
+            raise ConfigError(f"ResNet layers {layers} and widths {widths} must be lists of the same length, 1 to 4")
+        for name, value in [("num_classes", num_classes), ("in_channels", in_channels)] + [
+            (f"layers[{i}]", v) for i, v in enumerate(layers)] + [(f"widths[{i}]", v) for i, v in enumerate(widths)]:
+            check_positive("ResNet", name, value)
+
+        self.placement = NormPlacement("ResNet", resnet_site_presets(block), norm, placement,
+                                       base_norm, rules, alpha_init)
+        block_cls = BasicBlock if block == "basic" else Bottleneck
+        self.stem = Stem(in_channels, widths[0], stem, self.placement)
+        c_in = widths[0]
+        for s, (num_blocks, width) in enumerate(zip(layers, widths), start=1):
+            blocks = []
+            for b in range(num_blocks):
+                stride = 2 if s > 1 and b == 0 else 1
+                blocks.append(block_cls(f"layer{s}.{b}", c_in, width, stride, self.placement))
+                c_in = width * block_cls.expansion
+            self.add_module(f"layer{s}", nn.Sequential(*blocks))
+        self.num_stages = len(layers)
+        self.head = nn.Linear(c_in, num_classes)
+        self.placement.check_all_matched()
+        self._init_weights(zero_init_residual)
+
+    def _init_weights(self, zero_init_residual: bool) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        if zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, (BasicBlock, Bottleneck)) and getattr(m.last_norm(), "weight", None) is not None:
+                    nn.init.zeros_(m.last_norm().weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(N, in_channels, H, W)`` -> logits ``(N, num_classes)``."""
+        x = self.stem(x)
+        for s in range(1, self.num_stages + 1):
+            x = getattr(self, f"layer{s}")(x)
+        return self.head(x.mean(dim=(2, 3)))  # global average pool: (N, C, H, W) -> (N, C)

@@ -1,0 +1,200 @@
+"""The one way to build a norm: a name -> builder map, as timm's ``create_norm`` does it.
+
+A *spec* is what users write in YAML: a name (``"dyt"``), or a mapping with options
+(``{"name": "dyt", "alpha_init": 1.0}``). Python callers may also pass a class or any callable
+``num_features -> nn.Module``. A *layout* is ``"channels_last"`` (tokens ``(..., C)``) or
+``"channels_first"`` (feature maps ``(N, C, *spatial)``). Every (norm x layout) pair either
+builds or raises a one-line ``NormError`` naming the pair and the valid choices.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from torch import nn
+
+from dyt_lab.errors import ConfigError
+from dyt_lab.norms import baselines, dyt
+from dyt_lab.norms.dyt import check_num_features
+
+NormSpec = str | dict[str, Any]
+Layout = Literal["channels_last", "channels_first"]
+LAYOUTS: tuple[str, ...] = ("channels_last", "channels_first")
+NormFactory = Callable[[int], nn.Module]
+
+
+class NormError(ConfigError):
+    """A norm spec, option or layout that cannot be built; the message is one line."""
+
+
+@dataclass(frozen=True)
+class NormEntry:
+    """A registry row: how to build one norm, in which layouts, and what it computes."""
+
+    name: str
+    build: Callable[..., nn.Module]  # (num_features, layout, **options) -> module
+    layouts: tuple[str, ...]
+    formula: str
+    params: str
+    aliases: tuple[str, ...] = ()
+
+    def options(self) -> list[str]:
+        """The keyword options this norm accepts besides ``num_features`` and the layout."""
+        skip = {"self", "num_features", "layout", "channels_last"}
+        sig = inspect.signature(self.build)
+        if "options" in sig.parameters:  # DyT family: options come from the layer's constructor
+            sig = inspect.signature(self.build.keywords["cls"])
+        return [p for p in sig.parameters if p not in skip and not p.startswith("_")]
+
+
+def _layernorm(num_features: int, layout: str, eps: float = 1e-6, affine: bool = True) -> nn.Module:
+    if layout == "channels_last":
+        return nn.LayerNorm(num_features, eps=eps, elementwise_affine=affine)
+    return baselines.LayerNorm2d(num_features, eps=eps, affine=affine)
+
+
+def _batchnorm(num_features: int, layout: str, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True):
+    cls = baselines.TokenBatchNorm if layout == "channels_last" else nn.BatchNorm2d
+    return cls(num_features, eps=eps, momentum=momentum, affine=affine)
+
+
+def _rmsnorm(num_features: int, layout: str, eps: float | None = None, affine: bool = True) -> nn.Module:
+    if layout == "channels_last":
+        return nn.RMSNorm(num_features, eps=eps, elementwise_affine=affine)
+    return baselines.RMSNorm2d(num_features, eps=eps, affine=affine)
+
+
+def _groupnorm(num_features: int, layout: str, num_groups: int = 32, eps: float = 1e-5, affine: bool = True):
+    return baselines.GroupNorm(num_features, num_groups=num_groups, eps=eps, affine=affine)
+
+
+def _identity(num_features: int, layout: str) -> nn.Module:
+    return baselines.Identity(num_features)
+
+
+def _dyt_family(num_features: int, layout: str, cls: type, **options: Any) -> nn.Module:
+    return cls(num_features, channels_last=layout == "channels_last", **options)
+
+
+def _dyt_entry(name: str, cls: type, formula: str, params: str) -> NormEntry:
+    return NormEntry(name, functools.partial(_dyt_family, cls=cls), LAYOUTS, formula, params)
+
+
+_BOTH = LAYOUTS
+_ENTRIES = [
+    NormEntry("layernorm", _layernorm, _BOTH, "w * (x - mean_C) / sqrt(var_C + eps) + b", "w, b: (C,)", ("ln",)),
+    NormEntry("batchnorm", _batchnorm, _BOTH, "w * (x - mean_batch) / sqrt(var_batch + eps) + b",
+              "w, b: (C,); running mean/var", ("bn",)),
+    NormEntry("rmsnorm", _rmsnorm, _BOTH, "w * x / sqrt(mean_C(x^2) + eps)", "w: (C,)", ("rms",)),
+    NormEntry("groupnorm", _groupnorm, ("channels_first",), "w * (x - mean_group) / sqrt(var_group + eps) + b",
+              "w, b: (C,)", ("gn",)),
+    NormEntry("identity", _identity, _BOTH, "x", "none", ("none",)),
+    _dyt_entry("dyt", dyt.DyT, "w * tanh(a * x) + b", "a: scalar; w, b: (C,)"),
+    _dyt_entry("dyt_shift", dyt.ShiftedDyT, "w * tanh(a * x + s) + b", "a, s: scalar; w, b: (C,)"),
+    _dyt_entry("dyt_channel_shift", dyt.ChannelShiftDyT, "w * tanh(a * x + s_c) + b",
+               "a: scalar; s, w, b: (C,)"),
+    _dyt_entry("dyt_channel_alpha", dyt.ChannelAlphaDyT, "w * tanh(a_c * x) + b", "a, w, b: (C,)"),
+    _dyt_entry("derf", dyt.Derf, "w * erf(a * x + s) + b", "a, s: scalar; w, b: (C,)"),
+    _dyt_entry("dyt_centered", dyt.CenteredDyT, "w * tanh(a * (x - mean_batch)) + b",
+               "a: scalar; w, b: (C,); running mean"),
+]
+NORMS: dict[str, NormEntry] = {e.name: e for e in _ENTRIES}
+_ALIASES: dict[str, str] = {alias: e.name for e in _ENTRIES for alias in e.aliases}
+# Module type -> registry name, so a built model can say what sits at each site.
+_TYPE_NAMES: dict[type, str] = {
+    nn.LayerNorm: "layernorm", baselines.LayerNorm2d: "layernorm",
+    baselines.TokenBatchNorm: "batchnorm", nn.BatchNorm2d: "batchnorm",
+    nn.RMSNorm: "rmsnorm", baselines.RMSNorm2d: "rmsnorm",
+    baselines.GroupNorm: "groupnorm", baselines.Identity: "identity",
+    dyt.DyT: "dyt", dyt.ShiftedDyT: "dyt_shift", dyt.ChannelShiftDyT: "dyt_channel_shift",
+    dyt.ChannelAlphaDyT: "dyt_channel_alpha", dyt.Derf: "derf", dyt.CenteredDyT: "dyt_centered",
+}
+
+
+def available_norms() -> list[str]:
+    """The registry names, in table order (aliases: ln, bn, rms, gn, none)."""
+    return list(NORMS)
+
+
+def get_entry(name: str) -> NormEntry:
+    """The registry entry for a name or alias (case-insensitive), or a NormError listing the names."""
+    if not isinstance(name, str):
+        raise NormError(f"a norm name must be a string, got {name!r}")
+    key = _ALIASES.get(name.lower(), name.lower())
+    if key not in NORMS:
+        close = difflib.get_close_matches(key, list(NORMS) + list(_ALIASES), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise NormError(f"unknown norm '{name}'{hint}; valid names: {', '.join(NORMS)}")
+    return NORMS[key]
+
+
+def check_layout(layout: str) -> str:
+    """Return ``layout`` if valid, else a NormError listing the two layouts."""
+    if layout not in LAYOUTS:
+        raise NormError(f"unknown layout {layout!r}; valid layouts: {', '.join(LAYOUTS)}")
+    return layout
+
+
+def _split_spec(spec: NormSpec) -> tuple[NormEntry, dict[str, Any]]:
+    """A name or ``{"name": ..., **options}`` -> (entry, options), options checked by name."""
+    if isinstance(spec, Mapping):
+        options = dict(spec)
+        if "name" not in options:
+            raise NormError(f"a norm mapping needs a 'name' key, e.g. {{'name': 'dyt'}}; got {dict(spec)!r}")
+        entry = get_entry(options.pop("name"))
+    else:
+        entry, options = get_entry(spec), {}
+    valid = entry.options()
+    for key in options:
+        if key not in valid:
+            raise NormError(f"unknown option '{key}' for norm '{entry.name}'; valid options: "
+                            f"{', '.join(valid) if valid else '(none)'}")
+    return entry, options
+
+
+def build_norm(spec: NormSpec | type | Callable[[int], nn.Module], num_features: int, layout: Layout) -> nn.Module:
+    """Build one norm layer for ``num_features`` channels in ``layout`` from any kind of spec."""
+    check_layout(layout)
+    try:
+        check_num_features(num_features)
+    except ValueError as err:
+        raise NormError(str(err)) from None
+    if isinstance(spec, type) and spec in _TYPE_NAMES and issubclass(spec, dyt.DyT):
+        return spec(num_features, channels_last=layout == "channels_last")
+    if callable(spec) and not isinstance(spec, (str, Mapping)):
+        return spec(num_features)  # a user's class or factory: the timm/torchvision contract
+    entry, options = _split_spec(spec)
+    if layout not in entry.layouts:
+        raise NormError(f"norm '{entry.name}' does not support layout '{layout}'; "
+                        f"it supports: {', '.join(entry.layouts)}")
+    try:
+        return entry.build(num_features, layout, **options)
+    except (ValueError, TypeError) as err:
+        raise NormError(f"norm '{entry.name}' with options {options}: {err}") from None
+
+
+def norm_factory(spec: NormSpec | type | Callable[[int], nn.Module], layout: Layout) -> NormFactory:
+    """A ``num_features -> nn.Module`` factory for ``layout``, checked now rather than at first use."""
+    build_norm(spec, 8, layout)  # fail fast on a bad name, option, layout or value
+    return functools.partial(build_norm, spec, layout=layout)
+
+
+def norm_name(module: nn.Module) -> str:
+    """The registry name of a built norm module, or its class name if it is not from the registry."""
+    return _TYPE_NAMES.get(type(module), type(module).__name__)
+
+
+def describe_spec(spec: NormSpec | type | Callable) -> str:
+    """A short label for a spec: ``dyt``, ``dyt(alpha_init=1.0)``, or a callable's name."""
+    if isinstance(spec, Mapping):
+        entry, options = _split_spec(spec)
+        args = ", ".join(f"{k}={v}" for k, v in options.items())
+        return f"{entry.name}({args})" if args else entry.name
+    if isinstance(spec, str):
+        return get_entry(spec).name
+    return getattr(spec, "__name__", type(spec).__name__)
