@@ -1,0 +1,183 @@
+"""The ``dyt-lab`` command: LightningCLI's fit/validate/test/predict, plus study, probe and norms.
+
+Everything about a run is a LightningCLI argument, so YAML configs, ``--print_config`` and
+several ``--config`` files compose as Lightning users expect. This file adds only what
+LightningCLI leaves to each project: which arguments are linked, the default run folder, resume
+by ``--ckpt_path last``, the site -> norm table, real hyperparameters in TensorBoard's HParams
+tab, and one clear line (not a traceback) for a user mistake.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from dyt_lab.errors import ConfigError
+
+USAGE_EXTRA = """\
+dyt_lab commands besides LightningCLI's fit | validate | test | predict:
+  dyt-lab study run|resume|report ...   Optuna studies over configs (dyt-lab study --help)
+  dyt-lab probe ...                     norm diagnostics for a config or checkpoint (dyt-lab probe --help)
+  dyt-lab norms                         the norm registry: names, formulas, layouts
+"""
+# What the HParams tab shows: the model and data arguments and the trainer settings that change results.
+HPARAM_KEYS = ("model.", "data.", "seed_everything", "trainer.max_epochs", "trainer.max_steps",
+               "trainer.precision", "trainer.devices", "trainer.num_nodes", "trainer.accumulate_grad_batches",
+               "trainer.gradient_clip_val")
+EXIT_CONFIG_ERROR = 2
+EXIT_DIVERGED = 3
+
+
+def norms_table() -> str:
+    """The registry as a Markdown table: name, formula, parameters, supported layouts."""
+    from dyt_lab.norms import NORMS
+
+    rows = ["| name | formula | parameters | layouts |", "|---|---|---|---|"]
+    for entry in NORMS.values():
+        name = entry.name + (f" ({', '.join(entry.aliases)})" if entry.aliases else "")
+        rows.append(f"| `{name}` | `{entry.formula}` | {entry.params} | {', '.join(entry.layouts)} |")
+    return "\n".join(rows)
+
+
+def _flat_hparams(config: dict, prefix: str = "") -> dict[str, object]:
+    """Nested config -> ``{"model.norm": "dyt", ...}`` of TensorBoard-friendly scalar values."""
+    flat: dict[str, object] = {}
+    for key, value in config.items():
+        if key in ("init_args", "dict_kwargs"):
+            flat.update(_flat_hparams(value, prefix))
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flat_hparams(value, f"{name}."))
+        elif isinstance(value, (bool, int, float, str)):
+            flat[name] = value
+        else:  # lists, None: shown as text so the HParams tab can still filter on them
+            flat[name] = str(value)
+    return flat
+
+
+def _build_cli_class():
+    """Import Lightning lazily (it takes seconds) and define the CLI class."""
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.cli import LightningCLI
+
+    from dyt_lab.data import ImageDataModule
+    from dyt_lab.models import format_placement
+    from dyt_lab.training import ImageClassifier
+    from dyt_lab.training.callbacks import DivergenceStop
+    from dyt_lab.training.runs import find_last_checkpoint, log_hparams_to_tensorboard
+
+    class DytLabCLI(LightningCLI):
+        """LightningCLI with dyt_lab's links, defaults, resume and run records."""
+
+        def add_arguments_to_parser(self, parser) -> None:
+            for name in ("num_classes", "in_channels", "image_size"):
+                parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
+            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+            parser.set_defaults({
+                "checkpoint.monitor": "val/acc",
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-epoch{epoch:03d}-acc{val/acc:.4f}",
+                "checkpoint.auto_insert_metric_name": False,
+            })
+            parser.add_lightning_class_args(DivergenceStop, "divergence")
+            parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+
+        def before_instantiate_classes(self) -> None:
+            config = self.config[self.subcommand]
+            ckpt_path = config.get("ckpt_path")
+            if ckpt_path == "last" and self.subcommand == "fit":
+                logger = config.trainer.logger
+                found = find_last_checkpoint(logger.init_args.save_dir, logger.init_args.name)
+                if found is None:
+                    print(f"no last.ckpt under {logger.init_args.save_dir}/{logger.init_args.name}: "
+                          "starting from scratch", file=sys.stderr)
+                    config.ckpt_path = None
+                else:  # continue in the same run folder, so its logs and checkpoints stay together
+                    config.ckpt_path, logger.init_args.version = str(found[0]), found[1]
+            elif ckpt_path not in (None, "last", "best", "hpc", "registry") and not Path(ckpt_path).is_file():
+                raise ConfigError(f"--ckpt_path '{ckpt_path}' is not a file; give a .ckpt path or 'last'")
+
+        def before_fit(self) -> None:
+            if not self.trainer.is_global_zero:
+                return
+            net = getattr(self.model, "net", None)
+            log_dir = Path(self.trainer.log_dir or ".")
+            log_dir.mkdir(parents=True, exist_ok=True)
+            if net is not None and hasattr(net, "norm_sites"):
+                table = format_placement(net)
+                print(table)
+                (log_dir / "placement.txt").write_text(table + "\n")
+            # The instantiated modules' hparams hold the linked values (num_classes, ...), the config does not.
+            config = self.config[self.subcommand].clone().as_dict()
+            config.update(model=dict(self.model.hparams), data=dict(getattr(self.datamodule, "hparams", {})))
+            flat = _flat_hparams(config)
+            log_hparams_to_tensorboard(self.trainer, {k: v for k, v in flat.items() if k.startswith(HPARAM_KEYS)})
+            print(f"run folder: {log_dir}\nTensorBoard: tensorboard --logdir {log_dir.parent}", file=sys.stderr)
+
+    return DytLabCLI, ImageClassifier, ImageDataModule
+
+
+TRAINER_DEFAULTS = {
+    "logger": {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "init_args": {"save_dir": "runs", "name": "default", "default_hp_metric": False},
+    },
+}
+
+
+def run_lightning(argv: list[str] | None = None) -> None:
+    """Run a LightningCLI subcommand (fit, validate, test, predict) on ``argv`` (None: sys.argv)."""
+    DytLabCLI, ImageClassifier, ImageDataModule = _build_cli_class()
+    DytLabCLI(
+        ImageClassifier,
+        ImageDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=argv,
+        trainer_defaults=TRAINER_DEFAULTS,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"epilog": USAGE_EXTRA},
+    )
+
+
+def _cause_of_type(err: BaseException, types: tuple[type, ...]) -> BaseException | None:
+    """The first exception of ``types`` in ``err``'s chain: jsonargparse wraps errors raised in __init__."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, types):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of ``dyt-lab`` and ``python -m dyt_lab``."""
+    argv = list(sys.argv[1:] if args is None else args)
+    command = argv[0] if argv else None
+    try:
+        if command == "norms":
+            print(norms_table())
+        elif command == "study":
+            from dyt_lab.study.cli import main as study_main
+
+            study_main(argv[1:])
+        elif command == "probe":
+            from dyt_lab.diagnostics.probe import main as probe_main
+
+            probe_main(argv[1:])
+        else:
+            run_lightning(args)  # None: LightningCLI reads sys.argv itself
+    except Exception as err:
+        from dyt_lab.training.callbacks import DivergenceError
+
+        cause = _cause_of_type(err, (ConfigError, DivergenceError))
+        if cause is None or os.environ.get("DYT_LAB_DEBUG"):
+            raise
+        # A user mistake or a diverged run is an expected outcome: one line, a non-zero exit code.
+        print(f"error: {cause}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG_ERROR if isinstance(cause, ConfigError) else EXIT_DIVERGED) from None
