@@ -66,7 +66,7 @@ def _build_cli_class():
     from dyt_lab.models import format_placement
     from dyt_lab.training import ImageClassifier
     from dyt_lab.training.callbacks import DivergenceStop
-    from dyt_lab.training.runs import find_last_checkpoint, log_hparams_to_tensorboard
+    from dyt_lab.training.runs import RunRecord, find_last_checkpoint
 
     class DytLabCLI(LightningCLI):
         """LightningCLI with dyt_lab's links, defaults, resume and run records."""
@@ -101,21 +101,15 @@ def _build_cli_class():
                 raise ConfigError(f"--ckpt_path '{ckpt_path}' is not a file; give a .ckpt path or 'last'")
 
         def before_fit(self) -> None:
-            if not self.trainer.is_global_zero:
-                return
             net = getattr(self.model, "net", None)
-            log_dir = Path(self.trainer.log_dir or ".")
-            log_dir.mkdir(parents=True, exist_ok=True)
-            if net is not None and hasattr(net, "norm_sites"):
-                table = format_placement(net)
+            table = format_placement(net) if hasattr(net, "norm_sites") else None
+            if table and self.trainer.is_global_zero:
                 print(table)
-                (log_dir / "placement.txt").write_text(table + "\n")
             # The instantiated modules' hparams hold the linked values (num_classes, ...), the config does not.
             config = self.config[self.subcommand].clone().as_dict()
             config.update(model=dict(self.model.hparams), data=dict(getattr(self.datamodule, "hparams", {})))
-            flat = _flat_hparams(config)
-            log_hparams_to_tensorboard(self.trainer, {k: v for k, v in flat.items() if k.startswith(HPARAM_KEYS)})
-            print(f"run folder: {log_dir}\nTensorBoard: tensorboard --logdir {log_dir.parent}", file=sys.stderr)
+            hparams = {k: v for k, v in _flat_hparams(config).items() if k.startswith(HPARAM_KEYS)}
+            self.trainer.callbacks.append(RunRecord(hparams, table))
 
     return DytLabCLI, ImageClassifier, ImageDataModule
 
@@ -128,10 +122,37 @@ TRAINER_DEFAULTS = {
 }
 
 
-def run_lightning(argv: list[str] | None = None) -> None:
-    """Run a LightningCLI subcommand (fit, validate, test, predict) on ``argv`` (None: sys.argv)."""
+def _with_run_config(argv: list[str]) -> list[str]:
+    """Let ``validate|test|predict --ckpt_path X`` reuse the config.yaml saved in X's run folder.
+
+    LightningCLI can rebuild the model from a checkpoint's hyperparameters, but only after its
+    parser has accepted a model; the run's own config supplies the model and the data, and any
+    flag the user adds still overrides it.
+    """
+    if not argv or argv[0] not in ("validate", "test", "predict"):
+        return argv
+    if any(a.startswith(("--config", "--model")) for a in argv):
+        return argv
+    ckpt = next((a.split("=", 1)[1] for a in argv if a.startswith("--ckpt_path=")), None)
+    if ckpt is None and "--ckpt_path" in argv[:-1]:
+        ckpt = argv[argv.index("--ckpt_path") + 1]
+    if ckpt is None:
+        return argv
+    config = Path(ckpt).parent.parent / "config.yaml"
+    if not config.is_file():
+        raise ConfigError(f"no config.yaml next to checkpoint '{ckpt}' (looked for {config}); "
+                          "pass the run's --config or --model")
+    return [argv[0], "--config", str(config), *argv[1:]]
+
+
+def run_lightning(argv: list[str] | None = None):
+    """Run a LightningCLI subcommand (fit, validate, test, predict) on ``argv`` (None: sys.argv); return the CLI."""
     DytLabCLI, ImageClassifier, ImageDataModule = _build_cli_class()
-    DytLabCLI(
+    if argv is None:  # from the shell: rewrite sys.argv itself, which DDP's launcher re-runs
+        sys.argv[1:] = _with_run_config(sys.argv[1:])
+    else:
+        argv = _with_run_config(list(argv))
+    return DytLabCLI(
         ImageClassifier,
         ImageDataModule,
         subclass_mode_model=True,

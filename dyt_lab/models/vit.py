@@ -188,6 +188,10 @@ class ViT(NormSitesMixin, nn.Module):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameters AdamW should not decay besides the 1-D ones (timm's convention)."""
+        return {"pos_embed", "cls_token"}
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``(B, in_channels, H, W)`` -> normalized tokens ``(B, T, dim)``."""
         x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, H/p * W/p, dim)

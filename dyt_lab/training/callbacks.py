@@ -46,12 +46,13 @@ class DivergenceStop(Callback):
 
     @staticmethod
     def _record(trainer: Trainer, message: str) -> None:
+        log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
         if not trainer.is_global_zero:
             return
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_text("run/status", message, global_step=trainer.global_step)
                 logger.experiment.flush()
-        if trainer.log_dir:
-            Path(trainer.log_dir).mkdir(parents=True, exist_ok=True)
-            (Path(trainer.log_dir) / DIVERGED_MARKER).write_text(message + "\n")
+        if log_dir:
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
+            (Path(log_dir) / DIVERGED_MARKER).write_text(message + "\n")

@@ -93,7 +93,7 @@ class ImageClassifier(LightningModule):
         logits = self(x)
         loss = self._loss(logits, y)
         self.train_acc(logits, y)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
 
@@ -111,7 +111,7 @@ class ImageClassifier(LightningModule):
         if self.trainer.sanity_checking:  # the sanity batches are not a result
             return
         self.val_acc_best(self.val_acc.compute())
-        self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=False)
+        self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)  # equal on all ranks already
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
 # HParams metrics: TensorBoard shows the latest value each run logged under these tags.
@@ -40,3 +41,28 @@ def log_hparams_to_tensorboard(trainer: Trainer, hparams: dict[str, object]) -> 
             for summary in hparams_summaries(hparams, dict.fromkeys(HPARAM_METRICS, 0.0)):
                 writer.add_summary(summary)
             writer.flush()
+
+
+class RunRecord(Callback):
+    """Write the site -> norm table and the HParams summary into the run folder once data is ready.
+
+    It acts in ``setup``, after ``prepare_data``, so a run that fails on missing data leaves no
+    record that looks like a started run.
+    """
+
+    def __init__(self, hparams: dict[str, object], placement_table: str | None) -> None:
+        self.hparams = hparams
+        self.placement_table = placement_table
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
+        if not trainer.is_global_zero or log_dir is None or trainer.fast_dev_run:
+            return  # no run folder to record into (fast_dev_run logs nothing)
+        log_dir = Path(log_dir)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        if self.placement_table:
+            (log_dir / "placement.txt").write_text(self.placement_table + "\n")
+        log_hparams_to_tensorboard(trainer, self.hparams)
+        print(f"run folder: {log_dir}\nTensorBoard: tensorboard --logdir {log_dir.parent}", file=sys.stderr)

@@ -1,0 +1,133 @@
+"""Training through the real LightningCLI, in-process: runs, learning, logs, resume, divergence."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lightning.pytorch import Callback
+from tbparse import SummaryReader
+
+from dyt_lab.cli import main, run_lightning
+from dyt_lab.training import ResNetClassifier, ViTClassifier
+from dyt_lab.training.callbacks import DIVERGED_MARKER
+from tests.helpers import ROOT, fit_args
+
+RESNET_DIGITS = ROOT / "configs" / "experiments" / "resnet_bn_vs_dyt_digits.yaml"
+
+
+@pytest.mark.parametrize(
+    ("model", "data"),
+    [
+        ("model/vit_digits.yaml", "data/digits.yaml"),
+        ("model/vit_mnist.yaml", "data/mnist5k.yaml"),
+        ("model/resnet_tiny.yaml", "data/digits.yaml"),
+        ("model/resnet_tiny.yaml", "data/mnist5k.yaml"),
+    ],
+)
+def test_fast_dev_run_every_family_and_offline_data(tmp_path, model, data):
+    cli = run_lightning([
+        "fit", "--config", str(ROOT / "configs" / model), "--config", str(ROOT / "configs" / data),
+        "--config", str(ROOT / "configs" / "trainer" / "cpu.yaml"), "--trainer.fast_dev_run=2",
+        f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false",
+    ])
+    assert cli.trainer.state.finished and cli.trainer.global_step == 2
+    assert cli.model.hparams.num_classes == 10 and cli.model.hparams.in_channels == 1  # linked from data
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+
+
+def test_short_fit_learns_and_logs_everything(tmp_path):
+    cli = run_lightning(fit_args(tmp_path, "--trainer.max_epochs=4", "--model.norm=batchnorm",
+                                 config=RESNET_DIGITS))
+    metrics = cli.trainer.callback_metrics
+    assert metrics["val/acc"] > 0.6  # chance is 0.1
+    run_dir = tmp_path / "resnet_bn_vs_dyt_digits" / "version_0"
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert list((run_dir / "checkpoints").glob("best-epoch*-acc*.ckpt"))
+    assert "stem.norm" in (run_dir / "placement.txt").read_text()
+
+    reader = SummaryReader(str(run_dir))
+    tags = set(reader.scalars["tag"])
+    assert {"train/loss", "train/acc", "val/acc", "val/loss", "val/acc_best", "val/acc_top5"} <= tags
+    assert any(tag.startswith("lr-AdamW") for tag in tags)
+    best = reader.scalars[reader.scalars["tag"] == "val/acc_best"]["value"]
+    assert best.iloc[-1] == pytest.approx(max(reader.scalars[reader.scalars["tag"] == "val/acc"]["value"]))
+    hparams = dict(zip(reader.hparams["tag"], reader.hparams["value"]))
+    assert hparams["model.norm"] == "batchnorm" and hparams["model.preset"] == "resnet_tiny"
+    assert hparams["model.num_classes"] == 10  # the linked value, not the signature default
+    assert hparams["model.optimizer.lr"] == pytest.approx(0.002) and hparams["data.batch_size"] == 64
+    assert "hp_metric" not in tags
+
+
+class StopAfterEpoch(Callback):
+    """Ends fit after ``epoch`` epochs, as an interruption would (last.ckpt already written)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch + 1 >= self.epoch:
+            trainer.should_stop = True
+
+
+def test_resume_from_last_ends_like_an_uninterrupted_run(tmp_path):
+    args = ["--trainer.max_epochs=4", "--trainer.enable_checkpointing=true"]
+    whole = run_lightning(fit_args(tmp_path / "whole", *args))
+    cut = run_lightning(fit_args(tmp_path / "cut", *args, "--trainer.callbacks+=tests.test_training.StopAfterEpoch",
+                                 "--trainer.callbacks.epoch=2"))
+    assert cut.trainer.current_epoch == 2
+    resumed = run_lightning(fit_args(tmp_path / "cut", *args, "--ckpt_path=last"))
+    assert resumed.trainer.log_dir == cut.trainer.log_dir  # the same run folder continues
+    assert resumed.trainer.global_step == whole.trainer.global_step
+    for key in ("val/acc", "val/loss", "val/acc_best", "train/acc"):
+        assert resumed.trainer.callback_metrics[key].item() == pytest.approx(
+            whole.trainer.callback_metrics[key].item(), abs=1e-6), key
+    for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+def test_checkpoint_validates_and_predicts_without_retyping_the_model(tmp_path):
+    fit = run_lightning(fit_args(tmp_path, "--trainer.max_epochs=1", "--model.preset=vit_digits", "--model.depth=2"))
+    ckpt = next((tmp_path / "quickstart" / "version_0" / "checkpoints").glob("last.ckpt"))
+    val = run_lightning(["validate", "--data=Digits", f"--ckpt_path={ckpt}", "--trainer.enable_progress_bar=false",
+                         f"--trainer.logger.init_args.save_dir={tmp_path}"])
+    assert isinstance(val.model, ViTClassifier) and len(val.model.net.blocks) == 2
+    assert val.trainer.callback_metrics["val/acc"].item() == pytest.approx(
+        fit.trainer.callback_metrics["val/acc"].item(), abs=1e-6)
+    restored = ViTClassifier.load_from_checkpoint(ckpt)
+    assert restored.net.placement.sites == fit.model.net.placement.sites
+
+
+def test_python_api_hparams_round_trip(tmp_path):
+    model = ResNetClassifier(preset="resnet_tiny", num_classes=10, in_channels=1, image_size=8, norm="derf",
+                             placement="stage3")
+    assert model.hparams["norm"] == "derf" and model.hparams["placement"] == "stage3"
+    rebuilt = ResNetClassifier(**model.hparams)
+    assert str(rebuilt.net) == str(model.net)
+
+
+def test_weight_decay_skips_one_dimensional_parameters():
+    from dyt_lab.training import parameter_groups
+
+    model = ViTClassifier(preset="vit_digits", num_classes=10, in_channels=1, image_size=8, norm="dyt_shift")
+    decay, no_decay = parameter_groups(model.net)
+    decayed = {id(p) for p in decay["params"]}
+    net = model.net
+    assert id(net.blocks[0].norm1.alpha) not in decayed and id(net.blocks[0].norm1.shift) not in decayed
+    assert id(net.blocks[0].attn.qkv.bias) not in decayed and id(net.pos_embed) not in decayed
+    assert id(net.blocks[0].attn.qkv.weight) in decayed and no_decay["weight_decay"] == 0.0
+
+
+def test_divergence_stops_within_a_few_steps_and_marks_the_run(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(fit_args(tmp_path, "--trainer.max_epochs=2", "--model.optimizer.init_args.lr=1e30",
+                      "--model.scheduler.init_args.warmup_fraction=0"))
+    assert exit_info.value.code == 3
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.startswith("error: diverged at step ") and message.endswith("(loss=nan)")
+    step = int(message.split("step ")[1].split()[0])
+    assert step <= 5
+    run_dir = tmp_path / "quickstart" / "version_0"
+    assert (run_dir / DIVERGED_MARKER).read_text().strip() == message.removeprefix("error: ")
+    texts = SummaryReader(str(run_dir), pivot=False).text
+    assert any("diverged at step" in value for value in texts["value"])
+    assert not (run_dir / "checkpoints" / "last.ckpt").exists()
