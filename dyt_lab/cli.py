@@ -122,6 +122,19 @@ TRAINER_DEFAULTS = {
 }
 
 
+def load_cli(args: list[str]):
+    """Parse and instantiate a run's model, data and trainer without running it (``run=False``).
+
+    ``args`` are fit-style flags without a subcommand (``["--config", "x.yaml", "--model.norm", "dyt"]``);
+    the returned CLI has ``.parser``, ``.config``, ``.model``, ``.datamodule`` and ``.trainer``.
+    Studies use it to validate configs before a trial starts, probes to rebuild a run's model.
+    """
+    DytLabCLI, ImageClassifier, ImageDataModule = _build_cli_class()
+    return DytLabCLI(ImageClassifier, ImageDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                     args=args, run=False, trainer_defaults=TRAINER_DEFAULTS, seed_everything_default=0,
+                     save_config_callback=None)
+
+
 def _with_run_config(argv: list[str]) -> list[str]:
     """Let ``validate|test|predict --ckpt_path X`` reuse the config.yaml saved in X's run folder.
 
