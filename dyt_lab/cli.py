@@ -86,7 +86,7 @@ def _build_cli_class():
             parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
 
         def before_instantiate_classes(self) -> None:
-            config = self.config[self.subcommand]
+            config = self.config[self.subcommand] if self.subcommand else self.config  # run=False: no subcommand
             ckpt_path = config.get("ckpt_path")
             if ckpt_path == "last" and self.subcommand == "fit":
                 logger = config.trainer.logger
