@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from dyt_lab.errors import ConfigError
@@ -30,13 +31,14 @@ EXIT_DIVERGED = 3
 
 
 def norms_table() -> str:
-    """The registry as a Markdown table: name, formula, parameters, supported layouts."""
+    """The registry as a Markdown table: name, formula, parameters, options, supported layouts."""
     from dyt_lab.norms import NORMS
 
-    rows = ["| name | formula | parameters | layouts |", "|---|---|---|---|"]
+    rows = ["| name | formula | parameters | options | layouts |", "|---|---|---|---|---|"]
     for entry in NORMS.values():
         name = entry.name + (f" ({', '.join(entry.aliases)})" if entry.aliases else "")
-        rows.append(f"| `{name}` | `{entry.formula}` | {entry.params} | {', '.join(entry.layouts)} |")
+        options = ", ".join(entry.options()) or "-"
+        rows.append(f"| `{name}` | `{entry.formula}` | {entry.params} | {options} | {', '.join(entry.layouts)} |")
     return "\n".join(rows)
 
 
@@ -111,6 +113,17 @@ def _build_cli_class():
             hparams = {k: v for k, v in _flat_hparams(config).items() if k.startswith(HPARAM_KEYS)}
             self.trainer.callbacks.append(RunRecord(hparams, table))
 
+        def after_fit(self) -> None:
+            logger = self.trainer.logger
+            if not self.trainer.is_global_zero or logger is None or logger.log_dir is None:
+                return
+            best = self.trainer.callback_metrics.get("val/acc_best")
+            score = f"val/acc_best {float(best):.4f}" if best is not None else "no validation metric"
+            print(f"\nDone: {score} after {self.trainer.current_epoch} epochs.\n"
+                  f"Run folder:  {logger.log_dir}  (config.yaml, placement.txt, checkpoints/)\n"
+                  f"TensorBoard: tensorboard --logdir {logger.save_dir}   then open http://localhost:6006",
+                  file=sys.stderr)
+
     return DytLabCLI, ImageClassifier, ImageDataModule
 
 
@@ -176,6 +189,53 @@ def run_lightning(argv: list[str] | None = None):
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"epilog": USAGE_EXTRA},
     )
+
+
+def make_parser():
+    """The parser ``dyt-lab fit`` uses (arguments, links, defaults), built without parsing or running.
+
+    For validators such as ``dyt-lab study``; it has no ``ckpt_path`` (a method argument of fit).
+    LightningCLI builds its parser inside ``__init__``, so a subclass stops right after that step.
+    """
+    DytLabCLI, ImageClassifier, ImageDataModule = _build_cli_class()
+
+    class ParserBuilt(Exception):
+        pass
+
+    class ParserOnly(DytLabCLI):
+        def parse_arguments(self, parser, args) -> None:
+            raise ParserBuilt(parser)
+
+    try:
+        ParserOnly(ImageClassifier, ImageDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                   trainer_defaults=TRAINER_DEFAULTS, seed_everything_default=0, run=False)
+    except ParserBuilt as built:
+        return built.args[0]
+    raise RuntimeError("LightningCLI did not parse arguments")  # unreachable unless Lightning changes
+
+
+def build_model_and_data(args: list[str]):
+    """The (model, datamodule) that ``fit ARGS`` would train, from the same parser, without running a Trainer.
+
+    ``args`` are fit's flags without the subcommand; a run's saved config.yaml is accepted as is.
+    """
+    DytLabCLI, ImageClassifier, ImageDataModule = _build_cli_class()
+
+    class BuildOnly(DytLabCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            super().add_arguments_to_parser(parser)
+            # fit's own arguments (ckpt_path, weights_only) are keys of a run's saved config.yaml; unused here
+            parser.add_method_arguments(self.trainer_class, "fit", skip=set(self.subcommands()["fit"]))
+
+        def before_instantiate_classes(self) -> None:  # no run folder to resume into
+            pass
+
+    with warnings.catch_warnings():  # args are a command's own translated flags, not a mix-up with sys.argv
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        cli = BuildOnly(ImageClassifier, ImageDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                        args=args, run=False, trainer_defaults=TRAINER_DEFAULTS, seed_everything_default=0,
+                        save_config_callback=None)
+    return cli.model, cli.datamodule
 
 
 def _cause_of_type(err: BaseException, types: tuple[type, ...]) -> BaseException | None:

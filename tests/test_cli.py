@@ -37,7 +37,7 @@ def test_print_config_round_trip_and_composition(tmp_path, capsys):
 def test_norms_command_lists_the_registry(capsys):
     main(["norms"])
     table = capsys.readouterr().out
-    assert "| `dyt` | `w * tanh(a * x) + b` |" in table and "| `groupnorm (gn)` |" in table
+    assert "| `dyt` | `w * tanh(a * x) + b` | a: scalar; w, b: (C,) | alpha_init, fused |" in table and "| `groupnorm (gn)` |" in table
 
 
 @pytest.mark.xdist_group("processes")
