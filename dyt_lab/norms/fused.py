@@ -1,15 +1,23 @@
-"""Fused DyT: ``weight * squash(alpha * x + shift) + bias`` in few passes, saving only ``x``.
+"""Fused DyT: ``weight * squash(alpha * x + shift) + bias`` in one pass forward and one backward.
 
 The eager formula makes four passes over memory forward and keeps two input-sized tensors for
-backward. ``DynamicSquashFunction`` computes in place on one output buffer, saves only the input,
-and recomputes the squash in backward, where all five gradients come out of one more buffer.
+backward. The fused paths read ``x`` once and write ``y`` once, save only ``x`` (plus the small
+parameters) and recompute the squash in backward, where ``grad_x`` and all four parameter
+gradients come out of one more pass. Three implementations, picked per call by ``try_fused``:
 
-``try_fused`` is the entry point used by the layers: it returns None (and warns once, naming the
-reason) for inputs the fused path does not handle, so the caller falls back to the reference.
+- CPU: a C++ kernel (``csrc/dynamic_squash.cpp``, built on first use, see ``cpu_kernel``);
+- CUDA: Triton kernels (``triton_kernel``) where Triton is installed;
+- anywhere else, or when the kernel cannot be built: ``DynamicSquashFunction``, pure PyTorch.
+
+Eager CPU calls go straight to ``torch.ops.dyt_lab_cpu.forward``, whose autograd is in C++ (as
+cheap a call as nn.LayerNorm's). Under ``torch.compile``, and on CUDA, the kernels run inside one
+``torch.library`` custom op, ``dyt_lab::dynamic_squash``, with a fake implementation and an
+autograd formula, so the compiler traces through it without a graph break. ``try_fused`` returns
+None (and warns once, naming the reason) for inputs no fused path handles, and the caller falls
+back to the reference formula.
 """
 
-from __future__ import annotations
-
+import functools
 import math
 import warnings
 
@@ -18,6 +26,8 @@ import torch
 from dyt_lab.norms.functional import per_channel
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_REDUCED = (torch.float16, torch.bfloat16)
+_SQUASH_CODES = {"tanh": 0, "erf": 1}
 _TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
 _warned: set[str] = set()
 
@@ -67,25 +77,139 @@ class DynamicSquashFunction(torch.autograd.Function):
         return grad_x, grad_alpha, grad_shift, grad_weight, grad_bias, None, None
 
 
-def _warn_once(reason: str) -> None:
-    if reason not in _warned:
-        _warned.add(reason)
-        warnings.warn(f"fused DyT falls back to the reference formula: {reason}", stacklevel=4)
+# The kernels as one custom op (for torch.compile and CUDA). Parameters arrive in the compute dtype
+# (float32, or float64 when the output is float64); x may be bf16/fp16 with a float32 output, as
+# the reference promotes. The backward op returns [grad_x, grad_alpha, grad_shift or an empty
+# tensor, grad_weight, grad_bias]; it has no autograd of its own (no double backward).
+
+_FORWARD_SCHEMA = (
+    "(Tensor x, Tensor alpha, Tensor? shift, Tensor weight, Tensor bias, bool channels_last, str squash, "
+    "ScalarType out_dtype) -> Tensor"
+)
+_BACKWARD_SCHEMA = (
+    "(Tensor grad_out, Tensor x, Tensor alpha, Tensor? shift, Tensor weight, bool channels_last, "
+    "str squash) -> Tensor[]"
+)
 
 
-def unsupported_reason(x: torch.Tensor, channels_last: bool) -> str | None:
-    """Why the fused path cannot take ``x``, or None when it can."""
+def _kernel_forward(x, alpha, shift, weight, bias, channels_last, squash, out_dtype):
+    """Fused forward on the kernel for x's device (C++ on CPU, Triton on CUDA)."""
+    if x.device.type == "cuda":
+        from dyt_lab.norms import triton_kernel
+
+        return triton_kernel.forward(x, alpha, shift, weight, bias, channels_last, squash, out_dtype)
+    return torch.ops.dyt_lab_cpu.forward(x, alpha, shift, weight, bias, channels_last, _SQUASH_CODES[squash], out_dtype)
+
+
+def _kernel_backward(grad_out, x, alpha, shift, weight, channels_last, squash):
+    """Fused backward: grad_x and the four parameter gradients from one pass over x and grad_out."""
+    if x.device.type == "cuda":
+        from dyt_lab.norms import triton_kernel
+
+        return triton_kernel.backward(grad_out, x, alpha, shift, weight, channels_last, squash)
+    return torch.ops.dyt_lab_cpu.backward(grad_out, x, alpha, shift, weight, channels_last, _SQUASH_CODES[squash])
+
+
+fused_forward = torch.library.custom_op("dyt_lab::dynamic_squash", _kernel_forward, mutates_args=(), schema=_FORWARD_SCHEMA)
+fused_backward = torch.library.custom_op(
+    "dyt_lab::dynamic_squash_backward", _kernel_backward, mutates_args=(), schema=_BACKWARD_SCHEMA
+)
+
+
+@fused_forward.register_fake
+def _forward_fake(x, alpha, shift, weight, bias, channels_last, squash, out_dtype):
+    return torch.empty_like(x, dtype=out_dtype, memory_format=torch.contiguous_format)
+
+
+@fused_backward.register_fake
+def _backward_fake(grad_out, x, alpha, shift, weight, channels_last, squash):
+    grad_shift = torch.empty_like(shift) if shift is not None else weight.new_empty(0)
+    grad_x = torch.empty_like(x, memory_format=torch.contiguous_format)
+    return [grad_x, torch.empty_like(alpha), grad_shift, torch.empty_like(weight), torch.empty_like(weight)]
+
+
+def _setup_context(ctx, inputs, output):
+    x, alpha, shift, weight, _bias, channels_last, squash, _out_dtype = inputs
+    ctx.save_for_backward(x, alpha, shift, weight)  # the input and three tiny parameters
+    ctx.channels_last, ctx.squash = channels_last, squash
+
+
+def _fused_autograd(ctx, grad_out):
+    x, alpha, shift, weight = ctx.saved_tensors
+    gx, ga, gs, gw, gb = fused_backward(grad_out, x, alpha, shift, weight, ctx.channels_last, ctx.squash)
+    return gx, ga, gs if shift is not None else None, gw, gb, None, None, None
+
+
+fused_forward.register_autograd(_fused_autograd, setup_context=_setup_context)
+
+
+# Routing: which implementation takes a call, and the one-time warnings when none of the fast ones can.
+
+
+def _warn_once(message: str, stacklevel: int) -> None:
+    # stacklevel counts from the caller of _warn_once up to the user line that called the layer.
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, stacklevel=stacklevel + 1)
+
+
+# torch.compile runs this for real while tracing (it cannot trace a build or warnings.warn) and
+# keeps the answer as a constant; so the build and the warning happen outside any graph.
+@torch.compiler.assume_constant_result
+def kernel_unavailable_reason(device_type: str) -> str | None:
+    """None if the fused kernel for this device type is ready (building it on first use), else why
+    not, after warning once that the slower pure-PyTorch function will be used."""
+    if device_type == "cpu":
+        from dyt_lab.norms import cpu_kernel
+
+        reason = cpu_kernel.unavailable_reason()
+    elif device_type == "cuda":
+        from dyt_lab.norms import triton_kernel
+
+        reason = triton_kernel.unavailable_reason()
+    else:
+        reason = f"no fused kernel for device type {device_type!r}"
+    if reason is not None:
+        _warn_once(f"fused DyT kernel unavailable, using the slower pure-PyTorch function: {reason}", 7)
+    return reason
+
+
+def unsupported_reason(x, alpha, shift, weight, bias, channels_last: bool) -> str | None:
+    """Why no fused path can take these tensors, or None when one can."""
     if x.dtype not in SUPPORTED_DTYPES:
         return f"dtype {x.dtype} is not one of {[str(d) for d in SUPPORTED_DTYPES]}"
-    if not channels_last and x.dim() < 2:
-        return f"channels-first input needs at least 2 dims (N, C, ...), got shape {tuple(x.shape)}"
+    if x.dim() < (1 if channels_last else 2):
+        layout = "channels-last input needs at least 1 dim (..., C)" if channels_last else (
+            "channels-first input needs at least 2 dims (N, C, ...)"
+        )
+        return f"{layout}, got shape {tuple(x.shape)}"
+    params = [p for p in (alpha, shift, weight, bias) if p is not None]
+    if any(p.dtype not in SUPPORTED_DTYPES or p.device != x.device or p.dim() != 1 for p in params):
+        return "parameters must be 1-d floating tensors on the input's device"
+    channels = x.shape[-1] if channels_last else x.shape[1]
+    if weight.numel() != channels or bias.numel() != channels or any(p.numel() not in (1, channels) for p in params):
+        return f"parameter sizes {[p.numel() for p in params]} do not match {channels} channels"
     return None
 
 
 def try_fused(x, alpha, shift, weight, bias, channels_last: bool, squash: str) -> torch.Tensor | None:
     """The fused result, or None (after a one-time warning) when the input is not supported."""
-    reason = unsupported_reason(x, channels_last)
+    reason = unsupported_reason(x, alpha, shift, weight, bias, channels_last)
     if reason is not None:
-        _warn_once(reason)
+        if not torch.compiler.is_compiling():  # dynamo cannot trace warnings.warn; eager calls do warn
+            _warn_once(f"fused DyT falls back to the reference formula: {reason}", 6)
         return None
-    return DynamicSquashFunction.apply(x, alpha, shift, weight, bias, channels_last, squash)
+    dtypes = [p.dtype for p in (alpha, shift, weight, bias) if p is not None]
+    out_dtype = functools.reduce(torch.promote_types, dtypes, x.dtype)  # what the reference returns
+    if x.device.type == "cuda" and out_dtype == torch.float64:  # the Triton kernels compute in float32
+        return DynamicSquashFunction.apply(x, alpha, shift, weight, bias, channels_last, squash)
+    if kernel_unavailable_reason(x.device.type) is not None:
+        return DynamicSquashFunction.apply(x, alpha, shift, weight, bias, channels_last, squash)
+    compute = torch.float64 if out_dtype == torch.float64 else torch.float32
+    if x.dtype != out_dtype and not (x.dtype in _REDUCED and out_dtype == torch.float32):
+        x = x.to(out_dtype)  # e.g. float32 x with float64 params: the reference computes in float64
+    alpha, shift, weight, bias = (p.to(compute) if p is not None else None for p in (alpha, shift, weight, bias))
+    x = x.contiguous()
+    if x.device.type == "cpu" and not torch.compiler.is_compiling():  # its autograd is in C++: cheapest
+        return torch.ops.dyt_lab_cpu.forward(x, alpha, shift, weight, bias, channels_last, _SQUASH_CODES[squash], out_dtype)
+    return fused_forward(x, alpha, shift, weight, bias, channels_last, squash, out_dtype)
