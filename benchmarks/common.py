@@ -25,8 +25,9 @@ def machine() -> str:
                 cpu = line.split(":", 1)[1].strip()
                 break
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"{device}, Python {platform.python_version()}")
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads, "
+            f"CPU capability {torch.backends.cpu.get_cpu_capability()}), {device}, Python {platform.python_version()}, "
+            f"load average {os.getloadavg()[0]:.1f}")
 
 
 def alternate(candidates: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:

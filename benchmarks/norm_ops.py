@@ -11,7 +11,6 @@ Every candidate allocates its output, as a layer does. Saved-for-backward bytes 
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -22,10 +21,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dyt_lab.norms import DyT, cpu_kernel
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
-START, END = "<!-- norm_ops:start -->", "<!-- norm_ops:end -->"
+from benchmarks.common import RESULTS, machine, write_section  # noqa: E402
+from dyt_lab.norms import DyT, cpu_kernel  # noqa: E402
+
 # (label, measured key, limit): fused DyT against LayerNorm / tanh, ratios of median times.
 TARGETS = [
     ("forward / LayerNorm", "fwd_ln", 1.2),
@@ -107,20 +107,6 @@ def cold_build_seconds() -> float | None:
     return None if value < 0 else value
 
 
-def machine() -> str:
-    """CPU model, threads, torch version and ATen CPU capability."""
-    model = platform.processor() or "unknown CPU"
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        model = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (
-        f"{model}, {os.cpu_count()} logical cores, torch.get_num_threads()={torch.get_num_threads()}, "
-        f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}"
-    )
-
-
 def report(cases: dict, header: list[str]) -> str:
     """Markdown: one timing table per case, then the targets with PASS/FAIL."""
     lines = [*header, ""]
@@ -144,17 +130,6 @@ def report(cases: dict, header: list[str]) -> str:
         lines.append("")
     lines += ["#### Targets (fused DyT)", "", "| case | target | measured | result |", "|---|---|---:|---|", *verdicts]
     return "\n".join(lines)
-
-
-def write_section(text: str) -> None:
-    """Replace this script's section of RESULTS.md (between its markers), leaving the others."""
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nEach script owns one section.\n"
-    section = f"{START}\n## norm_ops\n\n{text}\n{END}"
-    if START in old and END in old:
-        new = old[: old.index(START)] + section + old[old.index(END) + len(END):]
-    else:
-        new = old.rstrip("\n") + "\n\n" + section + "\n"
-    RESULTS.write_text(new)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -198,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     text = report(cases, header)
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section("norm_ops", "## norm_ops\n\n" + text)
         print(f"\nwrote the norm_ops section of {RESULTS}")
 
 
