@@ -194,8 +194,8 @@ def run_lightning(argv: list[str] | None = None):
 def make_parser():
     """The parser ``dyt-lab fit`` uses (arguments, links, defaults), built without parsing or running.
 
-    For validators such as ``dyt-lab study``; it has no ``ckpt_path`` (a method argument of fit).
-    LightningCLI builds its parser inside ``__init__``, so a subclass stops right after that step.
+    For validators such as ``dyt-lab study``. LightningCLI builds its parser inside ``__init__``,
+    so a subclass stops right after that step.
     """
     DytLabCLI, ImageClassifier, ImageDataModule = _build_cli_class()
 
@@ -203,6 +203,11 @@ def make_parser():
         pass
 
     class ParserOnly(DytLabCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            super().add_arguments_to_parser(parser)
+            # fit's own arguments (ckpt_path, weights_only): keys of a run's saved config.yaml too
+            parser.add_method_arguments(self.trainer_class, "fit", skip=set(self.subcommands()["fit"]))
+
         def parse_arguments(self, parser, args) -> None:
             raise ParserBuilt(parser)
 

@@ -40,7 +40,6 @@ def test_norms_command_lists_the_registry(capsys):
     assert "| `dyt` | `w * tanh(a * x) + b` | a: scalar; w, b: (C,) | alpha_init, fused |" in table and "| `groupnorm (gn)` |" in table
 
 
-@pytest.mark.xdist_group("processes")
 def test_ddp_fit_with_two_cpu_processes(tmp_path):
     result = run_cli(fit_args(tmp_path, "--config", str(ROOT / "configs" / "trainer" / "cpu_ddp.yaml"),
                               "--trainer.max_epochs=1", "--model.depth=1"), cwd=tmp_path, timeout=400)
@@ -58,7 +57,6 @@ def _bad_yaml(tmp_path, **init_args) -> str:
     return str(path)
 
 
-@pytest.mark.xdist_group("processes")
 @pytest.mark.parametrize(
     ("case", "expected"),
     [

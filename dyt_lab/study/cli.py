@@ -1,0 +1,81 @@
+"""``dyt-lab study run | resume | report``: the command line of the study subsystem."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from dyt_lab.errors import ConfigError
+
+USAGE = """\
+usage: dyt-lab study run --config configs/study/NAME.yaml [--KEY VALUE ...] [--workers N]
+       dyt-lab study resume NAME [--root studies] [--KEY VALUE ...]
+       dyt-lab study report NAME [--root studies] [--storage URL]
+
+  run      check the study file and its configs, then run trials until the study has n_trials;
+           the same command again resumes it. Any key of the study file is a flag
+           (--n_trials 40, --sampler.name random, --storage journal); see `dyt-lab study run --help`.
+  resume   continue a study from the study.yaml saved in its folder (flags override it).
+  report   print the trials table, the best trial, importances; write report.md, trials.csv, plots.
+"""
+
+
+def _option(argv: list[str], name: str, default: str | None) -> str | None:
+    """The value of ``--name X`` or ``--name=X`` in argv, without consuming it."""
+    for i, arg in enumerate(argv):
+        if arg == f"--{name}" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(f"--{name}="):
+            return arg.split("=", 1)[1]
+    return default
+
+
+def _report_args(argv: list[str]):
+    from jsonargparse import ArgumentError, ArgumentParser
+
+    from dyt_lab.study.spec import one_line
+
+    parser = ArgumentParser(prog="dyt-lab study report", exit_on_error=False,
+                            description="Report a study: trials table, best trial, importances, plots.")
+    parser.add_argument("name", type=str, help="the study's name")
+    parser.add_argument("--root", type=str, default="studies", help="folder holding one folder per study")
+    parser.add_argument("--storage", type=str | None, default=None,
+                        help="the study's storage (database URL or journal file); default: its folder's file")
+    try:
+        return parser.parse_args(argv)
+    except ArgumentError as err:
+        raise ConfigError(f"study report: {one_line(err)}") from None
+
+
+def main(argv: list[str]) -> None:
+    """Dispatch ``dyt-lab study ...`` (argv without the leading ``study``)."""
+    command, rest = (argv[0], argv[1:]) if argv else (None, [])
+    if command == "run":
+        from dyt_lab.study.runner import run_study
+        from dyt_lab.study.spec import load_spec
+
+        run_study(load_spec(rest))
+    elif command == "resume":
+        from dyt_lab.study.runner import SPEC_FILE, run_study
+        from dyt_lab.study.spec import load_spec
+
+        if not rest or rest[0].startswith("-"):
+            raise ConfigError("study resume needs the study's name: dyt-lab study resume NAME")
+        saved = Path(_option(rest, "root", "studies")) / rest[0] / SPEC_FILE
+        if not saved.is_file():
+            raise ConfigError(f"no study '{rest[0]}' to resume: {saved} does not exist")
+        run_study(load_spec(["--config", str(saved), *rest[1:]], prog="dyt-lab study resume"))
+    elif command == "report":
+        from dyt_lab.study.report import report
+
+        args = _report_args(rest)
+        report(args.name, root=args.root, storage=args.storage)
+    elif command == "_worker":  # started by `run --workers N`, not by people
+        from dyt_lab.study.runner import run_worker
+
+        run_worker(rest[0], int(rest[1]), int(rest[2]), int(rest[3]))
+    elif command in (None, "-h", "--help", "help"):
+        print(USAGE)
+    else:
+        print(USAGE, file=sys.stderr)
+        raise ConfigError(f"unknown study command '{command}'; valid: run, resume, report")

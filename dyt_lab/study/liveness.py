@@ -1,0 +1,140 @@
+"""Is a running trial's worker still alive? Process-tree ties, a heartbeat for journals, and the reaper.
+
+A trial is RUNNING in the storage until its worker tells the result. If the worker is killed
+(``kill -9``, a crashed node) nobody tells it, so the trial must be found and failed, and its
+configuration retried. Optuna does this for database storages with its heartbeat
+(``RDBStorage(heartbeat_interval=...)``, checked before each new trial); journal storages have no
+heartbeat in Optuna, so ``JournalHeartbeat`` writes one as a trial system attribute. On top of
+both, a worker on the same host is known dead at once by its process id, so a study resumed right
+after a kill does not wait for the grace period.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+WORKER_ATTR = "worker"  # user attr "host:pid" of the worker process that runs the trial
+HEARTBEAT_ATTR = "dyt_lab:heartbeat"  # system attr: time.time() of the last journal heartbeat
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(expected_parent: int | None = None) -> None:
+    """Ask Linux to SIGKILL this process when its parent dies, so no orphan trial keeps training.
+
+    With ``expected_parent``, exit at once if the parent is already gone (it died before the call).
+    Elsewhere than Linux this does nothing; an orphaned trial then runs to its end unobserved.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            return
+    if expected_parent is not None and os.getppid() != expected_parent:
+        os._exit(1)
+
+
+def worker_tag() -> str:
+    """This process as ``host:pid``, recorded on each trial it runs."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process on this host (a zombie counts as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    try:  # the state letter follows the parenthesised command name
+        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def local_worker_dead(trial: FrozenTrial) -> bool:
+    """True if the trial's worker ran on this host and its process is gone."""
+    host, _, pid = str(trial.user_attrs.get(WORKER_ATTR, "")).rpartition(":")
+    return host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid))
+
+
+def heartbeat_stale(trial: FrozenTrial, grace_period: float) -> bool:
+    """True if a journal trial's last heartbeat (or its start) is older than ``grace_period``."""
+    last = trial.system_attrs.get(HEARTBEAT_ATTR)
+    if last is None and trial.datetime_start is not None:
+        last = trial.datetime_start.timestamp()
+    return last is not None and time.time() - float(last) > grace_period
+
+
+class JournalHeartbeat:
+    """Context manager: record a heartbeat for a journal trial every ``interval`` seconds."""
+
+    def __init__(self, storage, trial_id: int, interval: float) -> None:
+        self.storage, self.trial_id, self.interval = storage, trial_id, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while True:
+            try:
+                self.storage.set_trial_system_attr(self.trial_id, HEARTBEAT_ATTR, time.time())
+            except optuna.exceptions.UpdateFinishedTrialError:
+                return
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> JournalHeartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def fail_and_retry(study: optuna.Study, trial: FrozenTrial, reason: str, retry) -> bool:
+    """Fail a running trial with ``reason`` and queue its configuration again; False if another did it."""
+    storage = study._storage  # Optuna's public API can only tell trials this process asked for
+    try:
+        storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+        if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+            return False
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+    retry(study, storage.get_trial(trial._trial_id))
+    return True
+
+
+def reap_dead_trials(study: optuna.Study, retry, journal: bool, grace_period: float) -> list[int]:
+    """Fail (and retry) every RUNNING trial whose worker is dead; return their numbers.
+
+    Dead means: its worker process on this host is gone, or no heartbeat for ``grace_period``
+    seconds (Optuna's own check for databases, which also queues the retry; ours for journals).
+    """
+    if not journal:  # Optuna runs this before each new trial too, but not when the study is full
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+    reaped = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if local_worker_dead(trial):
+            reason = f"worker {trial.user_attrs[WORKER_ATTR]} died (killed?) while the trial ran"
+        elif journal and heartbeat_stale(trial, grace_period):
+            reason = f"no heartbeat for {grace_period:g} s: its worker died (killed?)"
+        else:
+            continue
+        if fail_and_retry(study, trial, reason, retry):
+            reaped.append(trial.number)
+    return reaped

@@ -1,0 +1,194 @@
+"""One trial = one ``python -m dyt_lab fit`` process with the base configs plus the sampled values.
+
+A process per trial isolates everything a trial can break: an out-of-memory trial's memory is
+freed when it exits, a DDP trial uses Lightning's own launcher, and ``kill -9`` means what it says.
+The trial's run folder (``<study>/trials/trial_NNNN``) holds its TensorBoard events, the resolved
+config.yaml, checkpoints, stdout/stderr and the result file its StudyPruning callback writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import optuna
+
+from dyt_lab.study.liveness import WORKER_ATTR, JournalHeartbeat, worker_tag
+from dyt_lab.study.space import SearchSpace, config_flag
+from dyt_lab.study.spec import StudySpec, flatten_overrides
+from dyt_lab.study.storage import is_journal
+
+RESULT_FILE = "study_result.json"
+PRUNING_CALLBACK = "dyt_lab.study.pruning.StudyPruning"
+TRIAL_ENV = "DYT_LAB_STUDY_TRIAL"  # JSON: which trial of which study a fit process reports to
+
+
+def objective_value(history: dict[int, float], direction: str, which: str) -> float:
+    """The value a trial counts for: its best epoch's or its last epoch's (NaN epochs never best)."""
+    if not history:
+        return math.nan
+    if which == "last":
+        return history[max(history)]
+    finite = [v for v in history.values() if not math.isnan(v)]
+    if not finite:
+        return math.nan
+    return max(finite) if direction == "maximize" else min(finite)
+
+
+def write_result(path: str | Path, result: dict) -> None:
+    """Replace the trial's result file in one step, so the worker never reads half of it."""
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, path)
+
+
+def base_args(spec: StudySpec) -> list[str]:
+    """The fit arguments every trial shares: base configs, quiet logs, fixed overrides."""
+    args = [arg for path in spec.base.configs for arg in ("--config", path)]
+    args.append("--trainer.enable_progress_bar=false")  # output goes to a file; a bar there is noise
+    return args + [config_flag(k, v) for k, v in flatten_overrides(spec.base.overrides).items()]
+
+
+def study_args(spec: StudySpec, number: int) -> list[str]:
+    """The fit arguments the study owns: the trial's TensorBoard run folder and the pruning callback."""
+    logger = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+              "init_args": {"save_dir": str(spec.folder), "name": "trials", "version": trial_dir_name(number),
+                            "default_hp_metric": False}}
+    return [config_flag("trainer.logger", logger), f"--trainer.callbacks+={PRUNING_CALLBACK}"]
+
+
+def trial_dir_name(number: int) -> str:
+    """``trial_0007``: sorts in order in TensorBoard and in a file browser."""
+    return f"trial_{number:04d}"
+
+
+def failure_reason(code: int, stderr: Path) -> str:
+    """One line for a failed trial: dyt-lab's own ``error:`` line (a config error, a divergence), else
+    the exit code and the last line it printed (an exception's message)."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
+    with open(stderr, "rb") as f:  # only the tail: a long run's stderr can be large
+        f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))
+        lines = [line.strip() for line in f.read().decode(errors="replace").splitlines() if line.strip()]
+    errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+    if errors:
+        return errors[-1][:300]
+    return f"exit code {code}: {lines[-1][:300] if lines else 'no output'}"
+
+
+class TrialObjective:
+    """The Optuna objective: run one trial's fit process and turn its outcome into a value or a state."""
+
+    def __init__(self, spec: StudySpec, space: SearchSpace, storage_url: str, retry, log=print) -> None:
+        self.spec, self.space, self.storage_url, self.retry, self.log = spec, space, storage_url, retry, log
+        self.on_start = None  # called once the trial exists in the storage (the runner's ask lock)
+        self.fatal: str | None = None  # set when every further trial would fail the same way
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        try:
+            self.space.suggest(trial)
+        except ValueError as err:  # a queued retry whose values the edited search space no longer allows
+            trial.set_user_attr("fail_reason", f"its values do not fit the search space: {err}")
+            return math.nan
+        finally:
+            if self.on_start is not None:
+                self.on_start()
+        spec, number = self.spec, trial.number
+        run_dir = spec.folder / "trials" / trial_dir_name(number)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr(WORKER_ATTR, worker_tag())
+        command = [sys.executable, "-m", "dyt_lab", "fit", *base_args(spec), *self.space.flags(trial.params),
+                   *study_args(spec, number)]
+        (run_dir / "command.txt").write_text(shlex.join(command) + "\n")  # to re-run it by hand
+        binding = {"storage": self.storage_url, "study_name": spec.study_name, "trial_id": trial._trial_id,
+                   "pruner": {"name": spec.pruner.name, "kwargs": spec.pruner.kwargs},
+                   "metric": spec.objective.metric, "direction": spec.objective.direction,
+                   "value": spec.objective.value, "result": str(run_dir / RESULT_FILE), "parent_pid": os.getpid()}
+        shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+        self.log(f"trial {number} started: {shown}")
+        (run_dir / RESULT_FILE).unlink(missing_ok=True)
+        started = time.monotonic()
+        code = self._run(trial, command, {**os.environ, TRIAL_ENV: json.dumps(binding)}, run_dir, started)
+        return self._outcome(trial, code, run_dir, time.monotonic() - started)
+
+    def _run(self, trial: optuna.Trial, command: list[str], env: dict, run_dir: Path, started: float) -> int | None:
+        """Run the fit process to its end (None: killed for exceeding trial_timeout)."""
+        beat = (JournalHeartbeat(trial.study._storage, trial._trial_id, self.spec.heartbeat_interval)
+                if is_journal(self.storage_url) else nullcontext())
+        with open(run_dir / "stdout.log", "w") as out, open(run_dir / "stderr.log", "w") as err, beat:
+            proc = subprocess.Popen(command, stdout=out, stderr=err, env=env)
+            trial.set_user_attr("trial_pid", proc.pid)
+            try:
+                return proc.wait(timeout=self.spec.trial_timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                return None
+            except KeyboardInterrupt:
+                self._interrupted(trial, proc, run_dir, started)
+                raise
+
+    def _interrupted(self, trial: optuna.Trial, proc: subprocess.Popen, run_dir: Path, started: float) -> None:
+        """Ctrl-C or SIGTERM: stop the fit, and queue this configuration to run again on resume."""
+        proc.send_signal(signal.SIGINT)  # a terminal's Ctrl-C has reached it already; a SIGTERM has not
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        result = run_dir / RESULT_FILE
+        trial.set_user_attr("epochs", json.loads(result.read_text())["epochs"] if result.is_file() else 0)
+        trial.set_user_attr("wall_time_s", round(time.monotonic() - started, 1))
+        trial.set_user_attr("fail_reason", "interrupted; its configuration runs again on resume")
+        self.retry(trial.study, trial.study._storage.get_trial(trial._trial_id))
+        self.log(f"trial {trial.number} interrupted")
+
+    def _outcome(self, trial: optuna.Trial, code: int | None, run_dir: Path, seconds: float) -> float:
+        """Record the trial's attributes; return its value, raise TrialPruned, or return NaN (failed)."""
+        objective = self.spec.objective
+        path = run_dir / RESULT_FILE
+        result = json.loads(path.read_text()) if path.is_file() else {}
+        history = {int(epoch): value for epoch, value in result.get("history", {}).items()}
+        trial.set_user_attr("epochs", result.get("epochs", 0))
+        trial.set_user_attr("wall_time_s", round(seconds, 1))
+        trial.set_user_attr("exit_code", code)
+        if (run_dir / "config.yaml").is_file():
+            trial.set_user_attr("config", str(run_dir / "config.yaml"))
+        # The trial process reported these already; reporting again here makes this process's
+        # (cached) view of the trial agree with the storage before Optuna records the final state.
+        for epoch in sorted(history):
+            subset = {e: v for e, v in history.items() if e <= epoch}
+            trial.report(objective_value(subset, objective.direction, objective.value), step=epoch)
+        value = objective_value(history, objective.direction, objective.value)
+        took = f"{result.get('epochs', 0)} epochs, {seconds:.0f} s"
+        if code == 0 and result.get("pruned"):
+            self.log(f"trial {trial.number} PRUNED at epoch {max(history)}: {objective.metric}={value:.4g} ({took})")
+            raise optuna.TrialPruned(f"pruned at epoch {max(history)}")
+        if code == 0 and not math.isnan(value):
+            self.log(f"trial {trial.number} COMPLETE: {objective.metric}={value:.4g} ({objective.value}; {took})")
+            return value
+        if result.get("error"):
+            reason = self.fatal = result["error"]
+        elif code is None:
+            reason = f"exceeded trial_timeout ({self.spec.trial_timeout:g} s)"
+        elif code == 0:
+            reason = f"objective {objective.metric} was never a finite number"
+        else:
+            reason = failure_reason(code, run_dir / "stderr.log")
+        trial.set_user_attr("fail_reason", reason)
+        self.log(f"trial {trial.number} FAILED: {reason} ({took}; logs: {run_dir})")
+        return math.nan  # Optuna records a NaN objective as FAIL without a traceback in the log

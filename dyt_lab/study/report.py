@@ -1,0 +1,141 @@
+"""``dyt-lab study report``: what ran, what won, what mattered; on the terminal and in the study folder.
+
+The terminal and ``report.md`` show the same Markdown tables, so a report pastes into an issue or
+a README as printed. Files written into the study folder: report.md, trials.csv and the PNGs of
+plots.py.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from dyt_lab.study.plots import mean_by, placement_and_variant, write_plots
+from dyt_lab.study.storage import find_storage, load_existing
+
+
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table with padded columns, readable as plain text too."""
+    widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows)]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def _number(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _note(trial: FrozenTrial, retried_as: dict[int, int]) -> str:
+    notes = []
+    if "failed_trial" in trial.system_attrs:
+        notes.append(f"retry of #{trial.system_attrs['failed_trial']}")
+    if trial.number in retried_as:
+        notes.append(f"retried as #{retried_as[trial.number]}")
+    if trial.state == TrialState.FAIL:
+        notes.append(str(trial.user_attrs.get("fail_reason", "failed")))
+    return "; ".join(notes)
+
+
+def trials_table(study: optuna.Study, metric: str) -> str:
+    """One row per trial: number, state, objective, epochs, time, every parameter, and a note."""
+    trials = study.get_trials(deepcopy=False)
+    params = sorted({p for t in trials for p in t.params})
+    retried_as = {n: t.number for t in trials for n in t.system_attrs.get("retry_history", [])[-1:]}
+    rows = []
+    for t in trials:
+        seconds = t.user_attrs.get("wall_time_s")
+        rows.append([str(t.number), t.state.name.lower(), _number(t.value), _number(t.user_attrs.get("epochs")),
+                     f"{seconds:.0f} s" if seconds is not None else "-",
+                     *(_number(t.params.get(p)) for p in params), _note(t, retried_as)])
+    return markdown_table(["#", "state", metric, "epochs", "time", *params, "note"], rows)
+
+
+def placement_variant_table(study: optuna.Study) -> str | None:
+    """Mean objective per placement (rows) x variant (columns), with trial counts; None if not searched."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    placement, variant = placement_and_variant(sorted({p for t in complete for p in t.params}))
+    if not complete or not (placement or variant):
+        return None
+    row, column = (placement, variant) if placement else (variant, None)
+    cells = mean_by(complete, row, column)
+    cols = sorted({c for _, c in cells})
+    rows = [[r, *(f"{cells[(r, c)][0]:.4g} (n={cells[(r, c)][1]})" if (r, c) in cells else "-" for c in cols)]
+            for r in sorted({r for r, _ in cells})]
+    return markdown_table([f"{row} \\ {column}" if column else row, *(cols if column else ["mean"])], rows)
+
+
+def importances(study: optuna.Study) -> tuple[dict[str, float], str | None]:
+    """Optuna's parameter importances (its default evaluator), or why there are none yet."""
+    if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < 2:
+        return {}, "needs at least 2 completed trials"  # Optuna would return equal shares, which mislead
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return dict(optuna.importance.get_param_importances(study)), None
+    except Exception as err:  # e.g. fewer than two completed trials
+        return {}, str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def how_to_open(name: str, url: str, folder: Path) -> list[str]:
+    """Commands that open the same study in optuna-dashboard and its runs in TensorBoard."""
+    return [f"optuna-dashboard {url}   (pip install optuna-dashboard; then http://127.0.0.1:8080)",
+            f"tensorboard --logdir {folder / 'trials'}   (one run per trial; HParams tab compares them)"]
+
+
+def report(name: str, root: str = "studies", storage: str | None = None) -> Path:
+    """Print the report of study ``name`` and write it into its folder; return report.md's path."""
+    url = find_storage(name, root, storage)
+    study = load_existing(name, url)
+    folder = Path(root) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    objective = study.user_attrs.get("objective", {"metric": "value", "value": ""})
+    metric = f"{objective['metric']} ({objective['value']})" if objective.get("value") else objective["metric"]
+    direction = study.direction.name.lower()
+    sections = [f"# Study {name}", f"Storage: `{url}`. Objective: {direction} {metric}.",
+                "## Trials", trials_table(study, metric)]
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if complete:
+        best = study.best_trial
+        config = best.user_attrs.get("config")
+        params = "\n".join(f"- `{k}` = `{v}`" for k, v in best.params.items())
+        sections += ["## Best trial", f"Trial #{best.number}: {metric} = {_number(best.value)}, "
+                     f"run folder `{best.user_attrs.get('run_dir')}`, config `{config}`.", params]
+        if config and Path(config).is_file():
+            sections.append(f"```yaml\n{Path(config).read_text().strip()}\n```")
+    else:
+        sections += ["## Best trial", "No completed trial yet."]
+    grid = placement_variant_table(study)
+    if grid:
+        sections += ["## Objective by placement x variant", f"Mean {metric} of completed trials.", grid]
+    found, why_not = importances(study)
+    sections.append("## Parameter importances")
+    if found:
+        sections.append(f"Optuna's default evaluator over the {len(complete)} completed trials "
+                        "(pruned and failed trials are not in it); with few trials, a hint only.")
+        sections.append(markdown_table(["parameter", "importance"], [[k, f"{v:.3f}"] for k, v in found.items()]))
+    else:
+        sections.append(f"None yet: {why_not}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        study.trials_dataframe().to_csv(folder / "trials.csv", index=False)
+    files, notes = write_plots(study, folder, metric)
+    sections += ["## Files", "\n".join(f"- `{p.name}`" for p in [folder / "trials.csv", *files]), *notes,
+                 "## Open the study", "\n".join(f"    {line}" for line in how_to_open(name, url, folder))]
+    text = "\n\n".join(sections) + "\n"
+    (folder / "report.md").write_text(text)
+    print(_terminal(text))
+    print(f"written: {folder / 'report.md'}, trials.csv and {len(files)} plots in {folder}")
+    return folder / "report.md"
+
+
+def _terminal(text: str) -> str:
+    """The report for the terminal: as report.md, without the best trial's full config (its path is there)."""
+    start = text.find("```yaml")
+    return text if start < 0 else text[:start] + text[text.find("```", start + 7) + 4:]
+

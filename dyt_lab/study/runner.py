@@ -1,0 +1,199 @@
+"""Run a study: check it, create or resume it in its storage, and run trials in one or more workers.
+
+Every worker runs the same loop against the shared storage, under a lock file in the study folder:
+fail the trials of dead workers (queueing their configurations again), count the trials that
+count toward ``n_trials``, and ask Optuna for one more trial if the count is short. The loop is
+written here because ``study.optimize(n_trials=...)`` counts trials per call and per process,
+while a study here tops up to ``n_trials`` in total over resumes and workers, never re-runs a
+grid point, and checks for dead workers before every trial.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+
+from dyt_lab.errors import ConfigError
+from dyt_lab.study.liveness import die_with_parent, reap_dead_trials
+from dyt_lab.study.objective import TrialObjective
+from dyt_lab.study.samplers import check_sampler, make_pruner, make_sampler
+from dyt_lab.study.space import SearchSpace
+from dyt_lab.study.spec import StudySpec
+from dyt_lab.study.storage import is_journal, make_retry, open_storage, storage_url
+from dyt_lab.study.validate import validate, visible_gpus, worker_gpus
+
+SPEC_FILE = "study.yaml"  # the resolved study file, in the study folder: what `study resume` re-reads
+EXIT_INTERRUPTED = 130
+
+
+class AskLock:
+    """An exclusive lock file, so two local workers never both see "one trial short" and both ask."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = None
+
+    def acquire(self) -> None:
+        import fcntl
+
+        self._file = open(self.path, "a")  # held across calls; closed in release()
+        fcntl.flock(self._file, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        """Release the lock; calling it again does nothing."""
+        if self._file is not None:
+            import fcntl
+
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+
+def counted_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Trials that count toward n_trials: all but queued ones and failures whose config was retried."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    return [t for t in trials if t.state != TrialState.WAITING and t.number not in retried]
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM (a scheduler, `kill`) ends a worker as cleanly as Ctrl-C
+
+
+def prepare(spec: StudySpec) -> tuple[SearchSpace, list[str]]:
+    """Check everything before any trial: space, sampler, pruner, configs, storage; create the study."""
+    space = SearchSpace(spec.search_space)
+    check_sampler(spec.sampler, space)
+    make_pruner(spec.pruner)
+    gpus = visible_gpus()
+    print(f"study {spec.study_name}: checking {len(space.distributions)} searched keys against dyt-lab fit ...",
+          file=sys.stderr)
+    validate(spec, space, len(gpus))
+    url = storage_url(spec.storage, spec.folder)
+    if spec.storage in ("sqlite", "journal"):
+        spec.folder.mkdir(parents=True, exist_ok=True)
+    with_heartbeat = {} if is_journal(url) else {"heartbeat_interval": spec.heartbeat_interval,
+                                                  "grace_period": spec.grace_period}
+    study = optuna.create_study(study_name=spec.study_name, storage=open_storage(url, **with_heartbeat),
+                                direction=spec.objective.direction, load_if_exists=True)
+    if study.direction.name.lower() != spec.objective.direction:
+        raise ConfigError(f"study '{spec.study_name}' exists with direction {study.direction.name.lower()}; "
+                          f"objective.direction {spec.objective.direction} cannot change it")
+    study.set_user_attr("objective", {"metric": spec.objective.metric, "value": spec.objective.value})
+    spec.folder.mkdir(parents=True, exist_ok=True)
+    (spec.folder / SPEC_FILE).write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    if spec.workers > 1 and url.startswith("sqlite"):
+        print(f"note: {spec.workers} workers on SQLite work, but storage: journal suits several processes "
+              "better", file=sys.stderr)
+    return space, gpus
+
+
+def run_study(spec: StudySpec) -> None:
+    """``dyt-lab study run``: prepare, run the workers, print where the report is."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial comes from TrialObjective
+    space, gpus = prepare(spec)
+    if spec.workers == 1:
+        code = work(spec, 0)
+    else:
+        code = spawn_workers(spec, gpus)
+    study = optuna.load_study(study_name=spec.study_name, storage=open_storage(storage_url(spec.storage, spec.folder)))
+    counts = {s.name: sum(t.state == s for t in counted_trials(study)) for s in TrialState}
+    summary = ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n)
+    print(f"study {spec.study_name}: {len(counted_trials(study))}/{spec.n_trials} trials ({summary or 'none'})")
+    if code == EXIT_INTERRUPTED:
+        print(f"interrupted: run the same command (or `dyt-lab study resume {spec.study_name}`) to continue")
+        raise SystemExit(code)
+    print(f"report: dyt-lab study report {spec.study_name}" + (f" --root {spec.root}" if spec.root != "studies" else ""))
+    if code:
+        raise SystemExit(code)
+
+
+def spawn_workers(spec: StudySpec, gpus: list[str]) -> int:
+    """Start ``spec.workers`` worker processes on the shared storage; each gets its own GPUs if any."""
+    spec_path = spec.folder / SPEC_FILE
+    procs = []
+    for index in range(spec.workers):
+        env = dict(os.environ)
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(worker_gpus(gpus, spec.workers, index))
+        elif "OMP_NUM_THREADS" not in env:  # CPU trials side by side: share the cores, do not fight
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // spec.workers))
+        command = [sys.executable, "-m", "dyt_lab", "study", "_worker", str(spec_path), str(index),
+                   str(spec.workers), str(os.getpid())]
+        procs.append(subprocess.Popen(command, env=env))
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        codes = [proc.wait() for proc in procs]
+    except KeyboardInterrupt:  # Ctrl-C reached the workers too; a SIGTERM did not: pass it on
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        codes = [proc.wait() for proc in procs]
+    if EXIT_INTERRUPTED in codes:
+        return EXIT_INTERRUPTED
+    return max(codes)
+
+
+def work(spec: StudySpec, index: int, workers: int = 1) -> int:
+    """One worker's loop: run trials until the study has n_trials, the grid is done, or time is up."""
+    tag = f"[worker {index}] " if workers > 1 else ""
+    log = lambda message: print(f"{tag}{message}", flush=True)  # noqa: E731
+    signal.signal(signal.SIGTERM, _interrupt)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    space = SearchSpace(spec.search_space)
+    url = storage_url(spec.storage, spec.folder)
+    journal, retry = is_journal(url), make_retry(spec.max_retries)
+    heartbeat = {} if journal else {"heartbeat_interval": spec.heartbeat_interval,
+                                    "grace_period": spec.grace_period, "retry": retry}
+    storage = open_storage(url, **heartbeat)
+    existing = len(storage.get_all_trials(storage.get_study_id_from_name(spec.study_name), deepcopy=False))
+    study = optuna.load_study(study_name=spec.study_name, storage=storage, pruner=make_pruner(spec.pruner),
+                              sampler=make_sampler(spec.sampler, space, seed_offset=existing + 1000 * index))
+    objective = TrialObjective(spec, space, url, retry, log)
+    lock = AskLock(spec.folder / ".ask.lock")
+    deadline = None if spec.timeout is None else time.monotonic() + spec.timeout
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            lock.acquire()
+            try:
+                for number in reap_dead_trials(study, retry, journal, spec.grace_period):
+                    log(f"trial {number} FAILED: its worker died; its configuration is queued again")
+                if len(counted_trials(study)) >= spec.n_trials or _grid_done(study):
+                    return 0
+                objective.on_start = lock.release  # the new trial is RUNNING: others now count it
+                study.optimize(objective, n_trials=1)
+            finally:
+                lock.release()
+            if objective.fatal:
+                raise ConfigError(f"stopping the study, every trial would fail: {objective.fatal}")
+        log(f"timeout ({spec.timeout:g} s) reached: no new trials")
+    except KeyboardInterrupt:
+        log("interrupted")
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def _grid_done(study: optuna.Study) -> bool:
+    """A grid with every point run (and none queued again) is done: Optuna would repeat a point."""
+    if not isinstance(study.sampler, optuna.samplers.GridSampler):
+        return False
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    return not waiting and study.sampler.is_exhausted(study)
+
+
+def run_worker(spec_path: str, index: int, workers: int, launcher: int) -> None:
+    """``dyt-lab study _worker``: one of the processes ``--workers N`` starts (checked by the launcher)."""
+    from dyt_lab.study.spec import load_spec
+
+    die_with_parent(launcher)  # a killed launcher takes its workers (and their trials) with it
+    code = work(load_spec(["--config", spec_path]), index, workers)
+    if code:
+        raise SystemExit(code)

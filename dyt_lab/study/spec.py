@@ -1,0 +1,264 @@
+"""The study file: which configs to start from, what to search, how to judge a trial, where to store it.
+
+It is parsed by jsonargparse from dataclasses, as LightningCLI parses run configs, so every key has
+a ``--key`` flag and ``--help`` text, and several ``--config`` files compose. A study file::
+
+    study_name: resnet_bn_replacement          # default: the study file's name
+    base:
+      configs: [configs/experiments/resnet_bn_vs_dyt_digits.yaml]
+      overrides: {trainer.max_epochs: 6}        # fixed dotted keys, after the configs
+    search_space:
+      model.norm: [dyt, derf]                   # a list: categorical
+      model.alpha_init: {type: float, low: 0.05, high: 5, log: true}
+    objective: {metric: val/acc, direction: maximize, value: best}
+    sampler: {name: tpe, seed: 0}
+    pruner: {name: median}
+    n_trials: 20
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from dyt_lab.errors import ConfigError
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# Lines of jsonargparse's union error that repeat in every message and say nothing about this one.
+NOISE = ("Subtypes:", "Errors:", "Given value", "Does not validate against any of the Union subtypes",
+         "- Expected a <class 'NoneType'>")
+
+
+@dataclass
+class Base:
+    """The ``dyt-lab fit`` configuration every trial starts from.
+
+    Args:
+        configs: LightningCLI config files, composed in order as several ``--config`` flags.
+        overrides: fixed ``dotted.key: value`` settings applied after the configs; nested
+            mappings are flattened to dotted keys, except those with a ``class_path``. On the
+            command line, each ``--base.overrides.KEY=VALUE`` adds or replaces one key.
+    """
+
+    configs: list[str] = field(default_factory=list)
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Distribution:
+    """One searched config key; a plain list in the study file is shorthand for categorical choices.
+
+    Args:
+        type: float, int or categorical.
+        low: smallest value (float, int).
+        high: largest value (float, int).
+        log: sample on a log scale (float, int; needs low > 0).
+        step: spacing of the values (float, int; not with log). Needed by the grid sampler for numbers.
+        choices: the values of a categorical; a value may be a list or a mapping (e.g. a placement list).
+    """
+
+    type: Literal["float", "int", "categorical"] = "float"
+    low: int | float | None = None
+    high: int | float | None = None
+    log: bool = False
+    step: int | float | None = None
+    choices: list[Any] | None = None
+
+
+@dataclass
+class Objective:
+    """What a trial is judged by.
+
+    Args:
+        metric: a metric the run logs each validation epoch, e.g. val/acc or val/loss.
+        direction: maximize or minimize.
+        value: which value counts: the best epoch's, or the last epoch's.
+    """
+
+    metric: str = "val/acc"
+    direction: Literal["maximize", "minimize"] = "maximize"
+    value: Literal["best", "last"] = "best"
+
+
+@dataclass
+class Sampler:
+    """How trials choose their values.
+
+    Args:
+        name: tpe, random, grid, or any Optuna sampler by class path (optuna.samplers.QMCSampler).
+        seed: random seed (each worker and each resumed run derive their own from it).
+        kwargs: more keyword arguments for the sampler's constructor.
+    """
+
+    name: str = "tpe"
+    seed: int | None = 0
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Pruner:
+    """When a running trial is stopped early, judged each validation epoch.
+
+    Args:
+        name: median, hyperband, none, or any Optuna pruner by class path.
+        kwargs: keyword arguments for the pruner's constructor (e.g. n_warmup_steps).
+    """
+
+    name: str = "median"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StudySpec:
+    """An Optuna study in which every trial is one ``dyt-lab fit`` run.
+
+    Args:
+        base: the configs every trial starts from.
+        search_space: dotted config key -> distribution (or a list of categorical choices).
+        objective: the metric a trial is judged by.
+        sampler: the Optuna sampler.
+        pruner: the Optuna pruner.
+        n_trials: trials in the whole study, over all runs and workers (a resumed run tops up to it).
+        timeout: stop starting trials after this many seconds of this run (None: no limit).
+        study_name: the study's name and folder under root (None: the study file's name).
+        storage: sqlite (study.db in the study folder), journal (journal.log there, for several
+            processes on one machine or NFS), a journal file path, or a database URL
+            (postgresql://..., for several machines).
+        root: folder holding one folder per study.
+        workers: processes running trials at once on this machine; with GPUs each gets its own.
+        trial_timeout: kill a trial after this many seconds and record it failed (None: no limit).
+        heartbeat_interval: seconds between a running trial's heartbeats.
+        grace_period: seconds without a heartbeat after which a running trial counts as dead.
+        max_retries: how many times the configuration of a killed or interrupted trial is retried.
+    """
+
+    base: Base = field(default_factory=Base)
+    search_space: dict[str, Distribution | list[Any]] = field(default_factory=dict)
+    objective: Objective = field(default_factory=Objective)
+    sampler: Sampler = field(default_factory=Sampler)
+    pruner: Pruner = field(default_factory=Pruner)
+    n_trials: int = 20
+    timeout: float | None = None
+    study_name: str | None = None
+    storage: str = "sqlite"
+    root: str = "studies"
+    workers: int = 1
+    trial_timeout: float | None = None
+    heartbeat_interval: int = 10
+    grace_period: int = 30
+    max_retries: int = 3
+
+    @property
+    def folder(self) -> Path:
+        """The study folder: storage (by default), trial runs, report."""
+        return Path(self.root) / str(self.study_name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, for the resolved ``study.yaml`` and the trial processes."""
+        return asdict(self)
+
+
+def one_line(err: BaseException) -> str:
+    """jsonargparse's multi-line message, without its boilerplate, on one line."""
+    lines = [line.strip() for line in str(err).splitlines()]
+    kept = [line for line in lines if line and not line.startswith(NOISE)]
+    return " ".join(kept)[:400] or type(err).__name__
+
+
+def spec_parser(prog: str = "dyt-lab study run"):
+    """The study file parser: ``--config`` plus a flag for every StudySpec key."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(prog=prog, exit_on_error=False, description=StudySpec.__doc__.splitlines()[0])
+    parser.add_argument("-c", "--config", action=ActionConfigFile, help="a study YAML file (repeatable)")
+    parser.add_class_arguments(StudySpec, fail_untyped=True, sub_configs=True)
+    return parser
+
+
+def pop_override_flags(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Take ``--base.overrides.KEY=VALUE`` (or ``... KEY VALUE``) flags out of argv, as KEY -> VALUE.
+
+    jsonargparse would nest ``trainer.max_epochs`` under ``trainer`` and let a second flag for
+    ``trainer.*`` replace the first; taken out here, each flag sets exactly its dotted key, and
+    the value stays text for the fit parser to read.
+    """
+    prefix, rest, overrides = "--base.overrides.", [], {}
+    args = iter(argv)
+    for arg in args:
+        if not arg.startswith(prefix):
+            rest.append(arg)
+        elif "=" in arg:
+            key, value = arg[len(prefix):].split("=", 1)
+            overrides[key] = value
+        else:
+            overrides[arg[len(prefix):]] = next(args, "")
+    return rest, overrides
+
+
+def load_spec(argv: list[str], prog: str = "dyt-lab study run") -> StudySpec:
+    """Parse study files and flags into a checked StudySpec, or raise a one-line ConfigError."""
+    from jsonargparse import ArgumentError
+
+    parser = spec_parser(prog)
+    argv, extra_overrides = pop_override_flags(argv)
+    try:
+        cfg = parser.parse_args(argv)
+    except ArgumentError as err:
+        raise ConfigError(f"study file: {one_line(err)}") from None
+    spec = spec_from_namespace(parser, cfg)
+    spec.base.overrides = {**flatten_overrides(spec.base.overrides), **extra_overrides}
+    return spec
+
+
+def spec_from_namespace(parser, cfg) -> StudySpec:
+    """Turn a parsed namespace into a checked StudySpec, naming the study after its file if unnamed."""
+    config_files = cfg.get("config") or []
+    values = parser.instantiate(cfg).as_dict()
+    values.pop("config", None)
+    values["base"] = Base(**values["base"]) if isinstance(values["base"], dict) else values["base"]
+    spec = StudySpec(**{k: v for k, v in values.items() if k in StudySpec.__dataclass_fields__})
+    if spec.study_name is None:
+        if not config_files:
+            raise ConfigError("no study_name: give --study_name NAME or a study file with --config")
+        spec.study_name = Path(str(config_files[-1])).stem
+    check_spec(spec)
+    return spec
+
+
+def check_spec(spec: StudySpec) -> None:
+    """Refuse values no study can run with, one line each (the search space is checked in space.py)."""
+    if not NAME_PATTERN.fullmatch(spec.study_name):
+        raise ConfigError(f"study_name '{spec.study_name}' must be letters, digits, '_', '-' or '.'")
+    if not spec.base.configs:
+        raise ConfigError("base.configs is empty: name at least one dyt-lab fit config file")
+    for path in spec.base.configs:
+        if not Path(path).is_file():
+            raise ConfigError(f"base config '{path}' is not a file")
+    if not spec.search_space:
+        raise ConfigError("search_space is empty: map at least one config key to a distribution")
+    for name in ("n_trials", "workers", "heartbeat_interval", "grace_period"):
+        if getattr(spec, name) < 1:
+            raise ConfigError(f"{name} must be >= 1, got {getattr(spec, name)}")
+    if spec.grace_period <= spec.heartbeat_interval:
+        raise ConfigError(f"grace_period ({spec.grace_period}) must exceed heartbeat_interval "
+                          f"({spec.heartbeat_interval})")
+    if spec.max_retries < 0:
+        raise ConfigError(f"max_retries must be >= 0, got {spec.max_retries}")
+
+
+def flatten_overrides(overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"trainer": {"max_epochs": 3}}`` -> ``{"trainer.max_epochs": 3}``; class_path mappings stay whole.
+
+    Flattening lets ``--base.overrides.trainer.max_epochs=3`` on the command line add one key
+    to the file's overrides instead of replacing them all.
+    """
+    flat: dict[str, Any] = {}
+    for key, value in overrides.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and "class_path" not in value:
+            flat.update(flatten_overrides(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat

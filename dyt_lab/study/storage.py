@@ -1,0 +1,88 @@
+"""Where a study lives: SQLite in its folder, a journal file, or a database URL; open it or say why not."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend
+
+from dyt_lab.errors import ConfigError
+
+SQLITE_FILE = "study.db"
+JOURNAL_FILE = "journal.log"
+
+
+def storage_url(storage: str, folder: Path) -> str:
+    """The study's storage as a URL (databases) or a file path (journals)."""
+    if storage == "sqlite":
+        return f"sqlite:///{folder / SQLITE_FILE}"
+    if storage == "journal":
+        return str(folder / JOURNAL_FILE)
+    return storage
+
+
+def is_journal(url: str) -> bool:
+    """Journal storages are named by a file path; databases by a URL with a scheme."""
+    return "://" not in url
+
+
+def make_retry(max_retries: int) -> RetryHeartbeatStaleTrialCallback:
+    """Optuna's callback that queues a dead trial's configuration again, as a WAITING trial."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback(max_retry=max_retries)
+
+
+def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None,
+                 retry=None) -> optuna.storages.BaseStorage:
+    """Open (creating if needed) the storage, or raise a one-line ConfigError saying why it cannot be.
+
+    With ``heartbeat_interval``, a database storage records each running trial's heartbeat and
+    fails trials silent for ``grace_period`` seconds, queueing them again through ``retry``.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if is_journal(url):
+                return JournalStorage(JournalFileBackend(url))
+            # Several processes share a study file: wait for SQLite's lock instead of failing at 5 s.
+            engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+            return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_interval,
+                              grace_period=grace_period, heartbeat_stale_trial_callback=retry)
+    except Exception as err:  # sqlalchemy, driver and OS errors: any of them means "cannot open"
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"storage '{url}' cannot be opened: {detail[:200]}") from None
+
+
+def study_names(storage) -> list[str]:
+    """The names of the studies a storage holds."""
+    return [s.study_name for s in storage.get_all_studies()]
+
+
+def find_storage(name: str, root: str, storage: str | None) -> str:
+    """The storage URL of study ``name``: ``storage`` if given, else the file in ``root/name/``."""
+    if storage:
+        return storage_url(storage, Path(root) / name)
+    folder = Path(root) / name
+    for file, url in ((SQLITE_FILE, f"sqlite:///{folder / SQLITE_FILE}"), (JOURNAL_FILE, str(folder / JOURNAL_FILE))):
+        if (folder / file).is_file():
+            return url
+    found = sorted(p.parent.name for p in Path(root).glob(f"*/{SQLITE_FILE}")) + sorted(
+        p.parent.name for p in Path(root).glob(f"*/{JOURNAL_FILE}"))
+    listing = f"studies there: {', '.join(found)}" if found else "no studies there"
+    raise ConfigError(f"no study '{name}' under {root}/ ({listing}); for a database give --storage URL")
+
+
+def load_existing(name: str, url: str) -> optuna.Study:
+    """Load study ``name`` from ``url``, or a ConfigError naming the studies that storage holds."""
+    file = url if is_journal(url) else url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None
+    if file is not None and not Path(file).is_file():  # opening would create an empty one
+        raise ConfigError(f"no study '{name}': storage file '{file}' does not exist")
+    storage = open_storage(url)
+    names = study_names(storage)
+    if name not in names:
+        raise ConfigError(f"no study '{name}' in storage '{url}'; it holds: {', '.join(names) or 'no studies'}")
+    return optuna.load_study(study_name=name, storage=storage)

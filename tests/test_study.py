@@ -1,0 +1,237 @@
+"""Optuna studies as a user runs them: real trials (a tiny ResNet on digits), pruning, a diverged
+trial, kill -9 and resume, two workers on a journal, the report, and bad input refused up front."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from dyt_lab.cli import main
+from dyt_lab.study.space import SearchSpace
+from dyt_lab.study.spec import Distribution
+from tests.helpers import ROOT, last_line, run_cli
+
+BASE = str(ROOT / "configs" / "experiments" / "resnet_bn_vs_dyt_digits.yaml")
+# Trials of a few seconds each: most of a trial's time is starting Python and Lightning.
+TINY = {"trainer.max_epochs": 2, "trainer.limit_train_batches": 2, "trainer.limit_val_batches": 1,
+        "trainer.enable_model_summary": False}
+
+
+def write_study(folder: Path, name: str, **keys) -> Path:
+    """A study file over the tiny ResNet, its study folder under ``folder/studies``."""
+    spec = {"study_name": name, "root": str(folder / "studies"), "base": {"configs": [BASE], "overrides": TINY},
+            "search_space": {"model.norm": ["dyt", "derf"]}, "sampler": {"name": "grid"},
+            "pruner": {"name": "none"}, "n_trials": 2, **keys}
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def load(folder: Path, name: str, file: str = "study.db") -> optuna.Study:
+    storage = f"sqlite:///{folder / 'studies' / name / file}" if file.endswith(".db") else \
+        optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(folder / "studies" / name / file)))
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def counted(study: optuna.Study) -> list:
+    retried = {n for t in study.trials for n in t.system_attrs.get("retry_history", [])}
+    return [t for t in study.trials if t.number not in retried]
+
+
+@pytest.fixture(scope="module")
+def pruned_study(tmp_path_factory):
+    """4 trials of a grid over lr x alpha0: lr 0.003 learns, 1e-12 does not (pruned), 1e30 diverges.
+
+    The grid's order is fixed by its seed; seed 3 runs (alpha0, lr) = (1, 0.003), (1, 1e30),
+    (1, 1e-12), (0.5, 1e-12): a completed trial first, so the median pruner has a reference.
+    Run once per test session even when xdist spreads its tests over workers (a shared folder
+    and a file lock, as xdist's documentation does it for session fixtures).
+    """
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()  # under xdist, its parent is this session's, shared by workers
+    folder = (shared.parent if os.environ.get("PYTEST_XDIST_WORKER") else shared) / "pruned_study"
+    with FileLock(f"{folder}.lock"):
+        if not (folder / "run.json").is_file():
+            folder.mkdir(exist_ok=True)
+            path = write_study(folder, "pruned", n_trials=4, sampler={"name": "grid", "seed": 3},
+                               base={"configs": [BASE], "overrides": {**TINY, "trainer.limit_train_batches": 8}},
+                               search_space={"model.optimizer.lr": [0.003, 1.0e-12, 1.0e30],
+                                             "model.alpha_init": [0.5, 1.0]},
+                               objective={"metric": "val/loss", "direction": "minimize"},
+                               pruner={"name": "median", "kwargs": {"n_startup_trials": 1}})
+            result = run_cli(["study", "run", "--config", str(path)], cwd=folder, timeout=400)
+            assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
+            (folder / "run.json").write_text(json.dumps({"stdout": result.stdout, "stderr": result.stderr}))
+    return folder, json.loads((folder / "run.json").read_text())["stdout"]
+
+
+def test_study_with_a_pruner_ends_with_n_trials_in_their_states(pruned_study):
+    folder, stdout = pruned_study
+    study = load(folder, "pruned")
+    assert [(t.params["model.alpha_init"], t.params["model.optimizer.lr"], t.state) for t in study.trials] == [
+        (1.0, 0.003, TrialState.COMPLETE), (1.0, 1e30, TrialState.FAIL),
+        (1.0, 1e-12, TrialState.PRUNED), (0.5, 1e-12, TrialState.PRUNED)]
+    for t in study.trials:
+        run_dir = Path(t.user_attrs["run_dir"])
+        assert (run_dir / "config.yaml").is_file() and list(run_dir.glob("events.out.tfevents.*"))
+        assert t.user_attrs["config"] == str(run_dir / "config.yaml") and t.user_attrs["wall_time_s"] > 0
+        if t.state == TrialState.PRUNED:  # stopped after its first validation epoch, of 2
+            assert t.user_attrs["epochs"] == 1 and list(t.intermediate_values) == [0]
+            assert t.value > study.trials[0].intermediate_values[0]
+        if t.state == TrialState.COMPLETE:
+            assert t.user_attrs["epochs"] == 2 and t.value == min(t.intermediate_values.values())
+    assert "4/4 trials (1 complete, 2 pruned, 1 fail)" in stdout
+
+
+def test_diverged_trial_is_failed_with_its_reason_and_the_study_goes_on(pruned_study):
+    folder, stdout = pruned_study
+    study = load(folder, "pruned")
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert [t.params["model.optimizer.lr"] for t in failed] == [1e30]
+    for t in failed:
+        assert t.user_attrs["fail_reason"].startswith("diverged at step") and "loss=nan" in t.user_attrs["fail_reason"]
+        assert t.user_attrs["exit_code"] == 3
+        assert f"trial {t.number} FAILED: diverged at step" in stdout
+    assert max(t.number for t in study.trials) > min(t.number for t in failed)  # trials ran after it
+
+
+def test_report_writes_its_files_and_lists_every_trial(pruned_study, capsys):
+    folder, _ = pruned_study
+    main(["study", "report", "pruned", "--root", str(folder / "studies")])
+    printed = capsys.readouterr().out
+    out = folder / "studies" / "pruned"
+    for name in ("report.md", "trials.csv", "history.png", "objective_vs_model.alpha_init.png",
+                 "objective_vs_model.optimizer.lr.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    report = (out / "report.md").read_text()
+    rows = [line for line in report.splitlines() if line.startswith("| ") and line.split("|")[1].strip().isdigit()]
+    assert sorted(int(r.split("|")[1]) for r in rows) == list(range(4))
+    assert "## Best trial" in report and "```yaml" in report and "## Parameter importances" in report
+    assert "optuna-dashboard sqlite:///" in printed and "tensorboard --logdir" in printed
+    assert "diverged at step" in report and "| pruned " in report
+    assert len((out / "trials.csv").read_text().strip().splitlines()) == 5  # header + 4 trials
+
+
+def _python_env(folder: Path) -> dict:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "MPLCONFIGDIR": str(folder / ".mpl")}
+    env.pop("DYT_LAB_DEBUG", None)
+    return env
+
+
+def test_kill_9_then_resume_loses_no_trial_and_repeats_no_grid_point(tmp_path):
+    path = write_study(tmp_path, "killed", n_trials=3, search_space={"model.norm": ["dyt", "derf", "dyt_shift"]},
+                       base={"configs": [BASE], "overrides": {**TINY, "trainer.max_epochs": 4}})
+    command = [sys.executable, "-m", "dyt_lab", "study", "run", "--config", str(path)]
+    proc = subprocess.Popen(command, cwd=tmp_path, env=_python_env(tmp_path), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    middle = tmp_path / "studies" / "killed" / "trials" / "trial_0001" / "study_result.json"
+    deadline = time.monotonic() + 300
+    while not middle.is_file():  # trial 1 has finished an epoch: it is mid-run
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed = load(tmp_path, "killed").trials[1]
+    assert killed.state == TrialState.RUNNING
+    deadline = time.monotonic() + 20
+    while _alive(killed.user_attrs["trial_pid"]):  # its fit process dies with it: no orphan training on
+        assert time.monotonic() < deadline, "the trial process outlived the killed study process"
+        time.sleep(0.2)
+
+    result = run_cli(["study", "run", "--config", str(path)], cwd=tmp_path, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "trial 1 FAILED: its worker died" in result.stdout
+    study = load(tmp_path, "killed")
+    killed = study.trials[1]
+    assert killed.state == TrialState.FAIL and "died" in killed.user_attrs["fail_reason"]
+    kept = counted(study)
+    assert len(kept) == 3 and all(t.state == TrialState.COMPLETE for t in kept)
+    assert study.trials[0] in kept  # the trial finished before the kill is kept, not re-run
+    assert sorted(t.params["model.norm"] for t in kept) == ["derf", "dyt", "dyt_shift"]  # each grid point once
+    retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == 1)
+    assert retry.params == killed.params and retry.state == TrialState.COMPLETE
+
+
+def _alive(pid: int) -> bool:
+    from dyt_lab.study.liveness import pid_alive
+
+    return pid_alive(pid)
+
+
+def test_two_workers_on_one_journal_lose_and_duplicate_no_trial(tmp_path):
+    path = write_study(tmp_path, "pair", n_trials=3, storage="journal", workers=2,
+                       sampler={"name": "random", "seed": 0})
+    result = run_cli(["study", "run", "--config", str(path)], cwd=tmp_path, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = load(tmp_path, "pair", file="journal.log")
+    assert [t.number for t in study.trials] == [0, 1, 2]
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 2  # both workers ran trials
+    run_dirs = sorted(p.name for p in (tmp_path / "studies" / "pair" / "trials").iterdir())
+    assert run_dirs == ["trial_0000", "trial_0001", "trial_0002"]
+    assert "[worker 0]" in result.stdout and "[worker 1]" in result.stdout
+
+
+def test_search_space_labels_list_choices_and_maps_them_back():
+    space = SearchSpace({"model.placement": ["all", ["stage1", "stage2"]],
+                         "model.alpha_init": Distribution(type="float", low=0.05, high=5.0, log=True)})
+    assert space.distributions["model.placement"].choices == ("all", "stage1+stage2")
+    assert space.flags({"model.placement": "stage1+stage2", "model.alpha_init": 0.5}) == [
+        '--model.placement=["stage1", "stage2"]', "--model.alpha_init=0.5"]
+    assert [label for label, _ in space.probes()["model.alpha_init"]] == [0.05, 5.0]
+
+
+def test_study_file_keys_are_flags_and_override_flags_set_one_dotted_key(tmp_path):
+    from dyt_lab.study.spec import load_spec
+
+    path = write_study(tmp_path, "flags", base={"configs": [BASE], "overrides": {"trainer": {"max_epochs": 2}}})
+    spec = load_spec(["--config", str(path), "--n_trials", "7", "--sampler.name=random",
+                      "--base.overrides.trainer.accelerator=cpu", "--base.overrides.trainer.precision", "32"])
+    assert (spec.n_trials, spec.sampler.name, spec.study_name) == (7, "random", "flags")
+    assert spec.base.overrides == {"trainer.max_epochs": 2, "trainer.accelerator": "cpu", "trainer.precision": "32"}
+
+
+BAD = {
+    "key": ({"search_space": {"model.alpah_init": [0.1]}},
+            "error: search_space key 'model.alpah_init' is not a key of the base config (did you mean "
+            "'model.alpha_init'?)"),
+    "low_high": ({"search_space": {"model.alpha_init": {"type": "float", "low": 5, "high": 0.1}}},
+                 "error: search_space 'model.alpha_init': low 5.0 is greater than high 0.1"),
+    "log_low": ({"search_space": {"model.alpha_init": {"type": "float", "low": 0, "high": 1, "log": True}}},
+                "error: search_space 'model.alpha_init': log scale needs low > 0, got low=0.0"),
+    "empty": ({"search_space": {"model.norm": []}},
+              "error: search_space 'model.norm': a categorical needs at least one choice, got none"),
+    "sampler": ({"sampler": {"name": "tpee"}}, "error: unknown sampler 'tpee'; valid: tpe, random, grid, or"),
+    "pruner": ({"pruner": {"name": "medain"}}, "error: unknown pruner 'medain'; valid: median, hyperband, none, or"),
+    "storage": ({"storage": "sqlite:////nonexistent/folder/study.db"},
+                "error: storage 'sqlite:////nonexistent/folder/study.db' cannot be opened: "),
+    "placement": ({"search_space": {"model.placement": ["all", "stage4"]}},
+                  "error: search_space 'model.placement' = 'stage4': placement 'stage4' is neither a ResNet preset"),
+}
+
+
+@pytest.mark.parametrize("case", [*BAD, "report"])
+def test_bad_input_is_refused_in_one_line_before_any_trial(tmp_path, capsys, case):
+    if case == "report":
+        args, expected = ["study", "report", "nosuch", "--root", str(tmp_path / "studies")], \
+            "error: no study 'nosuch' under"
+    else:
+        keys, expected = BAD[case]
+        args = ["study", "run", "--config", str(write_study(tmp_path, "bad", **keys))]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert last_line(err).startswith(expected) and "Traceback" not in err
+    assert not (tmp_path / "studies" / "bad" / "trials").exists()
