@@ -76,13 +76,18 @@ def _build_cli_class():
         def add_arguments_to_parser(self, parser) -> None:
             for name in ("num_classes", "in_channels", "image_size"):
                 parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
+            # Two checkpoints: the best by val/acc, and last.ckpt rewritten after every validation.
+            # (ModelCheckpoint's own save_last only rewrites last.ckpt when a new best is saved, so
+            # `--ckpt_path last` would resume from the best epoch rather than the latest.)
             parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+            parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
             parser.set_defaults({
                 "checkpoint.monitor": "val/acc",
                 "checkpoint.mode": "max",
-                "checkpoint.save_last": True,
                 "checkpoint.filename": "best-epoch{epoch:03d}-acc{val/acc:.4f}",
                 "checkpoint.auto_insert_metric_name": False,
+                "last_checkpoint.filename": "last",
+                "last_checkpoint.enable_version_counter": False,
             })
             parser.add_lightning_class_args(DivergenceStop, "divergence")
             parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
@@ -135,19 +140,6 @@ TRAINER_DEFAULTS = {
 }
 
 
-def load_cli(args: list[str]):
-    """Parse and instantiate a run's model, data and trainer without running it (``run=False``).
-
-    ``args`` are fit-style flags without a subcommand (``["--config", "x.yaml", "--model.norm", "dyt"]``);
-    the returned CLI has ``.parser``, ``.config``, ``.model``, ``.datamodule`` and ``.trainer``.
-    Studies use it to validate configs before a trial starts, probes to rebuild a run's model.
-    """
-    DytLabCLI, ImageClassifier, ImageDataModule = _build_cli_class()
-    return DytLabCLI(ImageClassifier, ImageDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                     args=args, run=False, trainer_defaults=TRAINER_DEFAULTS, seed_everything_default=0,
-                     save_config_callback=None)
-
-
 def _with_run_config(argv: list[str]) -> list[str]:
     """Let ``validate|test|predict --ckpt_path X`` reuse the config.yaml saved in X's run folder.
 
@@ -191,23 +183,49 @@ def run_lightning(argv: list[str] | None = None):
     )
 
 
+def _offline_cli_class():
+    """DytLabCLI for building what ``fit`` would build, with no subcommand and no run folder."""
+    DytLabCLI, ImageClassifier, ImageDataModule = _build_cli_class()
+
+    class OfflineCLI(DytLabCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            super().add_arguments_to_parser(parser)
+            # fit's own arguments (ckpt_path, weights_only) are keys of a run's saved config.yaml
+            parser.add_method_arguments(self.trainer_class, "fit", skip=set(self.subcommands()["fit"]))
+
+        def before_instantiate_classes(self) -> None:  # nothing to resume: no run is started
+            pass
+
+    return OfflineCLI, ImageClassifier, ImageDataModule
+
+
+def load_cli(args: list[str]):
+    """Parse and instantiate a run's model, data and trainer without running it (``run=False``).
+
+    ``args`` are fit's flags without the subcommand (``["--config", "x.yaml", "--model.norm", "dyt"]``;
+    a run's saved config.yaml is accepted as is). The result has ``.parser``, ``.config``,
+    ``.model``, ``.datamodule`` and ``.trainer``: probes rebuild a run's model with it.
+    """
+    OfflineCLI, ImageClassifier, ImageDataModule = _offline_cli_class()
+    with warnings.catch_warnings():  # args are a command's own flags, not a mix-up with sys.argv
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        return OfflineCLI(ImageClassifier, ImageDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                          args=args, run=False, trainer_defaults=TRAINER_DEFAULTS, seed_everything_default=0,
+                          save_config_callback=None)
+
+
 def make_parser():
     """The parser ``dyt-lab fit`` uses (arguments, links, defaults), built without parsing or running.
 
     For validators such as ``dyt-lab study``. LightningCLI builds its parser inside ``__init__``,
     so a subclass stops right after that step.
     """
-    DytLabCLI, ImageClassifier, ImageDataModule = _build_cli_class()
+    OfflineCLI, ImageClassifier, ImageDataModule = _offline_cli_class()
 
     class ParserBuilt(Exception):
         pass
 
-    class ParserOnly(DytLabCLI):
-        def add_arguments_to_parser(self, parser) -> None:
-            super().add_arguments_to_parser(parser)
-            # fit's own arguments (ckpt_path, weights_only): keys of a run's saved config.yaml too
-            parser.add_method_arguments(self.trainer_class, "fit", skip=set(self.subcommands()["fit"]))
-
+    class ParserOnly(OfflineCLI):
         def parse_arguments(self, parser, args) -> None:
             raise ParserBuilt(parser)
 
@@ -217,30 +235,6 @@ def make_parser():
     except ParserBuilt as built:
         return built.args[0]
     raise RuntimeError("LightningCLI did not parse arguments")  # unreachable unless Lightning changes
-
-
-def build_model_and_data(args: list[str]):
-    """The (model, datamodule) that ``fit ARGS`` would train, from the same parser, without running a Trainer.
-
-    ``args`` are fit's flags without the subcommand; a run's saved config.yaml is accepted as is.
-    """
-    DytLabCLI, ImageClassifier, ImageDataModule = _build_cli_class()
-
-    class BuildOnly(DytLabCLI):
-        def add_arguments_to_parser(self, parser) -> None:
-            super().add_arguments_to_parser(parser)
-            # fit's own arguments (ckpt_path, weights_only) are keys of a run's saved config.yaml; unused here
-            parser.add_method_arguments(self.trainer_class, "fit", skip=set(self.subcommands()["fit"]))
-
-        def before_instantiate_classes(self) -> None:  # no run folder to resume into
-            pass
-
-    with warnings.catch_warnings():  # args are a command's own translated flags, not a mix-up with sys.argv
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        cli = BuildOnly(ImageClassifier, ImageDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                        args=args, run=False, trainer_defaults=TRAINER_DEFAULTS, seed_everything_default=0,
-                        save_config_callback=None)
-    return cli.model, cli.datamodule
 
 
 def _cause_of_type(err: BaseException, types: tuple[type, ...]) -> BaseException | None:

@@ -75,6 +75,8 @@ def test_resume_from_last_ends_like_an_uninterrupted_run(tmp_path):
     cut = run_lightning(fit_args(tmp_path / "cut", *args, "--trainer.callbacks+=tests.test_training.StopAfterEpoch",
                                  "--trainer.callbacks.epoch=2"))
     assert cut.trainer.current_epoch == 2
+    last = torch.load(tmp_path / "cut" / "quickstart" / "version_0" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == cut.trainer.global_step  # last.ckpt is the latest epoch, not the best
     resumed = run_lightning(fit_args(tmp_path / "cut", *args, "--ckpt_path=last"))
     assert resumed.trainer.log_dir == cut.trainer.log_dir  # the same run folder continues
     assert resumed.trainer.global_step == whole.trainer.global_step
@@ -83,6 +85,16 @@ def test_resume_from_last_ends_like_an_uninterrupted_run(tmp_path):
             whole.trainer.callback_metrics[key].item(), abs=1e-6), key
     for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
         torch.testing.assert_close(a, b, msg=name)
+
+
+def test_last_checkpoint_is_the_latest_epoch_even_without_a_new_best(tmp_path):
+    # lr 0: val/acc never improves after epoch 0, so only the first epoch is ever "best".
+    cli = run_lightning(fit_args(tmp_path, "--trainer.max_epochs=3", "--model.depth=1",
+                                 "--model.optimizer.init_args.lr=0"))
+    checkpoints = tmp_path / "quickstart" / "version_0" / "checkpoints"
+    last = torch.load(checkpoints / "last.ckpt", weights_only=False)
+    assert last["global_step"] == cli.trainer.global_step == 3 * 23
+    assert [p.name for p in checkpoints.glob("best-*.ckpt")] == [next(checkpoints.glob("best-epoch000-*")).name]
 
 
 def test_checkpoint_validates_and_predicts_without_retyping_the_model(tmp_path):
