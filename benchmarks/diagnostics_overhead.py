@@ -12,7 +12,6 @@ The target, from GitHub issue 6: on / off <= 1.10.
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -20,18 +19,16 @@ import time
 import warnings
 from pathlib import Path
 
-import torch
 from lightning.pytorch import Callback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
+from benchmarks.common import RESULTS, machine, write_section  # noqa: E402
 from dyt_lab.cli import run_lightning  # noqa: E402
 from dyt_lab.diagnostics import NormDiagnostics  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
-RESULTS = Path(__file__).with_name("RESULTS.md")
-START, END = "<!-- diagnostics_overhead:start -->", "<!-- diagnostics_overhead:end -->"
 TARGET = 1.10
 ON = ["--trainer.callbacks+=benchmarks.diagnostics_overhead.TimedNormDiagnostics"]
 
@@ -81,22 +78,11 @@ def fit_seconds(save_dir: str, epochs: int, diagnostics: bool) -> tuple[float, f
     return _callback(cli, "TrainTimer").seconds, inside.seconds if inside else 0.0
 
 
-def write_section(text: str) -> None:
-    """Replace this script's section of RESULTS.md (between its markers), leaving the others as they are."""
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nEach script owns one section.\n"
-    section = f"{START}\n## diagnostics_overhead\n\n{text}\n{END}"
-    if START in old and END in old:
-        new = old[: old.index(START)] + section + old[old.index(END) + len(END):]
-    else:
-        new = old.rstrip("\n") + "\n\n" + section + "\n"
-    RESULTS.write_text(new)
-
-
 def main() -> None:
     """Run the alternating fits, print the times and the ratio, and record them in RESULTS.md."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="pairs of fits (on and off)")
-    parser.add_argument("--epochs", type=int, default=20, help="epochs per fit (the quickstart's 20)")
+    parser.add_argument("--epochs", type=int, default=20, help="epochs per fit")
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
     args = parser.parse_args()
     os.environ.setdefault("MPLCONFIGDIR", tempfile.mkdtemp(prefix="mpl-"))
@@ -121,9 +107,7 @@ def main() -> None:
     text = "\n".join([
         f"Quickstart (DyT ViT on digits, {args.epochs} epochs), `NormDiagnostics` at its defaults "
         "(alpha every 50 steps, statistics every epoch on 32 probe images, figures every 20 epochs) against none;",
-        f"{args.repeats} alternating pairs in one process, training-loop time, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}, "
-        f"{os.cpu_count()} CPUs (shared).",
+        f"{args.repeats} alternating pairs in one process, training-loop time. Machine: {machine()}.",
         "",
         "| arm | median s | all runs s |",
         "|---|---|---|",
@@ -138,7 +122,7 @@ def main() -> None:
     ])
     print("\n" + text)
     if not args.no_write:
-        write_section(text)
+        write_section("diagnostics_overhead", "## diagnostics_overhead\n\n" + text)
         print(f"\nwrote the diagnostics_overhead section of {RESULTS}")
 
 

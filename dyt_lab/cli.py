@@ -61,7 +61,7 @@ def _flat_hparams(config: dict, prefix: str = "") -> dict[str, object]:
 
 def _build_cli_class():
     """Import Lightning lazily (it takes seconds) and define the CLI class."""
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
     from lightning.pytorch.cli import LightningCLI
 
     from dyt_lab.data import ImageDataModule
@@ -91,6 +91,18 @@ def _build_cli_class():
             })
             parser.add_lightning_class_args(DivergenceStop, "divergence")
             parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+
+        def _instantiate_trainer(self, config, callbacks):
+            if config.get("enable_checkpointing") is False:  # the user turned checkpoints off: drop ours
+                callbacks = [cb for cb in callbacks if not isinstance(cb, ModelCheckpoint)]
+            if config.get("logger") in (False, None):  # no logger: no learning rate to log
+                callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
+            chosen = [*(config.get("callbacks") or []), *callbacks]
+            if config.get("enable_progress_bar") is not False and not any(isinstance(cb, ProgressBar) for cb in chosen):
+                # Rich's default redraws 100 times a second from a thread that competes with training
+                # for a small CPU; 4 redraws a second read the same and cost nothing measurable.
+                callbacks = [*callbacks, RichProgressBar(refresh_rate=4)]
+            return super()._instantiate_trainer(config, callbacks)
 
         def before_instantiate_classes(self) -> None:
             config = self.config[self.subcommand] if self.subcommand else self.config  # run=False: no subcommand

@@ -9,6 +9,7 @@ Set ``DYT_LAB_NO_KERNEL=1`` to skip the kernel altogether.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -43,9 +44,24 @@ def _capability() -> str:
         return "DEFAULT"
 
 
+def _import_cpp_extension():
+    """torch.utils.cpp_extension, without its import-time note that no CUDA runtime was found.
+
+    That note (a logger warning) is about CUDA builds and says nothing about this CPU kernel.
+    """
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        logger.setLevel(level)
+    return cpp_extension
+
+
 def _missing_tool() -> str | None:
     """Why the build cannot start (no compiler, no ninja), or None."""
-    from torch.utils import cpp_extension
+    cpp_extension = _import_cpp_extension()
 
     compiler = os.environ.get("CXX", "c++")
     if shutil.which(compiler) is None:
@@ -60,7 +76,7 @@ def _missing_tool() -> str | None:
 
 def _build() -> None:
     """Compile (or reuse the cached build of) the kernel and load it into this process."""
-    from torch.utils import cpp_extension
+    cpp_extension = _import_cpp_extension()
 
     capability = _capability()
     flags = _CAPABILITY_FLAGS.get(capability, [])

@@ -92,10 +92,19 @@ class ImageClassifier(LightningModule):
         x, y = batch
         logits = self(x)
         loss = self._loss(logits, y)
-        self.train_acc(logits, y)
+        self.train_acc.update(logits.detach(), y)  # logged once per epoch, not per step: steps stay cheap
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train/acc", self.train_acc.compute())  # torchmetrics syncs the counts across DDP ranks
+        self.train_acc.reset()
+
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        """Move an (images, labels) batch directly; Lightning's generic path walks every collection type."""
+        if isinstance(batch, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in batch):
+            return [t.to(device, non_blocking=True) for t in batch]
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
