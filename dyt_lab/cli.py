@@ -175,8 +175,15 @@ def _with_run_config(argv: list[str]) -> list[str]:
     return [argv[0], "--config", str(config), *argv[1:]]
 
 
+# Lightning warnings that fire on every run and ask nothing of the user: ImageClassifier's batch
+# transfer is meant to win over the data module's, and the pytree one is Lightning's own deprecation.
+QUIET_WARNINGS = (r".*overridden `transfer_batch_to_device`", r".*isinstance\(treespec, LeafSpec\)")
+
+
 def run_lightning(argv: list[str] | None = None):
     """Run a LightningCLI subcommand (fit, validate, test, predict) on ``argv`` (None: sys.argv); return the CLI."""
+    for pattern in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
     DytLabCLI, ImageClassifier, ImageDataModule = _build_cli_class()
     if argv is None:  # from the shell: rewrite sys.argv itself, which DDP's launcher re-runs
         sys.argv[1:] = _with_run_config(sys.argv[1:])
