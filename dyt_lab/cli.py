@@ -68,7 +68,7 @@ def _build_cli_class():
     from dyt_lab.models import format_placement
     from dyt_lab.training import ImageClassifier
     from dyt_lab.training.callbacks import DivergenceStop
-    from dyt_lab.training.runs import RunRecord, find_last_checkpoint
+    from dyt_lab.training.runs import RunRecord, find_last_checkpoint, read_matching_checkpoint
 
     class DytLabCLI(LightningCLI):
         """LightningCLI with dyt_lab's links, defaults, resume and run records."""
@@ -119,7 +119,23 @@ def _build_cli_class():
             elif ckpt_path not in (None, "last", "best", "hpc", "registry") and not Path(ckpt_path).is_file():
                 raise ConfigError(f"--ckpt_path '{ckpt_path}' is not a file; give a .ckpt path or 'last'")
 
+        def _check_checkpoint(self) -> None:
+            """A checkpoint made with another model is one clear line, not a load_state_dict traceback."""
+            ckpt_path = self.config[self.subcommand].get("ckpt_path")
+            if ckpt_path and Path(ckpt_path).is_file():
+                read_matching_checkpoint(self.model, ckpt_path)
+
+        def before_validate(self) -> None:
+            self._check_checkpoint()
+
+        def before_test(self) -> None:
+            self._check_checkpoint()
+
+        def before_predict(self) -> None:
+            self._check_checkpoint()
+
         def before_fit(self) -> None:
+            self._check_checkpoint()
             net = getattr(self.model, "net", None)
             table = format_placement(net) if hasattr(net, "norm_sites") else None
             if table and self.trainer.is_global_zero:
@@ -135,7 +151,12 @@ def _build_cli_class():
             if not self.trainer.is_global_zero or logger is None or logger.log_dir is None:
                 return
             best = self.trainer.callback_metrics.get("val/acc_best")
-            score = f"val/acc_best {float(best):.4f}" if best is not None else "no validation metric"
+            if best is not None:
+                score = f"val/acc_best {float(best):.4f}"
+            elif self.trainer.current_epoch >= (self.trainer.max_epochs or 0) > 0:
+                score = "nothing to train (max_epochs already reached; raise --trainer.max_epochs to go on)"
+            else:
+                score = "no validation metric"
             print(f"\nDone: {score} after {self.trainer.current_epoch} epochs.\n"
                   f"Run folder:  {logger.log_dir}  (config.yaml, placement.txt, checkpoints/)\n"
                   f"TensorBoard: tensorboard --logdir {logger.save_dir}   then open http://localhost:6006",

@@ -143,3 +143,12 @@ def test_divergence_stops_within_a_few_steps_and_marks_the_run(tmp_path, capsys)
     texts = SummaryReader(str(run_dir), pivot=False).text
     assert any("diverged at step" in value for value in texts["value"])
     assert not (run_dir / "checkpoints" / "last.ckpt").exists()
+
+
+def test_checkpoint_of_another_model_is_one_clear_line(tmp_path, capsys):
+    run_lightning(fit_args(tmp_path, "--trainer.max_epochs=1", "--model.depth=1"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(fit_args(tmp_path, "--trainer.max_epochs=2", "--model.depth=2", "--ckpt_path=last"))
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.startswith("error: checkpoint '") and "does not match the config's model: missing key" in message

@@ -17,13 +17,13 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from dyt_lab.diagnostics.hooks import SiteProbe, probe_images, run_probe
 from dyt_lab.diagnostics.sites import SiteError, find_sites, network_of, select_sites
 from dyt_lab.errors import ConfigError
 from dyt_lab.norms import norm_name
+from dyt_lab.training.runs import read_matching_checkpoint
 
 OUTPUTS = ("s_curves.png", "gain_vs_inv_std.png", "stats.png", "stats.csv")
 
@@ -88,25 +88,8 @@ def fit_flags(configs: list[str], overrides: list[str]) -> list[str]:
 
 def load_checkpoint(model: nn.Module, path: str) -> int:
     """Load a Lightning checkpoint's weights into ``model`` and return its epoch; a mismatch is one ConfigError line."""
-    if not Path(path).is_file():
-        raise ConfigError(f"checkpoint '{path}' is not a file")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a corrupt or foreign file (pickle, zip or torch errors): say so in one line
-        raise ConfigError(f"cannot read checkpoint '{path}': {str(err).splitlines()[0]}") from None
-    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
-    if state is None:
-        raise ConfigError(f"'{path}' is not a Lightning checkpoint (it has no state_dict)")
-    own = model.state_dict()
-    problems = [f"missing key '{k}'" for k in own if k not in state]
-    problems += [f"unexpected key '{k}'" for k in state if k not in own]
-    problems += [f"'{k}' has shape {tuple(state[k].shape)} in the checkpoint, {tuple(v.shape)} in the model"
-                 for k, v in own.items() if k in state and state[k].shape != v.shape]
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise ConfigError(f"checkpoint '{path}' does not match the config's model: {problems[0]}{more}; "
-                          "pass the run's own --config")
-    model.load_state_dict(state)
+    ckpt = read_matching_checkpoint(model, path)
+    model.load_state_dict(ckpt["state_dict"])
     return int(ckpt.get("epoch", -1))
 
 

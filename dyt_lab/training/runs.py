@@ -6,8 +6,11 @@ import re
 import sys
 from pathlib import Path
 
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
+
+from dyt_lab.errors import ConfigError
 
 # HParams metrics: TensorBoard shows the latest value each run logged under these tags.
 HPARAM_METRICS = ("val/acc_best", "val/acc", "val/loss", "train/loss")
@@ -24,6 +27,29 @@ def find_last_checkpoint(save_dir: str, name: str) -> tuple[Path, int] | None:
         return None
     _, version, ckpt = max(found)
     return ckpt, version
+
+
+def read_matching_checkpoint(model: torch.nn.Module, path: str | Path) -> dict:
+    """Read a Lightning checkpoint whose weights fit ``model``, or raise one ConfigError line saying why not."""
+    if not Path(path).is_file():
+        raise ConfigError(f"checkpoint '{path}' is not a file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a corrupt or foreign file (pickle, zip or torch errors): say so in one line
+        raise ConfigError(f"cannot read checkpoint '{path}': {str(err).splitlines()[0]}") from None
+    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    if state is None:
+        raise ConfigError(f"'{path}' is not a Lightning checkpoint (it has no state_dict)")
+    own = model.state_dict()
+    problems = [f"missing key '{k}'" for k in own if k not in state]
+    problems += [f"unexpected key '{k}'" for k in state if k not in own]
+    problems += [f"'{k}' has shape {tuple(state[k].shape)} in the checkpoint, {tuple(v.shape)} in the model"
+                 for k, v in own.items() if k in state and state[k].shape != v.shape]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ConfigError(f"checkpoint '{path}' does not match the config's model: {problems[0]}{more}; "
+                          "pass the run's own --config")
+    return ckpt
 
 
 def log_hparams_to_tensorboard(trainer: Trainer, hparams: dict[str, object]) -> None:
