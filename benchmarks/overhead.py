@@ -39,7 +39,8 @@ BARE = ["--trainer.logger=false", "--trainer.enable_checkpointing=false", "--tra
 def lightning_epochs(epochs: int, save_dir: str, extra: tuple[str, ...] = ()) -> list[float]:
     """Epoch times of the real ``dyt-lab fit --config configs/quickstart.yaml`` (plus ``extra`` flags)."""
     cli = run_lightning(["fit", "--config", str(QUICKSTART), f"--trainer.max_epochs={epochs}",
-                         f"--trainer.logger.init_args.save_dir={save_dir}", *extra,
+                         f"--trainer.logger.init_args.save_dir={save_dir}",
+                         f"--trainer.default_root_dir={save_dir}", *extra,  # where a logger-less run writes
                          "--trainer.callbacks+=benchmarks.common.EpochTimer"])
     timer = next(cb for cb in cli.trainer.callbacks if isinstance(cb, EpochTimer))
     return timer.epoch_seconds()[1:]
