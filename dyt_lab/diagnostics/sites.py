@@ -9,7 +9,7 @@ from torch import nn
 
 from dyt_lab.errors import ConfigError
 from dyt_lab.norms import DYT_FAMILY
-from dyt_lab.norms.convert import KINDS, _layout_of
+from dyt_lab.norms.convert import KINDS, norm_layout
 
 
 class SiteError(ConfigError):
@@ -34,7 +34,7 @@ def find_sites(net: nn.Module) -> dict[str, str]:
     for name, module in net.named_modules():
         if isinstance(module, DYT_FAMILY):
             sites[name] = "channels_last" if module.channels_last else "channels_first"
-        elif (layout := _layout_of(module, KINDS)) is not None:
+        elif (layout := norm_layout(module, KINDS)) is not None:
             sites[name] = layout
     return sites
 

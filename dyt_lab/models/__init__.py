@@ -6,12 +6,11 @@ from dyt_lab.models.placement import (
     describe_norm,
     describe_placement,
     format_placement,
-    placement_summary,
 )
 from dyt_lab.models.resnet import RESNET_PRESETS, ResNet, resnet_site_presets
 from dyt_lab.models.vit import VIT_PRESETS, VIT_SITE_PRESETS, ViT
 
 __all__ = [
     "RESNET_PRESETS", "VIT_PRESETS", "VIT_SITE_PRESETS", "NormPlacement", "PlacementError", "ResNet", "ViT",
-    "describe_norm", "describe_placement", "format_placement", "placement_summary", "resnet_site_presets",
+    "describe_norm", "describe_placement", "format_placement", "resnet_site_presets",
 ]

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
-from typing import Any
 
 from torch import nn
 
 from dyt_lab.errors import ConfigError
-from dyt_lab.norms import DYT_FAMILY, NormSpec, build_norm, describe_spec, norm_name
+from dyt_lab.norms import DYT_FAMILY, NormSpec, build_norm, norm_name
 from dyt_lab.norms.registry import get_entry
 
 Placement = str | list[str]
@@ -139,12 +138,3 @@ def format_placement(model: nn.Module) -> str:
     lines = [f"{'site':<{width}}  {'layout':<14}  norm", f"{'-' * width}  {'-' * 14}  {'-' * 20}"]
     lines += [f"{site:<{width}}  {layouts[site]:<14}  {label}" for site, label in table.items()]
     return "\n".join(lines)
-
-
-def placement_summary(norm: NormSpec, placement: Placement, base_norm: NormSpec, rules: Any) -> str:
-    """One line naming the placement, for logs and HParams: ``dyt@attn, rest layernorm``."""
-    text = f"{describe_spec(norm)}@{'+'.join(_as_list(placement))}, rest {describe_spec(base_norm)}"
-    for rule in rules or []:
-        (key, spec), = rule.items()
-        text += f"; {key}={describe_spec(spec)}"
-    return text

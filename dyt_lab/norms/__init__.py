@@ -15,7 +15,6 @@ from dyt_lab.norms.registry import (
     NormSpec,
     available_norms,
     build_norm,
-    describe_spec,
     norm_factory,
     norm_name,
 )
@@ -23,6 +22,6 @@ from dyt_lab.norms.registry import (
 __all__ = [
     "DYT_FAMILY", "LAYOUTS", "NORMS", "CenteredDyT", "ChannelAlphaDyT", "ChannelShiftDyT", "Derf", "DyT",
     "GroupNorm", "Identity", "LayerNorm2d", "Layout", "NormError", "NormSpec", "RMSNorm2d", "ShiftedDyT",
-    "TokenBatchNorm", "available_norms", "build_norm", "convert_norms", "describe_spec", "norm_factory",
+    "TokenBatchNorm", "available_norms", "build_norm", "convert_norms", "norm_factory",
     "norm_name",
 ]

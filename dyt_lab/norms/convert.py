@@ -15,7 +15,7 @@ from dyt_lab.norms.registry import NormError, NormSpec, build_norm
 KINDS = ("layernorm", "batchnorm", "groupnorm", "rmsnorm")
 
 
-def _layout_of(module: nn.Module, kinds: Iterable[str]) -> str | None:
+def norm_layout(module: nn.Module, kinds: Iterable[str]) -> str | None:
     """The layout a norm module of one of ``kinds`` works in, or None if it is not such a module.
 
     Channels-first LayerNorm subclasses (timm's and torchvision's ``LayerNorm2d``) keep
@@ -68,7 +68,7 @@ def convert_norms(
     for kind in kinds:
         if kind not in KINDS:
             raise NormError(f"unknown kind '{kind}' for convert_norms; valid kinds: {', '.join(KINDS)}")
-    found = [(name, m, _layout_of(m, kinds)) for name, m in model.named_modules() if name]
+    found = [(name, m, norm_layout(m, kinds)) for name, m in model.named_modules() if name]
     found = [(name, m, layout) for name, m, layout in found if layout is not None]
     if sites is not None:
         found = [item for item in found if any(fnmatchcase(item[0], pattern) for pattern in sites)]

@@ -187,14 +187,3 @@ def norm_factory(spec: NormSpec | type | Callable[[int], nn.Module], layout: Lay
 def norm_name(module: nn.Module) -> str:
     """The registry name of a built norm module, or its class name if it is not from the registry."""
     return _TYPE_NAMES.get(type(module), type(module).__name__)
-
-
-def describe_spec(spec: NormSpec | type | Callable) -> str:
-    """A short label for a spec: ``dyt``, ``dyt(alpha_init=1.0)``, or a callable's name."""
-    if isinstance(spec, Mapping):
-        entry, options = _split_spec(spec)
-        args = ", ".join(f"{k}={v}" for k, v in options.items())
-        return f"{entry.name}({args})" if args else entry.name
-    if isinstance(spec, str):
-        return get_entry(spec).name
-    return getattr(spec, "__name__", type(spec).__name__)
