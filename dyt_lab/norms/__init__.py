@@ -7,6 +7,7 @@ swaps the norms of an existing model; the DyT family lives in ``dyt_lab.norms.dy
 from dyt_lab.norms.baselines import GroupNorm, Identity, LayerNorm2d, RMSNorm2d, TokenBatchNorm
 from dyt_lab.norms.convert import convert_norms
 from dyt_lab.norms.dyt import DYT_FAMILY, CenteredDyT, ChannelAlphaDyT, ChannelShiftDyT, Derf, DyT, ShiftedDyT
+from dyt_lab.norms.factored import FactoredNorm
 from dyt_lab.norms.registry import (
     LAYOUTS,
     NORMS,
@@ -21,7 +22,7 @@ from dyt_lab.norms.registry import (
 
 __all__ = [
     "DYT_FAMILY", "LAYOUTS", "NORMS", "CenteredDyT", "ChannelAlphaDyT", "ChannelShiftDyT", "Derf", "DyT",
-    "GroupNorm", "Identity", "LayerNorm2d", "Layout", "NormError", "NormSpec", "RMSNorm2d", "ShiftedDyT",
-    "TokenBatchNorm", "available_norms", "build_norm", "convert_norms", "norm_factory",
+    "FactoredNorm", "GroupNorm", "Identity", "LayerNorm2d", "Layout", "NormError", "NormSpec", "RMSNorm2d",
+    "ShiftedDyT", "TokenBatchNorm", "available_norms", "build_norm", "convert_norms", "norm_factory",
     "norm_name",
 ]

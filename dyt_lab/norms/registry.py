@@ -19,7 +19,7 @@ from typing import Any, Literal
 from torch import nn
 
 from dyt_lab.errors import ConfigError
-from dyt_lab.norms import baselines, dyt
+from dyt_lab.norms import baselines, dyt, factored
 from dyt_lab.norms.dyt import check_num_features
 
 NormSpec = str | dict[str, Any]
@@ -102,6 +102,9 @@ _ENTRIES = [
     _dyt_entry("derf", dyt.Derf, "w * erf(a * x + s) + b", "a, s: scalar; w, b: (C,)"),
     _dyt_entry("dyt_centered", dyt.CenteredDyT, "w * tanh(a * (x - mean_batch)) + b",
                "a: scalar; w, b: (C,); running mean"),
+    _dyt_entry("factored", factored.FactoredNorm,
+               "w * squash(s * (x - m)) + b; m: batch/running mean or 0; s: 1/std, 1/running std, a, a_c or 1",
+               "w, b: (C,); a: scalar or (C,) if scale is alpha*; running mean/var where used"),
 ]
 NORMS: dict[str, NormEntry] = {e.name: e for e in _ENTRIES}
 _ALIASES: dict[str, str] = {alias: e.name for e in _ENTRIES for alias in e.aliases}
@@ -113,6 +116,7 @@ _TYPE_NAMES: dict[type, str] = {
     baselines.GroupNorm: "groupnorm", baselines.Identity: "identity",
     dyt.DyT: "dyt", dyt.ShiftedDyT: "dyt_shift", dyt.ChannelShiftDyT: "dyt_channel_shift",
     dyt.ChannelAlphaDyT: "dyt_channel_alpha", dyt.Derf: "derf", dyt.CenteredDyT: "dyt_centered",
+    factored.FactoredNorm: "factored",
 }
 
 
