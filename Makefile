@@ -1,4 +1,5 @@
-# Set-up and the two commands the README promises: `make train` and `make test`.
+# Set-up and the two commands the README promises: `make train` and `make test` (the full suite);
+# `make test-fast` skips the tests marked slow (subprocesses, DDP, multi-epoch fits) for the edit loop.
 # The venv is (re)installed only when pyproject.toml is newer than the stamp, so a second run
 # installs nothing.
 
@@ -8,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install train test lint bench clean
+.PHONY: install train test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +23,9 @@ train: $(STAMP)
 
 test: $(STAMP)
 	MPLCONFIGDIR=$${MPLCONFIGDIR:-/tmp/dyt-lab-mpl} $(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	MPLCONFIGDIR=$${MPLCONFIGDIR:-/tmp/dyt-lab-mpl} $(BIN)/python -m pytest -n 2 -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check dyt_lab tests benchmarks

@@ -24,8 +24,8 @@ from lightning.pytorch import Callback
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
 from benchmarks.common import RESULTS, machine, write_section  # noqa: E402
-from dyt_lab.cli import run_lightning  # noqa: E402
 from dyt_lab.diagnostics import NormDiagnostics  # noqa: E402
+from dyt_lab.runs import run_lightning  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"

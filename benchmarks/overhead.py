@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout: `python benchmarks/overhead.py`
 
 from benchmarks.common import EpochTimer, machine, median, verdict, write_section  # noqa: E402
-from dyt_lab.cli import load_cli, run_lightning  # noqa: E402
+from dyt_lab.runs import load_run, run_lightning  # noqa: E402
 from dyt_lab.training import WarmupCosineLR, parameter_groups  # noqa: E402
 
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
@@ -48,8 +48,8 @@ def lightning_epochs(epochs: int, save_dir: str, extra: tuple[str, ...] = ()) ->
 
 def raw_epochs(epochs: int) -> list[float]:
     """Epoch times of a plain loop over the same model, data loaders, optimizer and schedule."""
-    cli = load_cli(["--config", str(QUICKSTART)])  # the quickstart's own model and data objects
-    net, data = cli.model.net, cli.datamodule
+    model, data, _ = load_run(["--config", str(QUICKSTART)])  # the quickstart's own model and data objects
+    net = model.net
     data.setup("fit")
     train, val = data.train_dataloader(), data.val_dataloader()
     optimizer = torch.optim.AdamW(parameter_groups(net), lr=0.002, weight_decay=0.05)

@@ -1,5 +1,63 @@
-"""The one exception type for user mistakes: its message is a single line the CLI prints as is."""
+"""Expected failures: a user mistake or a diverged run, their exit codes, and finding them in a chain."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+EXIT_CONFIG_ERROR = 2  # a value the user set cannot work (argparse uses 2 for usage errors too)
+EXIT_DIVERGED = 3  # the run started but its loss became NaN or infinite
 
 
 class ConfigError(ValueError):
     """A value a user set (a norm, a placement rule, a preset, a path) that cannot work."""
+
+
+class DivergenceError(RuntimeError):
+    """The training loss became NaN or infinite; the message says at which step."""
+
+
+def check_int(what: str, value: object, minimum: int = 1, error: type[Exception] = ConfigError) -> int:
+    """Return ``value`` if it is an int (not a bool) >= ``minimum``, else raise ``error`` in one line."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        must = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise error(f"{what} must be {must}, got {value!r}")
+    return value
+
+
+def cause_of_type(err: BaseException | None, types: tuple[type, ...]) -> BaseException | None:
+    """The first exception of ``types`` in ``err``'s chain: jsonargparse wraps errors raised in __init__."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, types):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def expected_failure(err: BaseException) -> tuple[BaseException, int] | None:
+    """The user mistake or divergence behind ``err`` and its exit code, or None for a bug."""
+    cause = cause_of_type(err, (ConfigError, DivergenceError))
+    if cause is None:
+        return None
+    return cause, EXIT_CONFIG_ERROR if isinstance(cause, ConfigError) else EXIT_DIVERGED
+
+
+@contextmanager
+def one_line_errors() -> Iterator[None]:
+    """Turn a user mistake or divergence into one ``error:`` line on stderr and its exit code.
+
+    Anything else (a bug) propagates with its traceback, and so does everything when the
+    environment sets ``DYT_LAB_DEBUG``.
+    """
+    try:
+        yield
+    except Exception as err:
+        failure = expected_failure(err)
+        if failure is None or os.environ.get("DYT_LAB_DEBUG"):
+            raise
+        print(f"error: {failure[0]}", file=sys.stderr)
+        raise SystemExit(failure[1]) from None

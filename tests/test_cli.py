@@ -40,6 +40,7 @@ def test_norms_command_lists_the_registry(capsys):
     assert "| `dyt` | `w * tanh(a * x) + b` | a: scalar; w, b: (C,) | alpha_init, fused |" in table and "| `groupnorm (gn)` |" in table
 
 
+@pytest.mark.slow
 def test_ddp_fit_with_two_cpu_processes(tmp_path):
     result = run_cli(fit_args(tmp_path, "--config", str(ROOT / "configs" / "trainer" / "cpu_ddp.yaml"),
                               "--trainer.max_epochs=1", "--model.depth=1"), cwd=tmp_path, timeout=400)
@@ -69,6 +70,7 @@ def _bad_yaml(tmp_path, **init_args) -> str:
         ("ckpt", "error: --ckpt_path 'nowhere.ckpt' is not a file; give a .ckpt path or 'last'"),
     ],
 )
+@pytest.mark.slow
 def test_bad_input_exits_non_zero_with_one_clear_line(tmp_path, case, expected):
     base = fit_args(tmp_path / "runs", "--trainer.max_epochs=1")
     extra = {
@@ -88,3 +90,37 @@ def test_bad_input_exits_non_zero_with_one_clear_line(tmp_path, case, expected):
         assert expected in last_line(result.stderr) and "Traceback" not in result.stderr
     # Nothing that looks like a finished or started run is left behind.
     assert not list((tmp_path / "runs").rglob("config.yaml")) and not list((tmp_path / "runs").rglob("*.ckpt"))
+
+
+def test_cli_class_is_importable_and_subclassable(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from dyt_lab.runs import DytLabCLI
+    from dyt_lab.training.callbacks import LearningRateLog
+
+    seen = []
+
+    class Recording(DytLabCLI):
+        def before_instantiate_classes(self) -> None:
+            seen.append(self.config.model.init_args.norm)
+
+    cli = Recording(args=["--config", str(QUICKSTART), "--model.norm=derf", "--model.depth=1", "--trainer.logger=false",
+                          "--trainer.enable_checkpointing=false", f"--trainer.default_root_dir={tmp_path}"], run=False)
+    assert seen == ["derf"] and type(cli.model).__name__ == "ViTClassifier"
+    kinds = [type(cb) for cb in cli.trainer.callbacks]
+    assert ModelCheckpoint not in kinds and LearningRateLog not in kinds  # both turned off above
+    assert "DivergenceStop" in {kind.__name__ for kind in kinds}
+
+
+def test_load_run_and_fit_parser_build_without_running():
+    from dyt_lab.runs import fit_parser, load_run
+
+    model, datamodule, trainer = load_run(["--config", str(QUICKSTART), "--model.depth=1"])
+    assert len(model.net.blocks) == 1 and model.hparams.num_classes == 10  # linked from the data
+    assert type(datamodule).__name__ == "Digits" and trainer.max_epochs == 30
+
+    rng = torch.random.get_rng_state()
+    parser = fit_parser()
+    assert torch.equal(rng, torch.random.get_rng_state())  # building the parser seeds nothing
+    cfg = parser.parse_args(["--config", str(QUICKSTART), "--model.placement=attn"])
+    assert cfg.model.init_args.placement == "attn" and cfg.model.init_args.norm == "dyt"

@@ -14,11 +14,12 @@ from matplotlib.image import imread
 from tbparse import SummaryReader
 from torch import nn
 
-from dyt_lab.cli import main, run_lightning
+from dyt_lab.cli import main
 from dyt_lab.diagnostics import NormDiagnostics, SiteError, find_sites, run_probe
 from dyt_lab.diagnostics.sites import spread_out
 from dyt_lab.models import ResNet, ViT
 from dyt_lab.norms import CenteredDyT, DyT, ShiftedDyT
+from dyt_lab.runs import run_lightning
 from tests.helpers import QUICKSTART, ROOT, fit_args
 
 RESNET_DIGITS = ROOT / "configs" / "experiments" / "resnet_bn_vs_dyt_digits.yaml"
@@ -215,6 +216,7 @@ def _assert_pngs_not_blank(out) -> None:
         assert pixels.shape[0] > 300 and np.var(pixels[..., :3]) > BLANK, name
 
 
+@pytest.mark.slow
 def test_probe_compares_a_checkpoint_with_a_fresh_model(tmp_path, bn_checkpoint, capsys):
     out = tmp_path / "probe"
     main(["probe", "--ckpt_path", str(bn_checkpoint), "--compare", str(RESNET_DIGITS),
@@ -250,6 +252,7 @@ def _probe_error(capsys, *args: str) -> tuple[str, str]:
     return err[-1], "\n".join(err)
 
 
+@pytest.mark.slow
 def test_probe_bad_input_is_one_clear_line(tmp_path, bn_checkpoint, capsys):
     out = ["--out", str(tmp_path / "probe")]
     line, _ = _probe_error(capsys, "--ckpt_path", str(bn_checkpoint), "--config", str(QUICKSTART), *out)

@@ -191,6 +191,7 @@ def test_state_dict_from_unfused_layer_loads_into_fused(cls, channels_last):
     torch.testing.assert_close(layer(x), unfused(x), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_torch_compile_full_graph_matches_eager_reference():
     layers = [ShiftedDyT(8, alpha_init=0.8, channels_last=False, fused=f) for f in (True, False)]
     with torch.no_grad():
@@ -274,6 +275,7 @@ def test_unsupported_dtype_warns_once_and_gives_reference(dtype, monkeypatch):
         torch.testing.assert_close(out, reference_dynamic_squash(x, alpha, shift, weight, bias))
 
 
+@pytest.mark.slow
 def test_missing_compiler_falls_back_to_pure_pytorch_with_one_warning(monkeypatch):
     monkeypatch.setenv("CXX", "/nonexistent/c++")
     monkeypatch.setitem(cpu_kernel._state, "tried", False)  # as if this process had not built it yet
@@ -298,6 +300,7 @@ def test_import_and_construction_do_not_build_the_kernel():
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_triton_kernels_in_the_interpreter_match_reference():
     pytest.importorskip("triton")  # the kernels and this check exist only where Triton does
     script = textwrap.dedent(

@@ -7,7 +7,8 @@ import torch
 from lightning.pytorch import Callback
 from tbparse import SummaryReader
 
-from dyt_lab.cli import main, run_lightning
+from dyt_lab.cli import main
+from dyt_lab.runs import run_lightning
 from dyt_lab.training import ResNetClassifier, ViTClassifier
 from dyt_lab.training.callbacks import DIVERGED_MARKER
 from tests.helpers import ROOT, fit_args
@@ -35,6 +36,7 @@ def test_fast_dev_run_every_family_and_offline_data(tmp_path, model, data):
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
 
 
+@pytest.mark.slow
 def test_short_fit_learns_and_logs_everything(tmp_path):
     cli = run_lightning(fit_args(tmp_path, "--trainer.max_epochs=4", "--model.norm=batchnorm",
                                  config=RESNET_DIGITS))
@@ -48,7 +50,7 @@ def test_short_fit_learns_and_logs_everything(tmp_path):
     reader = SummaryReader(str(run_dir))
     tags = set(reader.scalars["tag"])
     assert {"train/loss", "train/acc", "val/acc", "val/loss", "val/acc_best", "val/acc_top5"} <= tags
-    assert any(tag.startswith("lr-AdamW") for tag in tags)
+    assert "lr" in tags and not any(tag.startswith("lr-") or tag.startswith("lr/") for tag in tags)  # groups share it
     best = reader.scalars[reader.scalars["tag"] == "val/acc_best"]["value"]
     assert best.iloc[-1] == pytest.approx(max(reader.scalars[reader.scalars["tag"] == "val/acc"]["value"]))
     hparams = dict(zip(reader.hparams["tag"], reader.hparams["value"]))
@@ -56,6 +58,26 @@ def test_short_fit_learns_and_logs_everything(tmp_path):
     assert hparams["model.num_classes"] == 10  # the linked value, not the signature default
     assert hparams["model.optimizer.lr"] == pytest.approx(0.002) and hparams["data.batch_size"] == 64
     assert "hp_metric" not in tags
+    columns = hparam_columns(run_dir)  # the HParams tab's columns, in the order TensorBoard gets them
+    assert columns[:5] == ["model.norm", "model.placement", "model.alpha_init", "model.optimizer.lr",
+                           "seed_everything"]
+    assert not [c for c in columns if "class_path" in c or "_instantiator" in c or "init_args" in c]
+    assert {"model", "model.optimizer", "data", "data.batch_size"} <= set(columns)  # class paths as values
+    assert hparams["model.optimizer"] == "torch.optim.AdamW"
+
+
+def hparam_columns(run_dir) -> list[str]:
+    """The hyperparameter names of the HParams experiment summary in ``run_dir``'s event files, in order."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    for path in sorted(run_dir.glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                if value.tag == "_hparams_/experiment":
+                    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+                    return [info.name for info in data.experiment.hparam_infos]
+    raise AssertionError(f"no HParams experiment summary under {run_dir}")
 
 
 class StopAfterEpoch(Callback):
@@ -69,6 +91,7 @@ class StopAfterEpoch(Callback):
             trainer.should_stop = True
 
 
+@pytest.mark.slow
 def test_resume_from_last_ends_like_an_uninterrupted_run(tmp_path):
     args = ["--trainer.max_epochs=4", "--trainer.enable_checkpointing=true"]
     whole = run_lightning(fit_args(tmp_path / "whole", *args))
@@ -87,6 +110,7 @@ def test_resume_from_last_ends_like_an_uninterrupted_run(tmp_path):
         torch.testing.assert_close(a, b, msg=name)
 
 
+@pytest.mark.slow
 def test_last_checkpoint_is_the_latest_epoch_even_without_a_new_best(tmp_path):
     # lr 0: val/acc never improves after epoch 0, so only the first epoch is ever "best".
     cli = run_lightning(fit_args(tmp_path, "--trainer.max_epochs=3", "--model.depth=1",
@@ -97,6 +121,7 @@ def test_last_checkpoint_is_the_latest_epoch_even_without_a_new_best(tmp_path):
     assert [p.name for p in checkpoints.glob("best-*.ckpt")] == [next(checkpoints.glob("best-epoch000-*")).name]
 
 
+@pytest.mark.slow
 def test_checkpoint_validates_and_predicts_without_retyping_the_model(tmp_path):
     fit = run_lightning(fit_args(tmp_path, "--trainer.max_epochs=1", "--model.preset=vit_digits", "--model.depth=2"))
     ckpt = next((tmp_path / "quickstart" / "version_0" / "checkpoints").glob("last.ckpt"))
@@ -145,6 +170,7 @@ def test_divergence_stops_within_a_few_steps_and_marks_the_run(tmp_path, capsys)
     assert not (run_dir / "checkpoints" / "last.ckpt").exists()
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_model_is_one_clear_line(tmp_path, capsys):
     run_lightning(fit_args(tmp_path, "--trainer.max_epochs=1", "--model.depth=1"))
     with pytest.raises(SystemExit) as exit_info:
@@ -152,3 +178,21 @@ def test_checkpoint_of_another_model_is_one_clear_line(tmp_path, capsys):
     assert exit_info.value.code == 2
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert message.startswith("error: checkpoint '") and "does not match the config's model: missing key" in message
+
+
+@pytest.mark.parametrize(("classifier", "net_class"), [(ViTClassifier, "ViT"), (ResNetClassifier, "ResNet")])
+def test_classifier_arguments_are_the_models_and_image_classifiers(classifier, net_class):
+    import inspect
+
+    from dyt_lab import models
+    from dyt_lab.training import ImageClassifier
+
+    def params(function):
+        return {name: (p.default, p.annotation) for name, p in inspect.signature(function).parameters.items()
+                if name not in ("self", "net")}
+
+    own, net = params(classifier.__init__), params(getattr(models, net_class).__init__)
+    assert {k: own[k] for k in net} == net  # same names, defaults and types as the model's
+    assert set(own) == set(net) | set(params(ImageClassifier.__init__))
+    documented = inspect.getdoc(classifier.__init__).split("Args:")[1]
+    assert all(f"{name}: " in documented for name in own)  # every argument has its --help line

@@ -10,15 +10,9 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from dyt_lab.errors import ConfigError
+from dyt_lab.errors import ConfigError, check_int
 
 OFFLINE_MODULES = "Digits, MNIST5k"  # named in error messages as the way out when data is missing
-
-
-def check_int(name: str, value: object, minimum: int) -> None:
-    """Raise a one-line ConfigError unless ``value`` is an int >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"data {name} must be an integer >= {minimum}, got {value!r}")
 
 
 def check_fractions(**fractions: float) -> None:
@@ -103,8 +97,8 @@ class ImageDataModule(LightningDataModule):
             pin_memory: Pin host memory for faster copies to the GPU; None pins only when CUDA is available.
         """
         super().__init__()
-        check_int("batch_size", batch_size, 1)
-        check_int("num_workers", num_workers, 0)
+        check_int("data batch_size", batch_size, 1)
+        check_int("data num_workers", num_workers, 0)
         # Records the concrete module's constructor arguments too (Lightning walks up the __init__
         # frames): they go into checkpoints and the run's hyperparameters.
         self.save_hyperparameters()

@@ -11,8 +11,8 @@ import torch
 from torchvision import datasets
 from torchvision.transforms import v2
 
-from dyt_lab.data.base import OFFLINE_MODULES, ImageDataModule, check_int
-from dyt_lab.errors import ConfigError
+from dyt_lab.data.base import OFFLINE_MODULES, ImageDataModule
+from dyt_lab.errors import ConfigError, check_int
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -52,7 +52,7 @@ class ImageFolder(ImageDataModule):
             pin_memory: Pin host memory for faster copies to the GPU; None pins only when CUDA is available.
         """
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
-        check_int("image_size", image_size, 1)
+        check_int("data image_size", image_size, 1)
         root = Path(data_dir).expanduser().resolve()
         if not root.is_dir():
             raise ConfigError(

@@ -15,16 +15,11 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from dyt_lab.diagnostics.hooks import SiteProbe, probe_images, run_probe
 from dyt_lab.diagnostics.sites import find_sites, network_of, select_sites
 from dyt_lab.diagnostics.stats import parameter_summary
-from dyt_lab.errors import ConfigError
+from dyt_lab.errors import ConfigError, check_int
 from dyt_lab.norms import DYT_FAMILY
 
 S_CURVES_TAG = "diagnostics/s_curves"
 GAIN_TAG = "diagnostics/gain_vs_inv_std"
-
-
-def _check_count(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"NormDiagnostics {name} must be an integer >= {minimum}, got {value!r}")
 
 
 class NormDiagnostics(Callback):
@@ -62,9 +57,9 @@ class NormDiagnostics(Callback):
         """
         for name, value in [("alpha_every_n_steps", alpha_every_n_steps), ("stats_every_n_epochs",
                             stats_every_n_epochs), ("curves_every_n_epochs", curves_every_n_epochs)]:
-            _check_count(name, value, 0)
+            check_int(f"NormDiagnostics {name}", value, 0)
         for name, value in [("probe_size", probe_size), ("max_points", max_points), ("max_sites", max_sites)]:
-            _check_count(name, value, 1)
+            check_int(f"NormDiagnostics {name}", value, 1)
         self.alpha_every_n_steps = alpha_every_n_steps
         self.stats_every_n_epochs = stats_every_n_epochs
         self.curves_every_n_epochs = curves_every_n_epochs

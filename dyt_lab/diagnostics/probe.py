@@ -23,7 +23,7 @@ from dyt_lab.diagnostics.hooks import SiteProbe, probe_images, run_probe
 from dyt_lab.diagnostics.sites import SiteError, find_sites, network_of, select_sites
 from dyt_lab.errors import ConfigError
 from dyt_lab.norms import norm_name
-from dyt_lab.training.runs import read_matching_checkpoint
+from dyt_lab.training.checkpoints import read_matching_checkpoint, run_config_of
 
 OUTPUTS = ("s_curves.png", "gain_vs_inv_std.png", "stats.png", "stats.csv")
 
@@ -69,10 +69,7 @@ def run_configs(configs: list[str], ckpt: str | None) -> list[str]:
     """A run's configs: those given, else the ``config.yaml`` its checkpoint's run saved two folders up."""
     if configs or not ckpt:
         return configs
-    saved = Path(ckpt).parent.parent / "config.yaml"
-    if not saved.is_file():
-        raise ConfigError(f"no config.yaml next to checkpoint '{ckpt}' (looked for {saved}); pass --config")
-    return [str(saved)]
+    return [str(run_config_of(ckpt, "--config"))]
 
 
 def fit_flags(configs: list[str], overrides: list[str]) -> list[str]:
@@ -95,10 +92,9 @@ def load_checkpoint(model: nn.Module, path: str) -> int:
 
 def probe_run(flags: list[str], ckpt: str | None, args: argparse.Namespace, strict_sites: bool = True) -> Run:
     """Build one run's model and data, load its checkpoint, and probe its sites."""
-    from dyt_lab.cli import load_cli
+    from dyt_lab.runs import load_run  # Lightning's seconds of import: only when a run is built
 
-    cli = load_cli(flags)
-    model, datamodule = cli.model, cli.datamodule
+    model, datamodule, _ = load_run(flags)
     epoch = load_checkpoint(model, ckpt) if ckpt else None
     net = network_of(model)
     sites = select_sites(find_sites(net), args.sites, strict=strict_sites)

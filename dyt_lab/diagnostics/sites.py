@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from fnmatch import fnmatchcase
 
 from torch import nn
 
 from dyt_lab.errors import ConfigError
 from dyt_lab.norms import DYT_FAMILY
+from dyt_lab.norms import sites as site_patterns
 from dyt_lab.norms.convert import KINDS, norm_layout
 
 
@@ -43,15 +43,10 @@ def select_sites(sites: dict[str, str], patterns: Sequence[str] | None, strict: 
     """The sites matching any glob in ``patterns`` (None: all); if ``strict``, a pattern matching none is a SiteError."""
     if not sites:
         raise SiteError("the model has no norm sites to diagnose")
-    if patterns is None:
-        return dict(sites)
-    if isinstance(patterns, str):
-        patterns = [patterns]
-    for pattern in patterns if strict else []:
-        if not any(fnmatchcase(site, pattern) for site in sites):
-            raise SiteError(f"diagnostics site pattern '{pattern}' matches no norm site; "
-                            f"valid sites: {', '.join(sites)}")
-    return {site: layout for site, layout in sites.items() if any(fnmatchcase(site, p) for p in patterns)}
+    for pattern in site_patterns.unmatched(sites, patterns) if strict and patterns is not None else []:
+        raise SiteError(f"diagnostics site pattern '{pattern}' matches no norm site; "
+                        f"valid sites: {', '.join(sites)}")
+    return {site: sites[site] for site in site_patterns.select(sites, patterns)}
 
 
 def spread_out(items: Sequence[str], limit: int) -> list[str]:

@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from dyt_lab.norms import DYT_FAMILY, norm_name
-from dyt_lab.norms.functional import scale_shift
+from dyt_lab.norms.functional import SQUASHES
 
 SATURATION_LEVEL = 2.0  # tanh(2) = 0.964: beyond it the output barely moves with the input
 
@@ -67,9 +67,9 @@ def pre_affine(
 ) -> PreAffine:
     """The output of ``module`` before its affine, from its input ``x`` in ``layout`` (``rows = as_rows(x)``)."""
     if isinstance(module, DYT_FAMILY):
-        # squash_input subtracts CenteredDyT's mean (batch or running, as the module's mode says)
-        z = scale_shift(module.squash_input(x.detach()), module.alpha, module.shift, module.channels_last)
-        return PreAffine(as_rows(z, layout), torch.tanh if module.squash == "tanh" else torch.erf)
+        # CenteredDyT subtracts its mean (batch or running, as the module's mode says) in there too
+        z = module.squash_argument(x.detach())
+        return PreAffine(as_rows(z, layout), SQUASHES[module.squash])
     if isinstance(module, nn.LayerNorm):  # per position, over channels
         var, mean = torch.var_mean(rows, dim=-1, correction=0, keepdim=True)
         return _normalized(rows, mean, var, module.eps)

@@ -10,12 +10,6 @@ def pick(value, preset_value):
     return preset_value if value is None else value
 
 
-def check_positive(family: str, name: str, value: object) -> None:
-    """Raise a one-line ConfigError unless ``value`` is a positive int."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{family} {name} must be a positive integer, got {value!r}")
-
-
 def check_preset(family: str, preset: str, presets: dict) -> None:
     """Raise a one-line ConfigError naming the valid presets unless ``preset`` is one."""
     if preset not in presets:

@@ -14,12 +14,12 @@ A rule or placement pattern that matches no site is an error, never a silent no-
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from fnmatch import fnmatchcase
 
 from torch import nn
 
 from dyt_lab.errors import ConfigError
 from dyt_lab.norms import DYT_FAMILY, NormSpec, build_norm, norm_name
+from dyt_lab.norms import sites as site_patterns
 from dyt_lab.norms.registry import get_entry
 
 Placement = str | list[str]
@@ -28,10 +28,6 @@ Rules = list[dict[str, NormSpec]]
 
 class PlacementError(ConfigError):
     """A rule, preset or pattern that does not fit the model's sites."""
-
-
-def _as_list(placement: Placement) -> list[str]:
-    return [placement] if isinstance(placement, str) else list(placement)
 
 
 def _with_alpha_init(spec: NormSpec, alpha_init: float | None) -> NormSpec:
@@ -63,31 +59,33 @@ class NormPlacement:
         self.presets = dict(presets)
         self.norm = _with_alpha_init(norm, alpha_init)
         self.base_norm = _with_alpha_init(base_norm, alpha_init)
-        self.placement = [self._patterns(p) for p in _as_list(placement)]
-        self.placement_names = _as_list(placement)
-        self.rules: list[tuple[str, list[str], NormSpec]] = []
+        self.placement_names = site_patterns.as_patterns(placement)
+        for key in self.placement_names:
+            self._check_pattern(key)
+        self.rules: list[tuple[str, NormSpec]] = []  # (preset or glob, spec)
         for rule in rules or []:
             if not isinstance(rule, Mapping) or len(rule) != 1:
                 raise PlacementError(f"a placement rule is a one-key mapping {{pattern: norm}}, got {rule!r}")
             (key, spec), = rule.items()
-            self.rules.append((key, self._patterns(key), _with_alpha_init(spec, alpha_init)))
+            self._check_pattern(key)
+            self.rules.append((key, _with_alpha_init(spec, alpha_init)))
         self.sites: dict[str, str] = {}  # site -> layout, in build order
         self._matched: set[str] = set()
 
-    def _patterns(self, key: str) -> list[str]:
+    @staticmethod
+    def _check_pattern(key: str) -> None:
         if not isinstance(key, str) or not key:
             raise PlacementError(f"a placement pattern must be a non-empty string, got {key!r}")
-        return list(self.presets.get(key, [key]))
 
     def spec_for(self, site: str) -> NormSpec:
         """The spec this site gets: first matching rule, else ``norm`` if placed, else ``base_norm``."""
-        for key, patterns, spec in self.rules:
-            if any(fnmatchcase(site, p) for p in patterns):
+        for key, spec in self.rules:
+            if site_patterns.matches(site, key, self.presets):
                 self._matched.add(key)
                 return spec
         chosen = self.base_norm
-        for name, patterns in zip(self.placement_names, self.placement):
-            if any(fnmatchcase(site, p) for p in patterns):
+        for name in self.placement_names:
+            if site_patterns.matches(site, name, self.presets):
                 self._matched.add(name)
                 chosen = self.norm
         return chosen
@@ -99,7 +97,7 @@ class NormPlacement:
 
     def check_all_matched(self) -> None:
         """Raise if a rule or placement pattern matched none of the sites that were built."""
-        for key in [k for k, _, _ in self.rules] + self.placement_names:
+        for key in [k for k, _ in self.rules] + self.placement_names:
             if key not in self._matched:
                 examples = ", ".join(list(self.sites)[:3])
                 raise PlacementError(f"placement '{key}' is neither a {self.family} preset nor a pattern "

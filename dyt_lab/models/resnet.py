@@ -13,8 +13,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from dyt_lab.errors import ConfigError
-from dyt_lab.models.arguments import check_positive, check_preset, pick
+from dyt_lab.errors import ConfigError, check_int
+from dyt_lab.models.arguments import check_preset, pick
 from dyt_lab.models.placement import NormPlacement, NormSitesMixin, Placement, Rules
 from dyt_lab.norms import NormSpec
 
@@ -175,7 +175,7 @@ class ResNet(NormSitesMixin, nn.Module):
             raise ConfigError(f"ResNet layers {layers} and widths {widths} must be lists of the same length, 1 to 4")
         for name, value in [("num_classes", num_classes), ("in_channels", in_channels)] + [
             (f"layers[{i}]", v) for i, v in enumerate(layers)] + [(f"widths[{i}]", v) for i, v in enumerate(widths)]:
-            check_positive("ResNet", name, value)
+            check_int(f"ResNet {name}", value)
 
         self.placement = NormPlacement("ResNet", resnet_site_presets(block), norm, placement,
                                        base_norm, rules, alpha_init)

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dyt_lab.errors import ConfigError
-from dyt_lab.models.arguments import check_positive, check_preset, pick
+from dyt_lab.errors import ConfigError, check_int
+from dyt_lab.models.arguments import check_preset, pick
 from dyt_lab.models.placement import NormPlacement, NormSitesMixin, Placement, Rules
 from dyt_lab.norms import NormSpec
 
@@ -156,7 +156,7 @@ class ViT(NormSitesMixin, nn.Module):
         for name, value in [("image_size", image_size), ("patch_size", patch_size), ("dim", dim),
                             ("depth", depth), ("heads", heads), ("num_classes", num_classes),
                             ("in_channels", in_channels)]:
-            check_positive("ViT", name, value)
+            check_int(f"ViT {name}", value)
         if image_size % patch_size:
             divisors = [d for d in range(1, image_size + 1) if image_size % d == 0]
             raise ConfigError(f"ViT patch_size {patch_size} does not divide image_size {image_size}; "

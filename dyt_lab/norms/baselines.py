@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dyt_lab.errors import check_int
+
 
 def _to_channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.movedim(1, -1)  # (N, C, *S) -> (N, *S, C)
@@ -77,8 +79,7 @@ class GroupNorm(nn.GroupNorm):
             eps: added to the variance.
             affine: learn a per-channel weight and bias.
         """
-        if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups <= 0:
-            raise ValueError(f"num_groups must be a positive integer, got {num_groups!r}")
+        check_int("num_groups", num_groups, error=ValueError)
         super().__init__(math.gcd(num_groups, num_features), num_features, eps=eps, affine=affine)
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from fnmatch import fnmatchcase
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from dyt_lab.norms import baselines
+from dyt_lab.norms import sites as site_patterns
 from dyt_lab.norms.registry import NormError, NormSpec, build_norm
 
 KINDS = ("layernorm", "batchnorm", "groupnorm", "rmsnorm")
@@ -71,7 +71,7 @@ def convert_norms(
     found = [(name, m, norm_layout(m, kinds)) for name, m in model.named_modules() if name]
     found = [(name, m, layout) for name, m, layout in found if layout is not None]
     if sites is not None:
-        found = [item for item in found if any(fnmatchcase(item[0], pattern) for pattern in sites)]
+        found = [item for item in found if site_patterns.matches(item[0], sites)]
     if not found:
         where = f" at sites {list(sites)}" if sites is not None else ""
         raise NormError(f"convert_norms found no {'/'.join(kinds)} module{where} in {type(model).__name__}; "

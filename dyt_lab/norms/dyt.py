@@ -18,6 +18,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from dyt_lab.errors import check_int
 from dyt_lab.norms import functional
 
 Squash = Literal["tanh", "erf"]
@@ -26,9 +27,7 @@ ParamShape = Literal["scalar", "channel"]
 
 def check_num_features(num_features: object) -> int:
     """Return ``num_features`` if it is a positive int, else raise a one-line ValueError."""
-    if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features <= 0:
-        raise ValueError(f"num_features must be a positive integer, got {num_features!r}")
-    return num_features
+    return check_int("num_features", num_features, error=ValueError)
 
 
 def check_alpha_init(alpha_init: object) -> float:
@@ -97,10 +96,13 @@ class DyT(nn.Module):
             fused=self.fused,
         )
 
+    def squash_argument(self, x: torch.Tensor) -> torch.Tensor:
+        """``alpha * x + shift`` (after ``squash_input``), the argument of the squash, shaped like ``x``."""
+        return functional.scale_shift(self.squash_input(x), self.alpha, self.shift, self.channels_last)
+
     def squashed(self, x: torch.Tensor) -> torch.Tensor:
         """The output before the affine, ``squash(alpha * x + shift)``: what the S-curve plots show."""
-        z = functional.scale_shift(self.squash_input(x), self.alpha, self.shift, self.channels_last)
-        return torch.tanh(z) if self.squash == "tanh" else torch.erf(z)
+        return functional.SQUASHES[self.squash](self.squash_argument(x))
 
     def extra_repr(self) -> str:
         layout = "channels_last" if self.channels_last else "channels_first"

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import torch
 
+from dyt_lab.norms.channels import per_channel
 
-def per_channel(param: torch.Tensor, x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """View a ``(C,)`` or ``(1,)`` parameter so it broadcasts against ``x`` along its channel dim."""
-    if channels_last or param.numel() == 1:
-        return param
-    return param.view(-1, *([1] * (x.dim() - 2)))  # (C, 1, 1, ...) against (N, C, *spatial)
+__all__ = ["SQUASHES", "dynamic_squash", "per_channel", "reference_dynamic_squash", "scale_shift"]  # per_channel: its old home
+SQUASHES = {"tanh": torch.tanh, "erf": torch.erf}
 
 
 def scale_shift(
@@ -38,7 +36,7 @@ def reference_dynamic_squash(
 ) -> torch.Tensor:
     """The formula as written: ``weight * squash(alpha * x + shift) + bias`` (several passes)."""
     z = scale_shift(x, alpha, shift, channels_last)
-    s = torch.tanh(z) if squash == "tanh" else torch.erf(z)
+    s = SQUASHES[squash](z)
     return s * per_channel(weight, x, channels_last) + per_channel(bias, x, channels_last)
 
 

@@ -23,7 +23,7 @@ import warnings
 
 import torch
 
-from dyt_lab.norms.functional import per_channel
+from dyt_lab.norms.channels import per_channel
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _REDUCED = (torch.float16, torch.bfloat16)

@@ -1,19 +1,20 @@
-"""Training callbacks: stop a diverged run at once, loudly, and mark its folder."""
+"""Training callbacks: stop a diverged run at once, loudly, and mark its folder; log the learning rate."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Literal
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from dyt_lab.errors import DivergenceError, check_int
+
+__all__ = ["DIVERGED_MARKER", "DivergenceError", "DivergenceStop", "LearningRateLog"]  # DivergenceError: its old home
+
 DIVERGED_MARKER = "DIVERGED"  # a file in the run folder: this run did not finish, do not trust it
-
-
-class DivergenceError(RuntimeError):
-    """The training loss became NaN or infinite; the message says at which step."""
 
 
 class DivergenceStop(Callback):
@@ -29,9 +30,7 @@ class DivergenceStop(Callback):
         Args:
             check_every_n_steps: read the loss every this many steps (each read syncs a GPU).
         """
-        if check_every_n_steps < 1:
-            raise ValueError(f"check_every_n_steps must be >= 1, got {check_every_n_steps}")
-        self.check_every_n_steps = check_every_n_steps
+        self.check_every_n_steps = check_int("divergence check_every_n_steps", check_every_n_steps)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int):
         if (batch_idx + 1) % self.check_every_n_steps:
@@ -56,3 +55,45 @@ class DivergenceStop(Callback):
         if log_dir:
             Path(log_dir).mkdir(parents=True, exist_ok=True)
             (Path(log_dir) / DIVERGED_MARKER).write_text(message + "\n")
+
+
+class LearningRateLog(Callback):
+    """Log the learning rate as ``lr``, or as ``lr/<group>`` per parameter group where their rates differ.
+
+    Lightning's LearningRateMonitor names every group of a multi-group optimizer (``lr-AdamW/pg1``,
+    ``lr-AdamW/pg2``) and has no option to do otherwise; ImageClassifier's two groups differ only in
+    weight decay, so they share one curve here.
+    """
+
+    def __init__(self, logging_interval: Literal["step", "epoch"] = "step") -> None:
+        """Build the callback.
+
+        Args:
+            logging_interval: log every ``log_every_n_steps`` optimizer steps ('step') or once per epoch ('epoch').
+        """
+        self.logging_interval = logging_interval
+        self.names: list[list[str]] = []
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.names = []
+        for i, optimizer in enumerate(trainer.optimizers):
+            name = "lr" if len(trainer.optimizers) == 1 else f"lr-{i}"
+            groups = optimizer.param_groups
+            if len({g.get("initial_lr", g["lr"]) for g in groups}) == 1:  # the schedule scales them alike
+                self.names.append([name] * len(groups))
+            else:
+                self.names.append([f"{name}/{g.get('name', f'pg{j + 1}')}" for j, g in enumerate(groups)])
+
+    def _log(self, trainer: Trainer) -> None:
+        rates = {name: group["lr"] for names, optimizer in zip(self.names, trainer.optimizers)
+                 for name, group in zip(names, optimizer.param_groups)}
+        for logger in trainer.loggers:
+            logger.log_metrics(rates, step=trainer.global_step)
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
+        if self.logging_interval == "step" and trainer.global_step % trainer.log_every_n_steps == 0:
+            self._log(trainer)
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.logging_interval == "epoch":
+            self._log(trainer)

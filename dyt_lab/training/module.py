@@ -3,15 +3,13 @@
 ``ImageClassifier`` takes a built ``net`` (dependency injection, as lightning-hydra-template does),
 so a timm or torchvision model trains the same way. ``ViTClassifier`` and ``ResNetClassifier``
 build a dyt_lab model from flat arguments, so ``--model.norm dyt --model.placement attn`` works
-on the command line; their argument list is composed from the model's and ImageClassifier's
-signatures (see ``_expose_net_arguments``) rather than written a second time.
+on the command line. Their arguments are the model's and ImageClassifier's, written out here so
+that ``--help``, YAML and a reader all see the same list (a test checks it stays in step).
 """
 
 from __future__ import annotations
 
-import inspect
-import textwrap
-import typing
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +20,8 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from dyt_lab.models import ResNet, ViT
+from dyt_lab.models.placement import Placement, Rules
+from dyt_lab.norms import NormSpec
 from dyt_lab.training.schedule import WarmupCosineLR
 
 
@@ -73,6 +73,7 @@ class ImageClassifier(LightningModule):
             self.example_input_array = torch.zeros(2, in_channels, image_size, image_size)
         top_k = min(5, num_classes)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.train_loss_epoch = MeanMetric()  # the epoch's mean loss: the signal that does not saturate
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc_top5 = MulticlassAccuracy(num_classes, top_k=top_k, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -93,12 +94,15 @@ class ImageClassifier(LightningModule):
         logits = self(x)
         loss = self._loss(logits, y)
         self.train_acc.update(logits.detach(), y)  # logged once per epoch, not per step: steps stay cheap
+        self.train_loss_epoch.update(loss.detach())
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
     def on_train_epoch_end(self) -> None:
         self.log("train/acc", self.train_acc.compute())  # torchmetrics syncs the counts across DDP ranks
         self.train_acc.reset()
+        self.log("train/loss_epoch", self.train_loss_epoch.compute())  # named as Lightning's on_epoch logs are
+        self.train_loss_epoch.reset()
 
     def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
         """Move an (images, labels) batch directly; Lightning's generic path walks every collection type."""
@@ -144,69 +148,110 @@ class ImageClassifier(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def _args_lines(function) -> list[str]:
-    """The ``Args:`` entries of a Google-style docstring, dedented to the entry level."""
-    doc = textwrap.dedent(inspect.getdoc(function) or "")
-    _, _, args = doc.partition("Args:\n")
-    return [line for line in textwrap.dedent(args).splitlines() if line.strip()]
-
-
-def _expose_net_arguments(cls: type) -> type:
-    """Class decorator: ``cls(**kwargs)`` advertises ``cls.net_class``'s arguments plus ImageClassifier's.
-
-    jsonargparse and Lightning read constructor arguments from ``inspect.signature`` and their help
-    from the docstring, so setting both on ``__init__`` exposes every model argument as a flat
-    ``--model.<name>`` flag without restating the model's argument list here.
-    """
-    net_params = list(inspect.signature(cls.net_class).parameters.values())
-    own = inspect.signature(ImageClassifier.__init__).parameters
-    taken = {p.name for p in net_params}
-    module_params = [p for name, p in own.items() if name not in ("self", "net") and name not in taken]
-    # Evaluated annotations: the postponed (string) ones would not resolve in this module's globals.
-    hints = {**typing.get_type_hints(ImageClassifier.__init__), **typing.get_type_hints(cls.net_class.__init__)}
-    params = [own["self"]] + [
-        p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints.get(p.name, p.annotation))
-        for p in net_params + module_params
-    ]
-    entries = _args_lines(cls.net_class.__init__) + [
-        line for line in _args_lines(ImageClassifier.__init__)
-        if line.split(":")[0].strip() not in taken | {"net"}
-    ]
-
-    def __init__(self, **kwargs) -> None:  # a function of its own per class, to carry its signature
-        _NetClassifier.__init__(self, **kwargs)
-
-    __init__.__signature__ = inspect.Signature(params)
-    __init__.__doc__ = f"{cls.__doc__}\n\nArgs:\n" + "\n".join(f"    {line}" for line in entries)
-    __init__.__qualname__ = f"{cls.__qualname__}.__init__"
-    cls.__init__ = __init__
-    return cls
-
-
-class _NetClassifier(ImageClassifier):
-    """Builds ``net_class`` from the keyword arguments it accepts; the rest configure training."""
-
-    net_class: type[nn.Module]
-
-    def __init__(self, **kwargs) -> None:
-        net_names = set(inspect.signature(self.net_class).parameters)
-        module_names = set(inspect.signature(ImageClassifier.__init__).parameters) - {"self", "net"}
-        unknown = set(kwargs) - net_names - module_names
-        if unknown:
-            raise TypeError(f"{type(self).__name__} got unexpected arguments: {', '.join(sorted(unknown))}")
-        net = self.net_class(**{k: v for k, v in kwargs.items() if k in net_names})
-        super().__init__(net=net, **{k: v for k, v in kwargs.items() if k in module_names})
-
-
-@_expose_net_arguments
-class ViTClassifier(_NetClassifier):
+class ViTClassifier(ImageClassifier):
     """ImageClassifier around a dyt_lab ViT; every ViT argument is a model argument."""
 
-    net_class = ViT
+    def __init__(
+        self,
+        preset: str = "vit_tiny",
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        image_size: int | None = None,
+        patch_size: int | None = None,
+        dim: int | None = None,
+        depth: int | None = None,
+        heads: int | None = None,
+        mlp_ratio: float | None = None,
+        pool: Literal["cls", "avg"] | None = None,
+        drop_path: float = 0.0,
+        dropout: float = 0.0,
+        norm: NormSpec = "layernorm",
+        placement: Placement = "all",
+        base_norm: NormSpec = "layernorm",
+        rules: Rules | None = None,
+        alpha_init: float | None = None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable = WarmupCosineLR,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        """ImageClassifier around a dyt_lab ViT; every ViT argument is a model argument.
+
+        Args:
+            preset: architecture preset: vit_b_16, vit_l_16, vit_tiny, vit_small, vit_cifar, vit_mnist, vit_digits.
+            num_classes: number of output classes.
+            in_channels: image channels (3 for RGB, 1 for grey).
+            image_size: image side in pixels (None: the preset's).
+            patch_size: patch side in pixels; must divide image_size (None: the preset's).
+            dim: token width (None: the preset's).
+            depth: number of blocks (None: the preset's).
+            heads: attention heads; must divide dim (None: the preset's).
+            mlp_ratio: MLP hidden width over dim (None: the preset's).
+            pool: 'cls' (class token) or 'avg' (mean of tokens) before the head (None: the preset's).
+            drop_path: stochastic depth rate of the last block (linearly increasing from 0).
+            dropout: dropout in attention and MLP.
+            norm: the norm placed at the sites selected by placement (a registry name or mapping).
+            placement: presets (all, attn, mlp, blocks, final) or globs selecting the sites that get norm.
+            base_norm: the norm at every site not selected by placement.
+            rules: ordered {pattern: norm} overrides applied before placement; the first match wins.
+            alpha_init: alpha0 for every DyT-family site whose spec does not set its own.
+            optimizer: optimizer class or callable taking parameter groups (AdamW by default).
+            scheduler: learning-rate scheduler callable, stepped every optimizer step (warmup + cosine).
+            label_smoothing: cross-entropy label smoothing.
+        """
+        net = ViT(preset=preset, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+                  patch_size=patch_size, dim=dim, depth=depth, heads=heads, mlp_ratio=mlp_ratio, pool=pool,
+                  drop_path=drop_path, dropout=dropout, norm=norm, placement=placement, base_norm=base_norm,
+                  rules=rules, alpha_init=alpha_init)
+        super().__init__(net=net, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+                         optimizer=optimizer, scheduler=scheduler, label_smoothing=label_smoothing)
 
 
-@_expose_net_arguments
-class ResNetClassifier(_NetClassifier):
+class ResNetClassifier(ImageClassifier):
     """ImageClassifier around a dyt_lab ResNet; every ResNet argument is a model argument."""
 
-    net_class = ResNet
+    def __init__(
+        self,
+        preset: str = "resnet18",
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        block: Literal["basic", "bottleneck"] | None = None,
+        layers: list[int] | None = None,
+        widths: list[int] | None = None,
+        stem: Literal["imagenet", "cifar"] | None = None,
+        zero_init_residual: bool = False,
+        norm: NormSpec = "batchnorm",
+        placement: Placement = "all",
+        base_norm: NormSpec = "batchnorm",
+        rules: Rules | None = None,
+        alpha_init: float | None = None,
+        image_size: int | None = None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable = WarmupCosineLR,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        """ImageClassifier around a dyt_lab ResNet; every ResNet argument is a model argument.
+
+        Args:
+            preset: architecture preset: resnet18, resnet34, resnet50, resnet20, resnet32, resnet56, resnet_tiny.
+            num_classes: number of output classes.
+            in_channels: image channels (3 for RGB, 1 for grey).
+            block: 'basic' (two 3x3 convs) or 'bottleneck' (1x1, 3x3, 1x1 x4) (None: the preset's).
+            layers: blocks per stage (None: the preset's).
+            widths: channels per stage, before the bottleneck expansion (None: the preset's).
+            stem: 'imagenet' (7x7/2 conv + max-pool) or 'cifar' (3x3 conv) (None: the preset's).
+            zero_init_residual: start each block's last norm weight at zero, so blocks start as identity.
+            norm: the norm placed at the sites selected by placement (a registry name or mapping).
+            placement: presets (all, stem, downsample, stage1..4, first_in_block, last_in_block) or globs.
+            base_norm: the norm at every site not selected by placement.
+            rules: ordered {pattern: norm} overrides applied before placement; the first match wins.
+            alpha_init: alpha0 for every DyT-family site whose spec does not set its own.
+            image_size: image side in pixels (linked from the data module; None: unknown).
+            optimizer: optimizer class or callable taking parameter groups (AdamW by default).
+            scheduler: learning-rate scheduler callable, stepped every optimizer step (warmup + cosine).
+            label_smoothing: cross-entropy label smoothing.
+        """
+        net = ResNet(preset=preset, num_classes=num_classes, in_channels=in_channels, block=block, layers=layers,
+                     widths=widths, stem=stem, zero_init_residual=zero_init_residual, norm=norm,
+                     placement=placement, base_norm=base_norm, rules=rules, alpha_init=alpha_init)
+        super().__init__(net=net, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+                         optimizer=optimizer, scheduler=scheduler, label_smoothing=label_smoothing)

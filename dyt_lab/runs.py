@@ -1,0 +1,251 @@
+"""Runs through LightningCLI: the ``DytLabCLI`` class, and building a run without running it.
+
+Everything about a run is a LightningCLI argument, so YAML configs, ``--print_config`` and several
+``--config`` files compose as Lightning users expect. ``DytLabCLI`` adds only what LightningCLI
+leaves to each project, through its public hooks: linked arguments, dyt_lab's callbacks, the
+default run folder, resume by ``--ckpt_path last``, the site -> norm table and the HParams record.
+
+    run_lightning(["fit", "--config", "configs/quickstart.yaml"])   # what ``dyt-lab fit`` does
+    model, datamodule, trainer = load_run(["--config", "configs/quickstart.yaml"])   # probes
+    parser = fit_parser()   # validators (``dyt-lab study``) parse candidate flags with it
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+from typing import NamedTuple
+
+from jsonargparse import Namespace
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from dyt_lab.data import ImageDataModule
+from dyt_lab.errors import ConfigError
+from dyt_lab.models import format_placement
+from dyt_lab.training import ImageClassifier
+from dyt_lab.training.callbacks import DivergenceStop, LearningRateLog
+from dyt_lab.training.checkpoints import find_last_checkpoint, read_matching_checkpoint, run_config_of
+from dyt_lab.training.records import RunRecord, run_hparams
+
+USAGE_EXTRA = """\
+dyt_lab commands besides LightningCLI's fit | validate | test | predict:
+  dyt-lab study run|resume|report ...   Optuna studies over configs (dyt-lab study --help)
+  dyt-lab probe ...                     norm diagnostics for a config or checkpoint (dyt-lab probe --help)
+  dyt-lab norms                         the norm registry: names, formulas, layouts
+"""
+TRAINER_DEFAULTS = {
+    "logger": {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "init_args": {"save_dir": "runs", "name": "default", "default_hp_metric": False},
+    },
+}
+# dyt_lab's own callbacks, configurable as --checkpoint.*, --last_checkpoint.*, ... (see instantiate_trainer)
+OWN_CALLBACKS = {"checkpoint": ModelCheckpoint, "last_checkpoint": ModelCheckpoint,
+                 "divergence": DivergenceStop, "lr_monitor": LearningRateLog}
+# Lightning warnings that ask nothing of the user: ImageClassifier's batch transfer is meant to win
+# over the data module's; the pytree one is Lightning's own deprecation; and dyt_lab passes its
+# argv to LightningCLI on purpose (DDP's launcher re-runs the unchanged sys.argv, which maps to it again).
+QUIET_WARNINGS = (r".*overridden `transfer_batch_to_device`", r".*isinstance\(treespec, LeafSpec\)",
+                  r"LightningCLI's args parameter")
+
+
+class DytLabCLI(LightningCLI):
+    """LightningCLI with dyt_lab's links, callbacks, defaults, resume and run records."""
+
+    def __init__(self, model_class=ImageClassifier, datamodule_class=ImageDataModule, **kwargs) -> None:
+        """LightningCLI's arguments, with dyt_lab's defaults for those not given."""
+        defaults = {"subclass_mode_model": True, "subclass_mode_data": True, "trainer_defaults": TRAINER_DEFAULTS,
+                    "seed_everything_default": 0}
+        super().__init__(model_class, datamodule_class, **{**defaults, **kwargs})
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        for name in ("num_classes", "in_channels", "image_size"):
+            parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
+        # Plain class groups, not add_lightning_class_args: instantiate_trainer decides which of them
+        # a run gets. Two checkpoints: the best by val/acc, and last.ckpt rewritten after every
+        # validation (ModelCheckpoint's save_last only rewrites it when a new best is saved, so
+        # `--ckpt_path last` would resume from the best epoch rather than the latest).
+        for key, callback in OWN_CALLBACKS.items():
+            parser.add_class_arguments(callback, key, fail_untyped=False, sub_configs=True)
+        parser.set_defaults({
+            "checkpoint.monitor": "val/acc",
+            "checkpoint.mode": "max",
+            "checkpoint.filename": "best-epoch{epoch:03d}-acc{val/acc:.4f}",
+            "checkpoint.auto_insert_metric_name": False,
+            "last_checkpoint.filename": "last",
+            "last_checkpoint.enable_version_counter": False,
+        })
+
+    def _own(self, config: Namespace) -> Namespace:
+        """The part of ``config`` for this subcommand (the whole of it with ``run=False``)."""
+        return config[self.subcommand] if self.subcommand else config
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        """The trainer, with the user's callbacks first, then dyt_lab's that fit its settings."""
+        init = self._own(self.config_init)
+        trainer = {**init.get("trainer", {}), **kwargs}
+        ours = [init[key] for key in OWN_CALLBACKS]
+        if trainer.get("enable_checkpointing") is False:  # the user turned checkpoints off: drop ours
+            ours = [cb for cb in ours if not isinstance(cb, ModelCheckpoint)]
+        if trainer.get("logger") in (False, None):  # no logger: no learning rate to log
+            ours = [cb for cb in ours if not isinstance(cb, LearningRateLog)]
+        given = trainer.get("callbacks") or []
+        chosen = [*(given if isinstance(given, list) else [given]), *ours]
+        if trainer.get("enable_progress_bar") is not False and not any(isinstance(cb, ProgressBar) for cb in chosen):
+            # Rich's default redraws 100 times a second from a thread that competes with training
+            # for a small CPU; 4 redraws a second read the same and cost nothing measurable.
+            chosen.append(RichProgressBar(refresh_rate=4))
+        return super().instantiate_trainer(**{**kwargs, "callbacks": chosen})
+
+    def before_instantiate_classes(self) -> None:
+        config = self._own(self.config)
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path == "last" and self.subcommand == "fit":
+            logger = config.trainer.logger
+            found = find_last_checkpoint(logger.init_args.save_dir, logger.init_args.name)
+            if found is None:
+                print(f"no last.ckpt under {logger.init_args.save_dir}/{logger.init_args.name}: "
+                      "starting from scratch", file=sys.stderr)
+                config.ckpt_path = None
+            else:  # continue in the same run folder, so its logs and checkpoints stay together
+                config.ckpt_path, logger.init_args.version = str(found[0]), found[1]
+        elif ckpt_path not in (None, "last", "best", "hpc", "registry") and not Path(ckpt_path).is_file():
+            raise ConfigError(f"--ckpt_path '{ckpt_path}' is not a file; give a .ckpt path or 'last'")
+
+    def _check_checkpoint(self) -> None:
+        """A checkpoint made with another model is one clear line, not a load_state_dict traceback."""
+        ckpt_path = self._own(self.config).get("ckpt_path")
+        if ckpt_path and Path(ckpt_path).is_file():
+            read_matching_checkpoint(self.model, ckpt_path)
+
+    def before_validate(self) -> None:
+        self._check_checkpoint()
+
+    def before_test(self) -> None:
+        self._check_checkpoint()
+
+    def before_predict(self) -> None:
+        self._check_checkpoint()
+
+    def before_fit(self) -> None:
+        self._check_checkpoint()
+        net = getattr(self.model, "net", None)
+        table = format_placement(net) if hasattr(net, "norm_sites") else None
+        if table and self.trainer.is_global_zero:
+            print(table)
+        # The instantiated modules' hparams hold the linked values (num_classes, ...), the config does not.
+        config = self._own(self.config).clone().as_dict()
+        config.update(model=dict(self.model.hparams), data=dict(getattr(self.datamodule, "hparams", {})))
+        self.trainer.callbacks.append(RunRecord(run_hparams(config), table))
+
+    def after_fit(self) -> None:
+        logger = self.trainer.logger
+        if not self.trainer.is_global_zero or logger is None or logger.log_dir is None:
+            return
+        best = self.trainer.callback_metrics.get("val/acc_best")
+        if best is not None:
+            score = f"val/acc_best {float(best):.4f}"
+        elif self.trainer.current_epoch >= (self.trainer.max_epochs or 0) > 0:
+            score = "nothing to train (max_epochs already reached; raise --trainer.max_epochs to go on)"
+        else:
+            score = "no validation metric"
+        print(f"\nDone: {score} after {self.trainer.current_epoch} epochs.\n"
+              f"Run folder:  {logger.log_dir}  (config.yaml, placement.txt, checkpoints/)\n"
+              f"TensorBoard: tensorboard --logdir {logger.save_dir}   then open http://localhost:6006",
+              file=sys.stderr)
+
+
+class BuildCLI(DytLabCLI):
+    """DytLabCLI that builds what ``fit`` would build (``run=False``): no subcommand, no run folder."""
+
+    def __init__(self, args: list[str] | None = None, **kwargs) -> None:
+        super().__init__(args=args, run=False, save_config_callback=None, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        super().add_arguments_to_parser(parser)
+        # fit's own arguments (ckpt_path, weights_only) are keys of a run's saved config.yaml
+        parser.add_method_arguments(self.trainer_class, "fit", skip=set(self.subcommands()["fit"]))
+
+    def before_instantiate_classes(self) -> None:  # nothing to resume: no run is started
+        pass
+
+
+class _ParserCLI(BuildCLI):
+    """BuildCLI that stops once its parser is built: it parses, seeds and builds nothing."""
+
+    def __init__(self) -> None:
+        # No instantiators: they exist for load_from_checkpoint and need the parsed config.
+        super().__init__(load_from_checkpoint_support=False)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        # LightningCLI builds self.parser in __init__ and then parses; this public hook is where a
+        # subclass decides what parsing means. Here: none. seed_everything=False keeps the seeding
+        # step that follows from touching this process's random state.
+        self.config = Namespace(seed_everything=False)
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+class LoadedRun(NamedTuple):
+    """A run's model, data module and trainer, built as ``fit`` builds them and not run."""
+
+    model: LightningModule
+    datamodule: LightningDataModule
+    trainer: Trainer
+
+
+def quiet_warnings() -> None:
+    """Silence the Lightning warnings in ``QUIET_WARNINGS``."""
+    for pattern in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+def load_run(args: list[str]) -> LoadedRun:
+    """Build a run's model, data and trainer from fit's flags without the subcommand; run nothing.
+
+    ``args`` look like ``["--config", "x.yaml", "--model.norm", "dyt"]``; a run's saved
+    config.yaml is accepted as is. Probes and benchmarks rebuild a run's objects with it.
+    """
+    quiet_warnings()
+    cli = BuildCLI(args)
+    return LoadedRun(cli.model, cli.datamodule, cli.trainer)
+
+
+def fit_parser() -> LightningArgumentParser:
+    """The parser ``dyt-lab fit`` builds on (arguments, links, defaults), without parsing anything.
+
+    For validators such as ``dyt-lab study``: they parse candidate flags with it, as
+    ``load_run`` would, and instantiate with ``parser.instantiate(cfg)``.
+    """
+    return _ParserCLI().parser
+
+
+def with_run_config(argv: list[str]) -> list[str]:
+    """Let ``validate|test|predict --ckpt_path X`` reuse the config.yaml saved in X's run folder.
+
+    LightningCLI can rebuild the model from a checkpoint's hyperparameters, but only after its
+    parser has accepted a model; the run's own config supplies the model and the data, and any
+    flag the user adds still overrides it.
+    """
+    if not argv or argv[0] not in ("validate", "test", "predict"):
+        return argv
+    if any(a.startswith(("--config", "--model")) for a in argv):
+        return argv
+    ckpt = next((a.split("=", 1)[1] for a in argv if a.startswith("--ckpt_path=")), None)
+    if ckpt is None and "--ckpt_path" in argv[:-1]:
+        ckpt = argv[argv.index("--ckpt_path") + 1]
+    if ckpt is None:
+        return argv
+    return [argv[0], "--config", str(run_config_of(ckpt, "the run's --config or --model")), *argv[1:]]
+
+
+def run_lightning(argv: list[str] | None = None) -> DytLabCLI:
+    """Run a LightningCLI subcommand (fit, validate, test, predict) on ``argv`` (None: sys.argv); return the CLI."""
+    quiet_warnings()
+    # sys.argv stays as typed: DDP's launcher re-runs it, and each rank maps it to the same args here.
+    args = with_run_config(list(sys.argv[1:] if argv is None else argv))
+    return DytLabCLI(args=args, save_config_kwargs={"overwrite": True}, parser_kwargs={"epilog": USAGE_EXTRA})

@@ -1,0 +1,55 @@
+"""Run folders' checkpoints: the one to resume, one that fits the model, and the config saved beside it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from dyt_lab.errors import ConfigError
+
+
+def find_last_checkpoint(save_dir: str, name: str) -> tuple[Path, int] | None:
+    """The newest ``<save_dir>/<name>/version_N/checkpoints/last.ckpt`` and its N, or None."""
+    found = []
+    for ckpt in Path(save_dir, name).glob("version_*/checkpoints/last.ckpt"):
+        match = re.fullmatch(r"version_(\d+)", ckpt.parent.parent.name)
+        if match:
+            found.append((ckpt.stat().st_mtime, int(match.group(1)), ckpt))
+    if not found:
+        return None
+    _, version, ckpt = max(found)
+    return ckpt, version
+
+
+def run_config_of(ckpt: str | Path, instead: str) -> Path:
+    """The ``config.yaml`` a run saved two folders above its checkpoint, or a ConfigError naming ``instead``."""
+    # <run folder>/checkpoints/<name>.ckpt beside <run folder>/config.yaml: Lightning's own layout
+    config = Path(ckpt).parent.parent / "config.yaml"
+    if not config.is_file():
+        raise ConfigError(f"no config.yaml next to checkpoint '{ckpt}' (looked for {config}); pass {instead}")
+    return config
+
+
+def read_matching_checkpoint(model: torch.nn.Module, path: str | Path) -> dict:
+    """Read a Lightning checkpoint whose weights fit ``model``, or raise one ConfigError line saying why not."""
+    if not Path(path).is_file():
+        raise ConfigError(f"checkpoint '{path}' is not a file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a corrupt or foreign file (pickle, zip or torch errors): say so in one line
+        raise ConfigError(f"cannot read checkpoint '{path}': {str(err).splitlines()[0]}") from None
+    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    if state is None:
+        raise ConfigError(f"'{path}' is not a Lightning checkpoint (it has no state_dict)")
+    own = model.state_dict()
+    problems = [f"missing key '{k}'" for k in own if k not in state]
+    problems += [f"unexpected key '{k}'" for k in state if k not in own]
+    problems += [f"'{k}' has shape {tuple(state[k].shape)} in the checkpoint, {tuple(v.shape)} in the model"
+                 for k, v in own.items() if k in state and state[k].shape != v.shape]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ConfigError(f"checkpoint '{path}' does not match the config's model: {problems[0]}{more}; "
+                          "pass the run's own --config")
+    return ckpt
