@@ -218,6 +218,21 @@ BAD = {
                 "error: storage 'sqlite:////nonexistent/folder/study.db' cannot be opened: "),
     "placement": ({"search_space": {"model.placement": ["all", "stage4"]}},
                   "error: search_space 'model.placement' = 'stage4': placement 'stage4' is neither a ResNet preset"),
+    "seeds_empty": ({"seeds": []}, "error: seeds must be a non-empty list of integers, got []"),
+    "seeds_text": ({"seeds": ["a"]}, "error: study file: "),
+    "seeds_twice": ({"seeds": [0, 0]}, "error: seeds lists a seed twice: [0, 0]"),
+    "isolation": ({"isolation": "thread"}, "error: study file: "),
+    "reference_factor": ({"reference": {"scale": "alpha"}},
+                         "error: reference: 'scale' is not a factor of this design; factors: model.norm"),
+    "reference_level": ({"reference": {"model.norm": "batchnorm"}},
+                        "error: reference: model.norm='batchnorm' is not a level of the design; levels: derf, dyt"),
+    "gap_from_alone": ({"gap_from": {"model.norm": "dyt"}}, "error: gap_from needs a reference"),
+    "factored_option": ({"search_space": {"model.norm": [{"name": "factored", "scale": "std"}]}},
+                        "error: search_space 'model.norm' = '{\"name\":\"factored\",\"scale\":\"std\"}': "),
+    "factored_cell": ({"search_space": {"model.norm": [{"name": "factored", "center": "none", "scale": "alpha"},
+                                                       {"name": "factored", "center": "batch", "scale": "batch_std"}]},
+                       "reference": {"center": "batch", "scale": "alpha"}},
+                      "error: reference: no configuration of the design has center=batch, scale=alpha"),
 }
 
 
@@ -235,3 +250,105 @@ def test_bad_input_is_refused_in_one_line_before_any_trial(tmp_path, capsys, cas
     err = capsys.readouterr().err
     assert last_line(err).startswith(expected) and "Traceback" not in err
     assert not (tmp_path / "studies" / "bad" / "trials").exists()
+
+
+def test_bad_input_names_the_wrong_value_and_the_valid_choices(tmp_path, capsys):
+    args = ["study", "run", "--config", str(write_study(tmp_path, "bad", seeds=["a"]))]
+    with pytest.raises(SystemExit):
+        main(args)
+    assert "seeds" in last_line(capsys.readouterr().err)
+    args = ["study", "run", "--config", str(write_study(tmp_path, "bad", isolation="thread"))]
+    with pytest.raises(SystemExit):
+        main(args)
+    line = last_line(capsys.readouterr().err)
+    assert "isolation" in line and "warm" in line and "process" in line and "thread" in line
+
+
+BN_POINT = {"name": "factored", "center": "batch", "scale": "batch_std", "squash": "none"}
+ALPHA_POINT = {"name": "factored", "center": "batch", "scale": "alpha", "squash": "none"}  # BN with DyT's scale
+
+
+@pytest.fixture(scope="module")
+def seeded_study(tmp_path_factory):
+    """A 2 x 2 design (BN's scale or DyT's alpha in the factored norm x two learning rates), 2 paired seeds."""
+    folder = tmp_path_factory.mktemp("seeded")
+    path = write_study(folder, "seeded", n_trials=4, seeds=[0, 1],
+                       search_space={"model.norm": [BN_POINT, ALPHA_POINT], "model.optimizer.lr": [0.003, 0.001]},
+                       reference={"scale": "batch_std"}, gap_from={"scale": "alpha"})
+    result = run_cli(["study", "run", "--config", str(path)], cwd=folder, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
+    return folder, result.stdout
+
+
+def test_seeds_run_every_configuration_once_per_seed_paired(seeded_study):
+    folder, stdout = seeded_study
+    study = load(folder, "seeded")
+    assert "4/4 configurations x 2 seeds (8 complete)" in stdout
+    assert all(t.state == TrialState.COMPLETE for t in study.trials) and len(study.trials) == 8
+    by_config: dict[str, set] = {}
+    for t in study.trials:
+        by_config.setdefault(json.dumps(t.params, sort_keys=True), set()).add(t.user_attrs["seed"])
+        run_dir = Path(t.user_attrs["run_dir"])
+        assert yaml.safe_load((run_dir / "config.yaml").read_text())["seed_everything"] == t.user_attrs["seed"]
+        assert f"--seed_everything={t.user_attrs['seed']}" in (run_dir / "command.txt").read_text()
+        assert 0 < t.user_attrs["fit_s"] < t.user_attrs["wall_time_s"]  # the callback timed the fit
+        assert t.user_attrs["last_epoch"]["train/loss_epoch"] > 0 and "val/acc" in t.user_attrs["last_epoch"]
+    assert list(by_config.values()) == [{0, 1}] * 4  # the same seeds for every configuration
+
+
+def test_report_of_a_seeded_study_compares_means_with_intervals(seeded_study, capsys):
+    folder, _ = seeded_study
+    main(["study", "report", "seeded", "--root", str(folder / "studies")])
+    out = folder / "studies" / "seeded"
+    report = (out / "report.md").read_text()
+    assert "## Configurations (mean over seeds)" in report and "Δ vs reference [95% CI]" in report
+    rows = [r for r in report.splitlines() if r.startswith(("| BatchNorm", "| BN center only"))]
+    assert len(rows) == 4 and sum("| reference" in r for r in rows) == 2  # BN is its own reference at each lr
+    assert "## Factor effects" in report and "batch_std - alpha" in report
+    assert "## The gap, factor by factor" in report and "scale (alpha -> batch_std)" in report
+    assert (out / "main_effects.png").stat().st_size > 0
+    seed_runs = (out / "seed_runs.csv").read_text().strip().splitlines()
+    assert len(seed_runs) == 9 and seed_runs[0].startswith("center,name,scale,squash,")  # header + 8 seed runs
+
+
+def test_killing_a_trial_fails_it_alone_and_the_study_goes_on(tmp_path):
+    path = write_study(tmp_path, "trialkill", n_trials=2,
+                       base={"configs": [BASE], "overrides": {**TINY, "trainer.max_epochs": 6}})
+    proc = subprocess.Popen([sys.executable, "-m", "dyt_lab", "study", "run", "--config", str(path)], cwd=tmp_path,
+                            env=_python_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    first = tmp_path / "studies" / "trialkill" / "trials" / "trial_0000" / "study_result.json"
+    deadline = time.monotonic() + 300
+    while not first.is_file():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    trial = next(t for t in load(tmp_path, "trialkill").trials if t.number == 0)
+    os.kill(trial.user_attrs["trial_pid"], signal.SIGKILL)
+    stdout, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0
+    study = load(tmp_path, "trialkill")
+    assert study.trials[0].state == TrialState.FAIL
+    assert study.trials[0].user_attrs["fail_reason"].startswith("killed by SIGKILL")
+    assert study.trials[1].state == TrialState.COMPLETE and "trial 1 COMPLETE" in stdout
+
+
+def test_missing_seed_runs_are_queued_once_and_a_retry_keeps_its_seed():
+    from optuna.distributions import CategoricalDistribution
+
+    from dyt_lab.study.replicates import queue_missing_seeds, seeds_by_configuration
+    from dyt_lab.study.storage import make_retry
+
+    study = optuna.create_study()
+    dist = {"model.norm": CategoricalDistribution(["dyt", "derf"])}
+    study.add_trial(optuna.trial.create_trial(params={"model.norm": "dyt"}, distributions=dist, value=0.5,
+                                              user_attrs={"seed": 0}))
+    failed = optuna.trial.create_trial(params={"model.norm": "derf"}, distributions=dist, state=TrialState.FAIL,
+                                       user_attrs={"seed": 2})
+    study.add_trial(failed)
+    make_retry(3)(study, study.trials[1])  # a retry of the failed seed run, as the heartbeat does it
+    assert queue_missing_seeds(study, [0, 1, 2]) == 2 + 2  # dyt lacks seeds 1, 2; derf lacks 0, 1 (2 is retried)
+    assert queue_missing_seeds(study, [0, 1, 2]) == 0
+    found = {json.loads(k)["model.norm"]: seeds for k, (_, seeds) in seeds_by_configuration(study).items()}
+    assert found == {"dyt": {0, 1, 2}, "derf": {0, 1, 2}}
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert sorted((t.params["model.norm"], t.user_attrs["seed"]) for t in waiting) == [
+        ("derf", 0), ("derf", 1), ("derf", 2), ("dyt", 1), ("dyt", 2)]

@@ -14,41 +14,26 @@ import os
 import shlex
 import signal
 import subprocess
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import optuna
 
+from dyt_lab.study.launch import fit_command, start_trial
 from dyt_lab.study.liveness import WORKER_ATTR, JournalHeartbeat, worker_tag
+from dyt_lab.study.protocol import (
+    LAST_METRICS_ATTR,
+    PRUNING_CALLBACK,
+    RESULT_FILE,
+    TRIAL_ENV,
+    objective_value,
+    read_result,
+)
+from dyt_lab.study.replicates import SEED_ATTR, SEED_KEY, first_free_seed, queue_missing_seeds
 from dyt_lab.study.space import SearchSpace, config_flag
 from dyt_lab.study.spec import StudySpec, flatten_overrides
 from dyt_lab.study.storage import is_journal
-
-RESULT_FILE = "study_result.json"
-PRUNING_CALLBACK = "dyt_lab.study.pruning.StudyPruning"
-TRIAL_ENV = "DYT_LAB_STUDY_TRIAL"  # JSON: which trial of which study a fit process reports to
-
-
-def objective_value(history: dict[int, float], direction: str, which: str) -> float:
-    """The value a trial counts for: its best epoch's or its last epoch's (NaN epochs never best)."""
-    if not history:
-        return math.nan
-    if which == "last":
-        return history[max(history)]
-    finite = [v for v in history.values() if not math.isnan(v)]
-    if not finite:
-        return math.nan
-    return max(finite) if direction == "maximize" else min(finite)
-
-
-def write_result(path: str | Path, result: dict) -> None:
-    """Replace the trial's result file in one step, so the worker never reads half of it."""
-    path = Path(path)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, path)
 
 
 def base_args(spec: StudySpec) -> list[str]:
@@ -95,42 +80,49 @@ class TrialObjective:
     def __init__(self, spec: StudySpec, space: SearchSpace, storage_url: str, retry, log=print) -> None:
         self.spec, self.space, self.storage_url, self.retry, self.log = spec, space, storage_url, retry, log
         self.on_start = None  # called once the trial exists in the storage (the runner's ask lock)
+        self.isolation = spec.isolation  # the runner may fall back to "process" (DDP trials)
         self.fatal: str | None = None  # set when every further trial would fail the same way
 
     def __call__(self, trial: optuna.Trial) -> float:
+        spec = self.spec
         try:
             self.space.suggest(trial)
+            if spec.seeds:  # this seed run's seed, and the configuration's other seeds queued next
+                trial.set_user_attr(SEED_ATTR, first_free_seed(trial.study, trial, spec.seeds))
+                queue_missing_seeds(trial.study, spec.seeds)
         except ValueError as err:  # a queued retry whose values the edited search space no longer allows
             trial.set_user_attr("fail_reason", f"its values do not fit the search space: {err}")
             return math.nan
         finally:
             if self.on_start is not None:
                 self.on_start()
-        spec, number = self.spec, trial.number
+        number = trial.number
         run_dir = spec.folder / "trials" / trial_dir_name(number)
         run_dir.mkdir(parents=True, exist_ok=True)
         trial.set_user_attr("run_dir", str(run_dir))
-        trial.set_user_attr(WORKER_ATTR, worker_tag())
-        command = [sys.executable, "-m", "dyt_lab", "fit", *base_args(spec), *self.space.flags(trial.params),
-                   *study_args(spec, number)]
-        (run_dir / "command.txt").write_text(shlex.join(command) + "\n")  # to re-run it by hand
+        trial.set_user_attr(WORKER_ATTR, worker_tag())  # a retry must not keep its predecessor's worker
+        trial.set_user_attr("fail_reason", None)  # ... nor its failure
+        seed = trial.user_attrs.get(SEED_ATTR)
+        fit_args = [*base_args(spec), *self.space.flags(trial.params),
+                    *([config_flag(SEED_KEY, seed)] if seed is not None else []), *study_args(spec, number)]
+        (run_dir / "command.txt").write_text(shlex.join(fit_command(fit_args)) + "\n")  # to re-run it by hand
         binding = {"storage": self.storage_url, "study_name": spec.study_name, "trial_id": trial._trial_id,
                    "pruner": {"name": spec.pruner.name, "kwargs": spec.pruner.kwargs},
                    "metric": spec.objective.metric, "direction": spec.objective.direction,
                    "value": spec.objective.value, "result": str(run_dir / RESULT_FILE), "parent_pid": os.getpid()}
         shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
-        self.log(f"trial {number} started: {shown}")
+        self.log(f"trial {number} started: {shown}" + (f" seed={seed}" if seed is not None else ""))
         (run_dir / RESULT_FILE).unlink(missing_ok=True)
         started = time.monotonic()
-        code = self._run(trial, command, {**os.environ, TRIAL_ENV: json.dumps(binding)}, run_dir, started)
+        code = self._run(trial, fit_args, {**os.environ, TRIAL_ENV: json.dumps(binding)}, run_dir, started)
         return self._outcome(trial, code, run_dir, time.monotonic() - started)
 
-    def _run(self, trial: optuna.Trial, command: list[str], env: dict, run_dir: Path, started: float) -> int | None:
-        """Run the fit process to its end (None: killed for exceeding trial_timeout)."""
+    def _run(self, trial: optuna.Trial, fit_args: list[str], env: dict, run_dir: Path, started: float) -> int | None:
+        """Run the fit to its end (None: killed for exceeding trial_timeout)."""
         beat = (JournalHeartbeat(trial.study._storage, trial._trial_id, self.spec.heartbeat_interval)
                 if is_journal(self.storage_url) else nullcontext())
-        with open(run_dir / "stdout.log", "w") as out, open(run_dir / "stderr.log", "w") as err, beat:
-            proc = subprocess.Popen(command, stdout=out, stderr=err, env=env)
+        with beat:
+            proc = start_trial(self.isolation, fit_args, env, run_dir)
             trial.set_user_attr("trial_pid", proc.pid)
             try:
                 return proc.wait(timeout=self.spec.trial_timeout)
@@ -142,7 +134,7 @@ class TrialObjective:
                 self._interrupted(trial, proc, run_dir, started)
                 raise
 
-    def _interrupted(self, trial: optuna.Trial, proc: subprocess.Popen, run_dir: Path, started: float) -> None:
+    def _interrupted(self, trial: optuna.Trial, proc, run_dir: Path, started: float) -> None:
         """Ctrl-C or SIGTERM: stop the fit, and queue this configuration to run again on resume."""
         proc.send_signal(signal.SIGINT)  # a terminal's Ctrl-C has reached it already; a SIGTERM has not
         try:
@@ -150,8 +142,7 @@ class TrialObjective:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        result = run_dir / RESULT_FILE
-        trial.set_user_attr("epochs", json.loads(result.read_text())["epochs"] if result.is_file() else 0)
+        trial.set_user_attr("epochs", read_result(run_dir / RESULT_FILE).get("epochs", 0))
         trial.set_user_attr("wall_time_s", round(time.monotonic() - started, 1))
         trial.set_user_attr("fail_reason", "interrupted; its configuration runs again on resume")
         self.retry(trial.study, trial.study._storage.get_trial(trial._trial_id))
@@ -160,10 +151,14 @@ class TrialObjective:
     def _outcome(self, trial: optuna.Trial, code: int | None, run_dir: Path, seconds: float) -> float:
         """Record the trial's attributes; return its value, raise TrialPruned, or return NaN (failed)."""
         objective = self.spec.objective
-        path = run_dir / RESULT_FILE
-        result = json.loads(path.read_text()) if path.is_file() else {}
+        result = read_result(run_dir / RESULT_FILE)
         history = {int(epoch): value for epoch, value in result.get("history", {}).items()}
         trial.set_user_attr("epochs", result.get("epochs", 0))
+        if result.get("fit_seconds") is not None:
+            trial.set_user_attr("fit_s", result["fit_seconds"])  # the rest of wall_time_s is start-up
+        metrics = result.get("metrics") or {}
+        if metrics:  # the last epoch's accuracy and losses, for the report's tables
+            trial.set_user_attr(LAST_METRICS_ATTR, metrics[max(metrics, key=int)])
         trial.set_user_attr("wall_time_s", round(seconds, 1))
         trial.set_user_attr("exit_code", code)
         if (run_dir / "config.yaml").is_file():

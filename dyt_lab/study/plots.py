@@ -16,7 +16,8 @@ import optuna
 from optuna.trial import TrialState
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot with the file-only Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display is needed or wanted
@@ -25,12 +26,12 @@ def _pyplot():
     return plt
 
 
-def _save(ax_or_axes, path: Path) -> Path:
+def save_figure(ax_or_axes, path: Path) -> Path:
     axes = ax_or_axes.flat[0] if hasattr(ax_or_axes, "flat") else ax_or_axes
     figure = axes.figure
     figure.tight_layout()
     figure.savefig(path, dpi=110)
-    _pyplot().close(figure)
+    pyplot().close(figure)
     return path
 
 
@@ -54,7 +55,7 @@ def mean_by(trials, row: str, column: str | None) -> dict[tuple, tuple[float, in
 
 def plot_placement_variant(trials, row: str, column: str | None, metric: str, path: Path) -> Path:
     """Heatmap (one column, for one key) of the mean objective per placement x variant cell."""
-    plt = _pyplot()
+    plt = pyplot()
     cells = mean_by(trials, row, column)
     rows = sorted({r for r, _ in cells})
     cols = sorted({c for _, c in cells})
@@ -76,7 +77,7 @@ def plot_placement_variant(trials, row: str, column: str | None, metric: str, pa
         ax.set_ylabel(row)
         ax.set_title(f"mean {metric}, completed trials")
         fig.colorbar(image, ax=ax)
-        return _save(ax, path)
+        return save_figure(ax, path)
 
 
 def write_plots(study: optuna.Study, folder: Path, metric: str) -> tuple[list[Path], list[str]]:
@@ -90,13 +91,13 @@ def write_plots(study: optuna.Study, folder: Path, metric: str) -> tuple[list[Pa
     params = sorted({p for t in complete for p in t.params})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
-        files.append(_save(ovm.plot_optimization_history(study, target_name=metric), folder / "history.png"))
+        files.append(save_figure(ovm.plot_optimization_history(study, target_name=metric), folder / "history.png"))
         for param in params:
             name = re.sub(r"[^A-Za-z0-9_.-]", "_", param)
-            files.append(_save(ovm.plot_slice(study, params=[param], target_name=metric),
+            files.append(save_figure(ovm.plot_slice(study, params=[param], target_name=metric),
                                folder / f"objective_vs_{name}.png"))
         try:
-            files.append(_save(ovm.plot_param_importances(study), folder / "importances.png"))
+            files.append(save_figure(ovm.plot_param_importances(study), folder / "importances.png"))
         except Exception as err:  # too few or too uniform trials: say so, draw the rest
             notes.append(f"no importances plot: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
     placement, variant = placement_and_variant(params)

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from dyt_lab.errors import ConfigError
-from dyt_lab.study.objective import TRIAL_ENV, objective_value, write_result
+from dyt_lab.study.protocol import TRIAL_ENV, objective_value, write_result
+
+RECORDED = ("val/", "train/")  # the epoch's metrics kept in the result file: accuracy and loss, both splits
 
 
 class StudyPruning(Callback):
@@ -29,7 +32,10 @@ class StudyPruning(Callback):
         raw = os.environ.get(TRIAL_ENV)
         self.binding = json.loads(raw) if raw else None
         self.history: dict[int, float] = {}
+        self.metrics: dict[int, dict[str, float]] = {}  # epoch -> the epoch's logged scalars, for the report
         self._trial = None
+        self.pruned = False
+        self._fit_started: float | None = None  # what the study-overhead benchmark subtracts from a trial's time
         if self.binding:
             from dyt_lab.study.liveness import die_with_parent
 
@@ -57,7 +63,8 @@ class StudyPruning(Callback):
         b = self.binding
         return {"metric": b["metric"], "history": self.history, "epochs": epoch + 1,
                 "value": objective_value(self.history, b["direction"], b["value"]),
-                "pruned": pruned, "error": error}
+                "metrics": self.metrics, "pruned": pruned, "error": error,
+                "fit_seconds": round(time.monotonic() - self._fit_started, 3) if self._fit_started else None}
 
     def _decide(self, trainer: Trainer, epoch: int) -> dict:
         """Rank 0: record this epoch's value, report it, and ask the pruner."""
@@ -69,13 +76,20 @@ class StudyPruning(Callback):
             write_result(b["result"], self._result(epoch, error=message))
             return {"stop": True, "error": message}
         self.history[epoch] = float(metric)
+        self._record(trainer, epoch)
         # The pruner compares trials at the same epoch by what each would score if it stopped now.
         reported = objective_value(self.history, b["direction"], b["value"])
         trial = self._connect()
         trial.report(reported, step=epoch)
-        pruned = bool(trial.should_prune())  # a numpy bool from some pruners
-        write_result(b["result"], self._result(epoch, pruned=pruned))
-        return {"stop": pruned, "error": None}
+        self.pruned = bool(trial.should_prune())  # a numpy bool from some pruners
+        write_result(b["result"], self._result(epoch, pruned=self.pruned))
+        return {"stop": self.pruned, "error": None}
+
+    def _record(self, trainer: Trainer, epoch: int) -> None:
+        """Keep the epoch's scalar metrics (accuracy and loss on both splits) for the study report."""
+        self.metrics.setdefault(epoch, {}).update(
+            {k: float(v) for k, v in trainer.callback_metrics.items()
+             if k.startswith(RECORDED) and getattr(v, "numel", lambda: 1)() == 1})
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.binding is None or trainer.sanity_checking:
@@ -86,3 +100,13 @@ class StudyPruning(Callback):
             raise ConfigError(decision["error"])
         if decision["stop"]:
             trainer.should_stop = True
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._fit_started = time.monotonic()
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # The epoch's training metrics are logged after its validation: add the last epoch's now.
+        if self.binding is None or not trainer.is_global_zero or not self.history:
+            return
+        self._record(trainer, max(self.history))
+        write_result(self.binding["result"], self._result(max(self.history), pruned=self.pruned))

@@ -14,15 +14,11 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from dyt_lab.study.comparison import replicated_sections
+from dyt_lab.study.markdown import markdown_table
 from dyt_lab.study.plots import mean_by, placement_and_variant, write_plots
+from dyt_lab.study.replicates import SEED_ATTR
 from dyt_lab.study.storage import find_storage, load_existing
-
-
-def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
-    """A Markdown table with padded columns, readable as plain text too."""
-    widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows)]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
 def _number(value) -> str:
@@ -50,10 +46,11 @@ def trials_table(study: optuna.Study, metric: str) -> str:
     rows = []
     for t in trials:
         seconds = t.user_attrs.get("wall_time_s")
-        rows.append([str(t.number), t.state.name.lower(), _number(t.value), _number(t.user_attrs.get("epochs")),
+        rows.append([str(t.number), t.state.name.lower(), _number(t.value), _number(t.user_attrs.get(SEED_ATTR)),
+                     _number(t.user_attrs.get("epochs")),
                      f"{seconds:.0f} s" if seconds is not None else "-",
                      *(_number(t.params.get(p)) for p in params), _note(t, retried_as)])
-    return markdown_table(["#", "state", metric, "epochs", "time", *params, "note"], rows)
+    return markdown_table(["#", "state", metric, "seed", "epochs", "time", *params, "note"], rows)
 
 
 def placement_variant_table(study: optuna.Study) -> str | None:
@@ -100,7 +97,12 @@ def report(name: str, root: str = "studies", storage: str | None = None) -> Path
     sections = [f"# Study {name}", f"Storage: `{url}`. Objective: {direction} {metric}.",
                 "## Trials", trials_table(study, metric)]
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if complete:
+    design = study.user_attrs.get("design") or {}
+    replicated_files: list[Path] = []
+    if design.get("seeds"):  # one configuration = several seed runs: compare means, not single runs
+        replicated, replicated_files = replicated_sections(study, design, folder, metric)
+        sections += replicated
+    elif complete:
         best = study.best_trial
         config = best.user_attrs.get("config")
         params = "\n".join(f"- `{k}` = `{v}`" for k, v in best.params.items())
@@ -108,7 +110,7 @@ def report(name: str, root: str = "studies", storage: str | None = None) -> Path
                      f"run folder `{best.user_attrs.get('run_dir')}`, config `{config}`.", params]
         if config and Path(config).is_file():
             sections.append(f"```yaml\n{Path(config).read_text().strip()}\n```")
-    else:
+    elif not design.get("seeds"):
         sections += ["## Best trial", "No completed trial yet."]
     grid = placement_variant_table(study)
     if grid:
@@ -125,6 +127,7 @@ def report(name: str, root: str = "studies", storage: str | None = None) -> Path
         warnings.simplefilter("ignore")
         study.trials_dataframe().to_csv(folder / "trials.csv", index=False)
     files, notes = write_plots(study, folder, metric)
+    files = [*replicated_files, *files]
     sections += ["## Files", "\n".join(f"- `{p.name}`" for p in [folder / "trials.csv", *files]), *notes,
                  "## Open the study", "\n".join(f"    {line}" for line in how_to_open(name, url, folder))]
     text = "\n\n".join(sections) + "\n"

@@ -22,8 +22,11 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from dyt_lab.errors import ConfigError
+from dyt_lab.study.design import check_design
+from dyt_lab.study.launch import warm_up
 from dyt_lab.study.liveness import die_with_parent, reap_dead_trials
 from dyt_lab.study.objective import TrialObjective
+from dyt_lab.study.replicates import configurations_counted, live_trials, queue_missing_seeds
 from dyt_lab.study.samplers import check_sampler, make_pruner, make_sampler
 from dyt_lab.study.space import SearchSpace
 from dyt_lab.study.spec import StudySpec
@@ -59,9 +62,16 @@ class AskLock:
 
 def counted_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Trials that count toward n_trials: all but queued ones and failures whose config was retried."""
-    trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    return [t for t in trials if t.state != TrialState.WAITING and t.number not in retried]
+    return [t for t in live_trials(study) if t.state != TrialState.WAITING]
+
+
+def study_full(study: optuna.Study, spec: StudySpec) -> bool:
+    """n_trials reached: trials, or with seeds configurations whose every seed run has ended or runs."""
+    counted = counted_trials(study)
+    if not spec.seeds:
+        return len(counted) >= spec.n_trials
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    return configurations_counted(counted) >= spec.n_trials and not waiting
 
 
 def _interrupt(signum, frame) -> None:
@@ -76,7 +86,11 @@ def prepare(spec: StudySpec) -> tuple[SearchSpace, list[str]]:
     gpus = visible_gpus()
     print(f"study {spec.study_name}: checking {len(space.distributions)} searched keys against dyt-lab fit ...",
           file=sys.stderr)
-    validate(spec, space, len(gpus))
+    if validate(spec, space, len(gpus)) and spec.isolation == "warm":
+        print("note: trials run DDP (several devices or nodes), which starts its own processes: "
+              "each trial starts as a fresh process (isolation: process)", file=sys.stderr)
+        spec.isolation = "process"
+    check_design(space, spec)
     url = storage_url(spec.storage, spec.folder)
     if spec.storage in ("sqlite", "journal"):
         spec.folder.mkdir(parents=True, exist_ok=True)
@@ -88,6 +102,7 @@ def prepare(spec: StudySpec) -> tuple[SearchSpace, list[str]]:
         raise ConfigError(f"study '{spec.study_name}' exists with direction {study.direction.name.lower()}; "
                           f"objective.direction {spec.objective.direction} cannot change it")
     study.set_user_attr("objective", {"metric": spec.objective.metric, "value": spec.objective.value})
+    study.set_user_attr("design", {"seeds": spec.seeds, "reference": spec.reference, "gap_from": spec.gap_from})
     spec.folder.mkdir(parents=True, exist_ok=True)
     (spec.folder / SPEC_FILE).write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
     if spec.workers > 1 and url.startswith("sqlite"):
@@ -99,6 +114,8 @@ def prepare(spec: StudySpec) -> tuple[SearchSpace, list[str]]:
 def run_study(spec: StudySpec) -> None:
     """``dyt-lab study run``: prepare, run the workers, print where the report is."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial comes from TrialObjective
+    if spec.workers == 1 and spec.isolation == "warm":
+        warm_up()  # its imports run beside the checks below, on the other core
     space, gpus = prepare(spec)
     if spec.workers == 1:
         code = work(spec, 0)
@@ -107,7 +124,9 @@ def run_study(spec: StudySpec) -> None:
     study = optuna.load_study(study_name=spec.study_name, storage=open_storage(storage_url(spec.storage, spec.folder)))
     counts = {s.name: sum(t.state == s for t in counted_trials(study)) for s in TrialState}
     summary = ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n)
-    print(f"study {spec.study_name}: {len(counted_trials(study))}/{spec.n_trials} trials ({summary or 'none'})")
+    done = configurations_counted(counted_trials(study)) if spec.seeds else len(counted_trials(study))
+    unit = f"configurations x {len(spec.seeds)} seeds" if spec.seeds else "trials"
+    print(f"study {spec.study_name}: {done}/{spec.n_trials} {unit} ({summary or 'none'})")
     if code == EXIT_INTERRUPTED:
         print(f"interrupted: run the same command (or `dyt-lab study resume {spec.study_name}`) to continue")
         raise SystemExit(code)
@@ -147,6 +166,8 @@ def work(spec: StudySpec, index: int, workers: int = 1) -> int:
     tag = f"[worker {index}] " if workers > 1 else ""
     log = lambda message: print(f"{tag}{message}", flush=True)  # noqa: E731
     signal.signal(signal.SIGTERM, _interrupt)
+    if spec.isolation == "warm":
+        warm_up()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     space = SearchSpace(spec.search_space)
     url = storage_url(spec.storage, spec.folder)
@@ -166,7 +187,9 @@ def work(spec: StudySpec, index: int, workers: int = 1) -> int:
             try:
                 for number in reap_dead_trials(study, retry, journal, spec.grace_period):
                     log(f"trial {number} FAILED: its worker died; its configuration is queued again")
-                if len(counted_trials(study)) >= spec.n_trials or _grid_done(study):
+                if spec.seeds and queue_missing_seeds(study, spec.seeds):  # e.g. a study resumed mid-seeds
+                    log("queued the missing seed runs of configurations already started")
+                if study_full(study, spec) or _grid_done(study):
                     return 0
                 objective.on_start = lock.release  # the new trial is RUNNING: others now count it
                 study.optimize(objective, n_trials=1)

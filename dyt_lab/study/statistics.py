@@ -257,8 +257,12 @@ def attribution_sentences(attribution: pd.DataFrame, gap_label: str = "the gap",
     lines = [f"{gap_label}: {first['gap']:+.4g} ({ci} {first['gap_ci_low']:+.4g} to {first['gap_ci_high']:+.4g})"]
     if first["gap_ci_low"] <= 0 <= first["gap_ci_high"]:
         lines[0] += ": not clearly different from zero, so the shares below mean little"
+    unclear_gap = first["gap_ci_low"] <= 0 <= first["gap_ci_high"]
     for _, r in attribution.iterrows():
         move = f"{names.get(r['factor'], r['factor'])} ({r['start']} -> {r['end']})"
+        if unclear_gap:  # shares of a gap that may be zero are meaningless: give the contribution itself
+            lines.append(f"{move} contributes {r['shapley']:+.4g} ({ci} {r['ci_low']:+.4g} to {r['ci_high']:+.4g})")
+            continue
         interval = f"({ci} {pct(r['share_ci_low'])} to {pct(r['share_ci_high'])})"
         if r["share"] >= 0:
             line = f"{move} closes {pct(r['share'])} of {gap_label} {interval}"

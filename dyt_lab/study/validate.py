@@ -52,7 +52,7 @@ def _parse(parser, args: list[str], what: str):
 
 
 def _instantiate(parser, cfg, what: str, prepare_data: bool = False) -> None:
-    from dyt_lab.cli import _cause_of_type
+    from dyt_lab.errors import cause_of_type as _cause_of_type
 
     try:
         init = parser.instantiate(cfg)
@@ -79,9 +79,20 @@ def check_devices(trainer, gpus: int, workers: int, what: str) -> None:
                           f"{workers} workers has {per_worker} ({gpus} visible); lower --workers or trainer.devices")
 
 
-def validate(spec: StudySpec, space: SearchSpace, gpus: int) -> None:
-    """Raise a one-line ConfigError unless every trial this study can draw parses and builds."""
-    from dyt_lab.cli import make_parser
+def runs_ddp(trainer) -> bool:
+    """Whether a parsed trainer config starts several processes (several devices or nodes)."""
+    devices = trainer.devices
+    count = len(devices) if isinstance(devices, (list, tuple)) else devices
+    several = str(count).lstrip("-").isdigit() and (int(count) > 1 or int(count) == -1)
+    return several or int(trainer.num_nodes or 1) > 1 or "ddp" in str(trainer.strategy)
+
+
+def validate(spec: StudySpec, space: SearchSpace, gpus: int) -> bool:
+    """Raise a one-line ConfigError unless every trial this study can draw parses and builds.
+
+    Returns whether some trial runs DDP (so it must start as a fresh process).
+    """
+    from dyt_lab.runs import fit_parser as make_parser
 
     parser = make_parser()
     parser.exit_on_error = False
@@ -97,9 +108,12 @@ def validate(spec: StudySpec, space: SearchSpace, gpus: int) -> None:
                               f"keys look like model.norm, model.optimizer.lr, data.batch_size")
     check_devices(cfg.trainer, gpus, spec.workers, "the base config")
     _instantiate(parser, cfg, "the base config", prepare_data=True)
+    ddp = runs_ddp(cfg.trainer)
     for key, probes in space.probes().items():
         for label, value in probes:
             what = f"search_space '{key}' = {label!r}"
             probe = _parse(parser, base + [config_flag(key, value)], what)
             _instantiate(parser, probe, what)
             check_devices(probe.trainer, gpus, spec.workers, what)
+            ddp = ddp or runs_ddp(probe.trainer)
+    return ddp

@@ -1,0 +1,45 @@
+"""What a study worker and its trial's ``dyt-lab fit`` process share: the binding and the result file.
+
+The worker passes the trial's identity in the ``DYT_LAB_STUDY_TRIAL`` environment variable (JSON);
+the trial's StudyPruning callback reports to the storage and leaves its epoch history in a JSON
+result file that the worker reads when the trial ends. Both sides import this module and nothing
+else of each other.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+RESULT_FILE = "study_result.json"
+PRUNING_CALLBACK = "dyt_lab.study.pruning.StudyPruning"
+TRIAL_ENV = "DYT_LAB_STUDY_TRIAL"  # JSON: which trial of which study a fit process reports to
+LAST_METRICS_ATTR = "last_epoch"  # user attribute: the last epoch's metrics (val/acc, train/loss_epoch, ...)
+
+
+def objective_value(history: dict[int, float], direction: str, which: str) -> float:
+    """The value a trial counts for: its best epoch's or its last epoch's (NaN epochs never best)."""
+    if not history:
+        return math.nan
+    if which == "last":
+        return history[max(history)]
+    finite = [v for v in history.values() if not math.isnan(v)]
+    if not finite:
+        return math.nan
+    return max(finite) if direction == "maximize" else min(finite)
+
+
+def write_result(path: str | Path, result: dict) -> None:
+    """Replace the trial's result file in one step, so the worker never reads half of it."""
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, path)
+
+
+def read_result(path: str | Path) -> dict:
+    """The trial's result file, or an empty result if the trial never wrote one."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else {}
