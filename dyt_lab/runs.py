@@ -27,7 +27,12 @@ from dyt_lab.errors import ConfigError
 from dyt_lab.models import format_placement
 from dyt_lab.training import ImageClassifier
 from dyt_lab.training.callbacks import DivergenceStop, LearningRateLog
-from dyt_lab.training.checkpoints import find_last_checkpoint, read_matching_checkpoint, run_config_of
+from dyt_lab.training.checkpoints import (
+    conflicting_hyperparameters,
+    find_last_checkpoint,
+    read_matching_checkpoint,
+    run_config_of,
+)
 from dyt_lab.training.records import RunRecord, run_hparams
 
 USAGE_EXTRA = """\
@@ -100,6 +105,27 @@ class DytLabCLI(LightningCLI):
             chosen.append(RichProgressBar(refresh_rate=4))
         return super().instantiate_trainer(**{**kwargs, "callbacks": chosen})
 
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        super().parse_arguments(parser, args)
+        # What the user's config and flags say the model is, before LightningCLI replaces it with
+        # the hyperparameters saved in --ckpt_path: the two are compared in before_instantiate_classes.
+        own = self.config[self.config["subcommand"]] if self.config.get("subcommand") else self.config
+        model = own.get("model")  # self.subcommand is set only after parsing
+        self._model_given = model.clone() if isinstance(model, Namespace) else model
+
+    def _refuse_conflicting_checkpoint(self, config: Namespace, ckpt_path: str) -> None:
+        """A run is what its config says: a checkpoint trained as another model is an error naming both."""
+        given = self._model_given
+        if not isinstance(given, Namespace):
+            return
+        conflicts = conflicting_hyperparameters(given.as_dict(), ckpt_path)
+        if conflicts:
+            more = f" (and {len(conflicts) - 3} more)" if len(conflicts) > 3 else ""
+            raise ConfigError(f"--ckpt_path '{ckpt_path}' was trained with other model arguments than this run's "
+                              f"config: {'; '.join(conflicts[:3])}{more}; drop those flags to continue that run, "
+                              "or leave out --ckpt_path to start a new one")
+        config.model = given  # the same values: keep the config's own form, not LightningCLI's merge
+
     def before_instantiate_classes(self) -> None:
         config = self._own(self.config)
         ckpt_path = config.get("ckpt_path")
@@ -114,6 +140,8 @@ class DytLabCLI(LightningCLI):
                 config.ckpt_path, logger.init_args.version = str(found[0]), found[1]
         elif ckpt_path not in (None, "last", "best", "hpc", "registry") and not Path(ckpt_path).is_file():
             raise ConfigError(f"--ckpt_path '{ckpt_path}' is not a file; give a .ckpt path or 'last'")
+        if config.get("ckpt_path") and Path(config.ckpt_path).is_file():
+            self._refuse_conflicting_checkpoint(config, config.ckpt_path)
 
     def _check_checkpoint(self) -> None:
         """A checkpoint made with another model is one clear line, not a load_state_dict traceback."""

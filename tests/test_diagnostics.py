@@ -271,3 +271,23 @@ def test_probe_compares_only_the_shared_sites(tmp_path, capsys):
     assert "note: the runs differ in sites: only their 3 shared site names are compared" in capsys.readouterr().err
     rows = _read_csv(out / "stats.csv")
     assert [r["site"] for r in rows] == ["blocks.0.norm1", "blocks.0.norm2", "norm"] * 2
+
+
+def test_factored_sites_report_their_argument_saturation_and_gain_as_the_named_norms_do():
+    from dyt_lab.diagnostics.stats import as_rows, pre_affine, site_stats
+    from dyt_lab.norms import FactoredNorm, build_norm
+
+    x = torch.randn(8, 4, 5, 5) * 3 + 1
+    dyt = build_norm({"name": "dyt", "alpha_init": 0.7}, 4, "channels_first").eval()
+    point = FactoredNorm(4, channels_last=False, center="none", scale="alpha", squash="tanh", alpha_init=0.7).eval()
+    rows = as_rows(x, "channels_first")
+    a, b = pre_affine(dyt, x, rows, dyt(x), "channels_first"), pre_affine(point, x, rows, point(x), "channels_first")
+    torch.testing.assert_close(a.argument, b.argument)  # the DyT point of factored is seen as DyT is
+    assert site_stats("s", point, rows, b).saturation == pytest.approx(float((0.7 * rows).abs().gt(2).float().mean()))
+    assert site_stats("s", point, rows, b).gain == pytest.approx(0.7)
+    bn = FactoredNorm(4, channels_last=False).train()
+    for _ in range(20):  # let the running statistics settle
+        bn(x)
+    bn.eval()
+    stats = site_stats("s", bn, rows, pre_affine(bn, x, rows, bn(x), "channels_first"))
+    assert stats.gain == pytest.approx(float((bn.running_var + bn.eps).rsqrt().mean()), rel=1e-4)  # 1 / its std

@@ -228,7 +228,7 @@ def test_builds_from_a_yaml_like_spec():
     assert isinstance(layer, FactoredNorm) and norm_name(layer) == "factored"
     assert layer.channels_last is False and layer.alpha.shape == (1,) and layer.running_var is None
     assert NORMS["factored"].options() == ["center", "scale", "squash", "alpha_init", "eps", "momentum"]
-    from dyt_lab.cli import norms_table
+    from dyt_lab.norms.table import norms_table
 
     row = next(line for line in norms_table().splitlines() if line.startswith("| `factored`"))
     assert "squash(s * (x - m))" in row and "center, scale, squash, alpha_init, eps, momentum" in row

@@ -352,3 +352,17 @@ def test_missing_seed_runs_are_queued_once_and_a_retry_keeps_its_seed():
     waiting = study.get_trials(states=(TrialState.WAITING,))
     assert sorted((t.params["model.norm"], t.user_attrs["seed"]) for t in waiting) == [
         ("derf", 0), ("derf", 1), ("derf", 2), ("dyt", 1), ("dyt", 2)]
+
+
+def test_the_optuna_internals_we_use_still_exist():
+    from dyt_lab.study.optuna_internals import reopen_trial, storage_of, trial_id
+
+    study = optuna.create_study()
+    asked = study.ask()
+    storage = storage_of(study)
+    assert isinstance(storage, optuna.storages.BaseStorage)
+    assert storage.get_trial(trial_id(asked)).number == asked.number
+    again = reopen_trial(study, trial_id(asked))  # as a trial's own fit process does it
+    again.report(0.5, step=0)
+    assert storage.get_trial(trial_id(asked)).intermediate_values == {0: 0.5}
+    assert trial_id(study.trials[0]) == trial_id(asked)  # a FrozenTrial carries the same id

@@ -177,7 +177,31 @@ def test_checkpoint_of_another_model_is_one_clear_line(tmp_path, capsys):
         main(fit_args(tmp_path, "--trainer.max_epochs=2", "--model.depth=2", "--ckpt_path=last"))
     assert exit_info.value.code == 2
     message = capsys.readouterr().err.strip().splitlines()[-1]
-    assert message.startswith("error: checkpoint '") and "does not match the config's model: missing key" in message
+    assert message.startswith("error: --ckpt_path '") and "model.depth=2 (checkpoint: 1)" in message
+
+
+@pytest.mark.slow
+def test_a_checkpoint_never_silently_replaces_the_runs_model_flags(tmp_path, capsys):
+    run_lightning(fit_args(tmp_path, "--trainer.max_epochs=1", "--model.depth=1"))
+    run_dir = tmp_path / "quickstart" / "version_0"
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    config_before = (run_dir / "config.yaml").read_text()
+    # the flags of the issue: another norm and learning rate, with the checkpoint given as a file
+    with pytest.raises(SystemExit) as exit_info:
+        main(fit_args(tmp_path, "--model.depth=1", "--model.norm=layernorm", "--model.optimizer.init_args.lr=0.1",
+                      f"--ckpt_path={ckpt}", "--trainer.max_epochs=2", "--trainer.logger.init_args.name=flag_ignored"))
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "model.norm=layernorm (checkpoint: dyt)" in message and "model.optimizer.lr=0.1 (checkpoint: 0.002)" in message
+    assert not (tmp_path / "flag_ignored").exists() and (run_dir / "config.yaml").read_text() == config_before
+    # another model class altogether: a ResNet config validating a ViT checkpoint
+    with pytest.raises(SystemExit):
+        main(["validate", "--config", str(RESNET_DIGITS), f"--ckpt_path={ckpt}", "--trainer.logger=false"])
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "model=dyt_lab.training.ResNetClassifier (checkpoint: dyt_lab.training.ViTClassifier)" in message
+    # the same flags as the checkpoint's: the run continues, from the checkpoint
+    resumed = run_lightning(fit_args(tmp_path, "--model.depth=1", f"--ckpt_path={ckpt}", "--trainer.max_epochs=2"))
+    assert resumed.trainer.current_epoch == 2
 
 
 @pytest.mark.parametrize(("classifier", "net_class"), [(ViTClassifier, "ViT"), (ResNetClassifier, "ResNet")])

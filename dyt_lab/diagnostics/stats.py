@@ -9,6 +9,7 @@ row per position (a token of one image, or a pixel of one image), whichever the 
   the layer's own statistics (BatchNorm and CenteredDyT: running estimates in eval mode, the batch's
   in train mode); its argument is that value itself, so ``saturation`` means the same thing for
   both: the share of elements a tanh would squash flat (``|argument| > 2``, where tanh > 0.96).
+- ``factored`` (BatchNorm taken apart): ``scale * (x - center)``, before its squash if it has one.
 - Anything else (identity, a user's own layer): its output, unchanged.
 """
 
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from dyt_lab.norms import DYT_FAMILY, norm_name
+from dyt_lab.norms import DYT_FAMILY, FactoredNorm, norm_name
 from dyt_lab.norms.functional import SQUASHES
 
 SATURATION_LEVEL = 2.0  # tanh(2) = 0.964: beyond it the output barely moves with the input
@@ -70,6 +71,9 @@ def pre_affine(
         # CenteredDyT subtracts its mean (batch or running, as the module's mode says) in there too
         z = module.squash_argument(x.detach())
         return PreAffine(as_rows(z, layout), SQUASHES[module.squash])
+    if isinstance(module, FactoredNorm):  # BatchNorm taken apart: its centering and scaling, then its squash
+        z = module.squash_argument(x.detach())
+        return PreAffine(as_rows(z, layout), SQUASHES.get(module.squash, _identity), module.divisor())
     if isinstance(module, nn.LayerNorm):  # per position, over channels
         var, mean = torch.var_mean(rows, dim=-1, correction=0, keepdim=True)
         return _normalized(rows, mean, var, module.eps)
@@ -142,7 +146,7 @@ def site_stats(site: str, module: nn.Module, rows: torch.Tensor, result: PreAffi
         channel_std.std(correction=0) / channel_std.mean().clamp_min(1e-12),
         torch.maximum(low.abs(), high.abs()).double(),
         (result.argument.abs() > SATURATION_LEVEL).double().mean(),
-        module.alpha.detach().double().mean().to(std.device) if isinstance(module, DYT_FAMILY) else nan,
+        module.alpha.detach().double().mean().to(std.device) if getattr(module, "alpha", None) is not None else nan,
         divisor.mean() if divisor is not None else nan,
         divisor.std(correction=0) / divisor.mean() if divisor is not None else nan,
         divisor.reciprocal().mean() if divisor is not None else nan,

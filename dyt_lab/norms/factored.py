@@ -110,6 +110,16 @@ class FactoredNorm(nn.Module):
 
     def squashed(self, x: torch.Tensor) -> torch.Tensor:
         """``squash(s * (x - m))``, the output before the affine; in training it updates running stats."""
+        return _SQUASH_FNS[self.squash](self.squash_argument(x))
+
+    def divisor(self) -> torch.Tensor | None:
+        """The ``(C,)`` std that eval mode divides by (running_std, and batch_std in eval), else None."""
+        if self.running_var is None:
+            return None
+        return (self.running_var + self.eps).sqrt()
+
+    def squash_argument(self, x: torch.Tensor) -> torch.Tensor:
+        """``s * (x - m)``, the argument of the squash, shaped like ``x`` (what diagnostics call saturated)."""
         dim = self._channel_dim(x)
         reduce_dims = [d for d in range(x.dim()) if d != dim]
         n = x.numel() // max(x.shape[dim], 1)  # values per channel
@@ -128,7 +138,7 @@ class FactoredNorm(nn.Module):
             z = z * self._along_channels(self.alpha, x)  # (1,) or (C,)
         if self.training and self.num_batches_tracked is not None:
             self._update_running_stats(mean, batch_var, n)
-        return _SQUASH_FNS[self.squash](z)
+        return z
 
     @torch.no_grad()
     def _update_running_stats(self, mean: torch.Tensor | None, var: torch.Tensor | None, n: int) -> None:

@@ -36,7 +36,9 @@ def seed_run_table(study: optuna.Study) -> pd.DataFrame:
         last = trial.user_attrs.get(LAST_METRICS_ATTR) or {}
         rows.append({**trial_levels(trial), "seed": trial.user_attrs.get(SEED_ATTR, 0), "value": trial.value,
                      **{label: last.get(metric) for metric, label in EXTRA.items()}, "trial": trial.number})
-    return pd.DataFrame(rows)
+    # a level a configuration does not set (LayerNorm has no alpha_init) is "-", not NaN, so it groups
+    levels = {k for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) for k in trial_levels(trial)}
+    return pd.DataFrame(rows).fillna({k: "-" for k in levels})
 
 
 def name_of(levels: dict) -> str:
@@ -53,17 +55,19 @@ def _table(frame: pd.DataFrame) -> str:
 
 
 def differences_to(table: pd.DataFrame, factors: list[str], reference: dict, higher_is_better: bool) -> pd.DataFrame:
-    """Each configuration's paired difference to its reference cell: ``reference``'s levels, and the
-    configuration's own levels of the factors ``reference`` leaves out (so lr is compared at equal lr)."""
+    """Each configuration's paired difference to its reference cell: the cell with ``reference``'s
+    levels that shares the most of this configuration's other levels (the same lr, say)."""
     text = table.assign(**{f: table[f].astype(str) for f in factors})
+    configs = text[factors].drop_duplicates().to_dict("records")
+    candidates = [c for c in configs if all(c[k] == str(v) for k, v in reference.items())]
     rows = []
-    for config, _ in text.groupby(factors, sort=False):
-        config = dict(zip(factors, config if isinstance(config, tuple) else (config,)))
-        target = {**config, **{k: str(v) for k, v in reference.items()}}
+    for config in configs:
+        shared = [sum(c[f] == config[f] for f in factors if f not in reference) for c in candidates]
+        if not shared or shared.count(max(shared)) > 1:
+            continue  # no reference cell, or no single closest one
+        target = candidates[shared.index(max(shared))]
         pair = text[(text[factors] == [config[f] for f in factors]).all(axis=1)
                     | (text[factors] == [target[f] for f in factors]).all(axis=1)]
-        if not (pair[factors] == [target[f] for f in factors]).all(axis=1).any():
-            continue  # no reference cell at this configuration's other levels
         diff = statistics.paired_differences(pair, factors, target, higher_is_better=higher_is_better)
         rows.append(diff[(diff[factors].astype(str) == [config[f] for f in factors]).all(axis=1)])
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=[*factors, "mean_diff", "ci_low",
@@ -101,12 +105,24 @@ def configurations_section(table: pd.DataFrame, factors: list[str], reference: d
     return _table(shown)
 
 
-def effects_section(table: pd.DataFrame, factors: list[str]) -> list[str]:
+def toward(effects: pd.DataFrame, reference: dict | None) -> pd.DataFrame:
+    """Level differences read toward the reference: ``batch - none`` rather than ``none - batch``."""
+    effects = effects.copy()
+    for i, row in effects[effects["kind"] == "difference"].iterrows():
+        first, _, second = str(row["level"]).partition(" - ")
+        if reference and str(reference.get(row["term"])) == second:
+            effects.loc[i, ["level", "estimate", "ci_low", "ci_high"]] = [
+                f"{second} - {first}", -row["estimate"], -row["ci_high"], -row["ci_low"]]
+    return effects
+
+
+def effects_section(table: pd.DataFrame, factors: list[str], reference: dict | None = None) -> list[str]:
     """Main effects (as level differences) and two-way interactions with intervals, and the ANOVA table."""
     try:
         effects, anova = statistics.factorial_effects(table, factors)
     except ValueError as err:
         return [f"No factor effects: {err}."]
+    effects = toward(effects, reference)
     diffs = effects[effects["kind"].isin(["difference", "interaction"])]
     # a two-level interaction has one free coefficient, listed once per level pair: keep its first row
     diffs = diffs[(diffs["kind"] == "difference") | (diffs["p_value"] < 0.05)].drop_duplicates("term")
@@ -174,7 +190,7 @@ def replicated_sections(study: optuna.Study, design: dict, folder: Path, metric:
                 configurations_section(table, factors, reference, study.direction.name.lower())]
     files = []
     if len(factors) >= 1 and table["seed"].nunique() >= 2:
-        sections += ["## Factor effects", *effects_section(table, factors)]
+        sections += ["## Factor effects", *effects_section(table, factors, reference)]
         files.append(main_effects_plot(table, factors, folder, metric))
     if reference and start:
         sections += ["## The gap, factor by factor",

@@ -24,6 +24,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from dyt_lab.study.optuna_internals import storage_of, trial_id
+
 WORKER_ATTR = "worker"  # user attr "host:pid" of the worker process that runs the trial
 HEARTBEAT_ATTR = "dyt_lab:heartbeat"  # system attr: time.time() of the last journal heartbeat
 PR_SET_PDEATHSIG = 1
@@ -106,14 +108,14 @@ class JournalHeartbeat:
 
 def fail_and_retry(study: optuna.Study, trial: FrozenTrial, reason: str, retry) -> bool:
     """Fail a running trial with ``reason`` and queue its configuration again; False if another did it."""
-    storage = study._storage  # Optuna's public API can only tell trials this process asked for
+    storage = storage_of(study)  # Optuna's public API can only tell trials this process asked for
     try:
-        storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
-        if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+        storage.set_trial_user_attr(trial_id(trial), "fail_reason", reason)
+        if not storage.set_trial_state_values(trial_id(trial), state=TrialState.FAIL):
             return False
     except optuna.exceptions.UpdateFinishedTrialError:
         return False
-    retry(study, storage.get_trial(trial._trial_id))
+    retry(study, storage.get_trial(trial_id(trial)))
     return True
 
 

@@ -22,6 +22,7 @@ import optuna
 
 from dyt_lab.study.launch import fit_command, start_trial
 from dyt_lab.study.liveness import WORKER_ATTR, JournalHeartbeat, worker_tag
+from dyt_lab.study.optuna_internals import storage_of, trial_id
 from dyt_lab.study.protocol import (
     LAST_METRICS_ATTR,
     PRUNING_CALLBACK,
@@ -106,7 +107,7 @@ class TrialObjective:
         fit_args = [*base_args(spec), *self.space.flags(trial.params),
                     *([config_flag(SEED_KEY, seed)] if seed is not None else []), *study_args(spec, number)]
         (run_dir / "command.txt").write_text(shlex.join(fit_command(fit_args)) + "\n")  # to re-run it by hand
-        binding = {"storage": self.storage_url, "study_name": spec.study_name, "trial_id": trial._trial_id,
+        binding = {"storage": self.storage_url, "study_name": spec.study_name, "trial_id": trial_id(trial),
                    "pruner": {"name": spec.pruner.name, "kwargs": spec.pruner.kwargs},
                    "metric": spec.objective.metric, "direction": spec.objective.direction,
                    "value": spec.objective.value, "result": str(run_dir / RESULT_FILE), "parent_pid": os.getpid()}
@@ -119,7 +120,7 @@ class TrialObjective:
 
     def _run(self, trial: optuna.Trial, fit_args: list[str], env: dict, run_dir: Path, started: float) -> int | None:
         """Run the fit to its end (None: killed for exceeding trial_timeout)."""
-        beat = (JournalHeartbeat(trial.study._storage, trial._trial_id, self.spec.heartbeat_interval)
+        beat = (JournalHeartbeat(storage_of(trial.study), trial_id(trial), self.spec.heartbeat_interval)
                 if is_journal(self.storage_url) else nullcontext())
         with beat:
             proc = start_trial(self.isolation, fit_args, env, run_dir)
@@ -145,7 +146,7 @@ class TrialObjective:
         trial.set_user_attr("epochs", read_result(run_dir / RESULT_FILE).get("epochs", 0))
         trial.set_user_attr("wall_time_s", round(time.monotonic() - started, 1))
         trial.set_user_attr("fail_reason", "interrupted; its configuration runs again on resume")
-        self.retry(trial.study, trial.study._storage.get_trial(trial._trial_id))
+        self.retry(trial.study, storage_of(trial.study).get_trial(trial_id(trial)))
         self.log(f"trial {trial.number} interrupted")
 
     def _outcome(self, trial: optuna.Trial, code: int | None, run_dir: Path, seconds: float) -> float:

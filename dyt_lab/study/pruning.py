@@ -48,6 +48,7 @@ class StudyPruning(Callback):
         if self._trial is None:
             import optuna
 
+            from dyt_lab.study.optuna_internals import reopen_trial
             from dyt_lab.study.samplers import make_pruner
             from dyt_lab.study.spec import Pruner
             from dyt_lab.study.storage import open_storage
@@ -56,7 +57,7 @@ class StudyPruning(Callback):
             study = optuna.load_study(study_name=b["study_name"], storage=open_storage(b["storage"]),
                                       sampler=optuna.samplers.RandomSampler(),
                                       pruner=make_pruner(Pruner(**b["pruner"])))
-            self._trial = optuna.trial.Trial(study, b["trial_id"])
+            self._trial = reopen_trial(study, b["trial_id"])
         return self._trial
 
     def _result(self, epoch: int, pruned: bool = False, error: str | None = None) -> dict:

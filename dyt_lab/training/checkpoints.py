@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -53,3 +54,37 @@ def read_matching_checkpoint(model: torch.nn.Module, path: str | Path) -> dict:
         raise ConfigError(f"checkpoint '{path}' does not match the config's model: {problems[0]}{more}; "
                           "pass the run's own --config")
     return ckpt
+
+
+LINKED = ("num_classes", "in_channels", "image_size")  # set from the data module, not by users
+
+
+def conflicting_hyperparameters(model_config: dict, path: str | Path) -> list[str]:
+    """The model arguments a run's config sets otherwise than the checkpoint it starts from.
+
+    ``model_config`` is the config's ``model`` section (``class_path`` and ``init_args``); the
+    checkpoint holds the same as Lightning's ``hyper_parameters``. Each entry reads
+    ``model.norm=layernorm (checkpoint: dyt)``. An optimizer or scheduler is compared argument by
+    argument; an unreadable checkpoint has no conflicts here (``read_matching_checkpoint`` says why).
+    """
+    from dyt_lab.training.records import flat_hparams
+
+    try:
+        saved = dict(torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters") or {})
+    except Exception:
+        return []
+    mine_class, theirs_class = model_config.get("class_path"), saved.pop("_class_path", None)
+    if mine_class and theirs_class and mine_class != theirs_class:
+        return [f"model={mine_class} (checkpoint: {theirs_class})"]
+    plain = lambda v: json.loads(json.dumps(v, default=str))  # noqa: E731  tuples and lists alike
+    mine = model_config.get("init_args") or {}
+    conflicts = []
+    for key in sorted((mine.keys() & saved.keys()) - set(LINKED)):
+        a, b = plain(mine[key]), plain(saved[key])
+        if isinstance(a, dict) and isinstance(b, dict) and "class_path" in a and "class_path" in b:
+            fa, fb = flat_hparams({key: a}), flat_hparams({key: b})  # optimizer: class and each argument
+            conflicts += [f"model.{k}={fa[k]} (checkpoint: {fb[k]})" for k in sorted(fa.keys() & fb.keys())
+                          if fa[k] != fb[k]]
+        elif a != b:
+            conflicts.append(f"model.{key}={a} (checkpoint: {b})")
+    return conflicts

@@ -1,0 +1,32 @@
+"""The three Optuna internals a study needs, in one place, because Optuna has no public API for them.
+
+- A trial's storage id (``Trial._trial_id``): a trial process reports to its trial by id, and a
+  worker fails a dead worker's trial by id. Optuna's public ``study.tell`` works only for trials
+  the calling process asked for, and a trial's ``number`` is not what the storage methods take.
+- A study's storage (``Study._storage``): to fail another process's RUNNING trial and to write the
+  journal heartbeat, which Optuna itself does only for database storages.
+- Reopening a live trial by id in another process (``optuna.trial.Trial(study, trial_id)``): the
+  pruning callback runs inside the trial's own fit process, not in the worker that asked.
+
+``tests/test_study.py::test_the_optuna_internals_we_use_still_exist`` fails loudly if an Optuna
+release renames or changes any of them.
+"""
+
+from __future__ import annotations
+
+import optuna
+
+
+def trial_id(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
+    """The storage's id of a trial (not its number)."""
+    return trial._trial_id
+
+
+def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
+    """The storage behind a study."""
+    return study._storage
+
+
+def reopen_trial(study: optuna.Study, trial_id: int) -> optuna.Trial:
+    """A live ``Trial`` for a RUNNING trial that another process asked for."""
+    return optuna.trial.Trial(study, trial_id)
