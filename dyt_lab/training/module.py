@@ -72,7 +72,8 @@ class ImageClassifier(LightningModule):
         if in_channels and image_size:  # lets Lightning's summary show input and output shapes
             self.example_input_array = torch.zeros(2, in_channels, image_size, image_size)
         top_k = min(5, num_classes)
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        # validate_args=False: the per-step input checks cost 2 ms a step (a profile of the MNIST5k testbed)
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.train_loss_epoch = MeanMetric()  # the epoch's mean loss: the signal that does not saturate
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc_top5 = MulticlassAccuracy(num_classes, top_k=top_k, average="micro")
