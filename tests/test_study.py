@@ -161,6 +161,8 @@ def test_kill_9_then_resume_loses_no_trial_and_repeats_no_grid_point(tmp_path):
     assert sorted(t.params["model.norm"] for t in kept) == ["derf", "dyt", "dyt_shift"]  # each grid point once
     retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == 1)
     assert retry.params == killed.params and retry.state == TrialState.COMPLETE
+    assert retry.user_attrs["fail_reason"] is None  # the completed retry does not keep its predecessor's failure
+    assert retry.user_attrs["worker"] != killed.user_attrs["worker"]
 
 
 def _alive(pid: int) -> bool:

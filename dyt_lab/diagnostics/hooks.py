@@ -16,11 +16,11 @@ from functools import partial
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from dyt_lab.diagnostics.stats import SiteStats, as_rows, pre_affine, site_stats
 from dyt_lab.errors import ConfigError
-from dyt_lab.norms import CenteredDyT
+from dyt_lab.norms import CenteredDyT, FactoredNorm
+from dyt_lab.norms.convert import BATCH_NORMS
 
 SAMPLE_SEED = 0  # the same input elements are plotted at every probe, so epochs compare point for point
 
@@ -54,7 +54,7 @@ def probe_mode(net: nn.Module, batch_stats: bool = False) -> Iterator[None]:
     """Eval mode for one pass (BN-like sites in train mode if ``batch_stats``); modes and buffers restored after."""
     modes = {module: module.training for module in net.modules()}
     # SyncBatchNorm stays in eval mode: in train mode it would wait for the other processes, which do not probe.
-    batch_like = [m for m in net.modules() if isinstance(m, (_BatchNorm, CenteredDyT))
+    batch_like = [m for m in net.modules() if isinstance(m, (*BATCH_NORMS, CenteredDyT, FactoredNorm))
                   and not isinstance(m, nn.SyncBatchNorm)] if batch_stats else []
     saved = {m: [b.clone() for b in m.buffers(recurse=False)] for m in batch_like}  # running stats, counters
     net.eval()

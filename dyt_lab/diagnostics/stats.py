@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from dyt_lab.norms import DYT_FAMILY, FactoredNorm, norm_name
+from dyt_lab.norms.convert import BATCH_NORMS
 from dyt_lab.norms.functional import SQUASHES
 
 SATURATION_LEVEL = 2.0  # tanh(2) = 0.964: beyond it the output barely moves with the input
@@ -80,7 +80,7 @@ def pre_affine(
     if isinstance(module, nn.RMSNorm):
         eps = module.eps if module.eps is not None else torch.finfo(x.dtype).eps
         return _normalized(rows, rows.new_zeros(()), rows.square().mean(-1, keepdim=True), eps)
-    if isinstance(module, _BatchNorm):  # per channel, over all positions
+    if isinstance(module, BATCH_NORMS):  # per channel, over all positions
         if module.training or module.running_mean is None:
             var, mean = torch.var_mean(rows, dim=0, correction=0)
         else:

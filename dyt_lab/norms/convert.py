@@ -6,13 +6,14 @@ from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from dyt_lab.norms import baselines
 from dyt_lab.norms import sites as site_patterns
 from dyt_lab.norms.registry import NormError, NormSpec, build_norm
 
 KINDS = ("layernorm", "batchnorm", "groupnorm", "rmsnorm")
+# torch's public BatchNorm classes (their common base, _BatchNorm, is private); lazy ones subclass these
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 def norm_layout(module: nn.Module, kinds: Iterable[str]) -> str | None:
@@ -24,7 +25,7 @@ def norm_layout(module: nn.Module, kinds: Iterable[str]) -> str | None:
     name = type(module).__name__.lower()
     if "layernorm" in kinds and isinstance(module, nn.LayerNorm):
         return "channels_first" if name.endswith("2d") else "channels_last"
-    if "batchnorm" in kinds and isinstance(module, _BatchNorm):
+    if "batchnorm" in kinds and isinstance(module, BATCH_NORMS):
         return "channels_last" if isinstance(module, baselines.TokenBatchNorm) else "channels_first"
     if "groupnorm" in kinds and isinstance(module, nn.GroupNorm):
         return "channels_first"

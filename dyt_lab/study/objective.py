@@ -87,6 +87,10 @@ class TrialObjective:
     def __call__(self, trial: optuna.Trial) -> float:
         spec = self.spec
         try:
+            # Before the ask lock is released: a retry carries its dead predecessor's worker, and another
+            # worker that saw that tag would fail this trial as dead (GitHub issue 13).
+            trial.set_user_attr(WORKER_ATTR, worker_tag())
+            trial.set_user_attr("fail_reason", None)  # nor does it keep its predecessor's failure
             self.space.suggest(trial)
             if spec.seeds:  # this seed run's seed, and the configuration's other seeds queued next
                 trial.set_user_attr(SEED_ATTR, first_free_seed(trial.study, trial, spec.seeds))
@@ -101,8 +105,6 @@ class TrialObjective:
         run_dir = spec.folder / "trials" / trial_dir_name(number)
         run_dir.mkdir(parents=True, exist_ok=True)
         trial.set_user_attr("run_dir", str(run_dir))
-        trial.set_user_attr(WORKER_ATTR, worker_tag())  # a retry must not keep its predecessor's worker
-        trial.set_user_attr("fail_reason", None)  # ... nor its failure
         seed = trial.user_attrs.get(SEED_ATTR)
         fit_args = [*base_args(spec), *self.space.flags(trial.params),
                     *([config_flag(SEED_KEY, seed)] if seed is not None else []), *study_args(spec, number)]
