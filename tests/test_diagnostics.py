@@ -236,6 +236,7 @@ def test_probe_compares_a_checkpoint_with_a_fresh_model(tmp_path, bn_checkpoint,
     assert "layer3.0.downsample.norm" in printed and "wrote" in printed
 
 
+@pytest.mark.slow
 def test_probe_on_a_fresh_vit(tmp_path):
     out = tmp_path / "probe"
     main(["probe", "--config", str(QUICKSTART), "--set", "model.depth=1", "--sites", "blocks.*", "--out", str(out)])
@@ -264,6 +265,7 @@ def test_probe_bad_input_is_one_clear_line(tmp_path, bn_checkpoint, capsys):
     assert line.startswith("error: diagnostics site pattern 'layer9.*' matches no norm site; valid sites: blocks.0")
 
 
+@pytest.mark.slow
 def test_probe_compares_only_the_shared_sites(tmp_path, capsys):
     out = tmp_path / "probe"
     main(["probe", "--config", str(QUICKSTART), "--set", "model.depth=2",  # the second run: same config, and

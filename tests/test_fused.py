@@ -291,6 +291,7 @@ def test_missing_compiler_falls_back_to_pure_pytorch_with_one_warning(monkeypatc
     torch.testing.assert_close(y, ShiftedDyT(C, alpha_init=0.9, fused=False)(x))
 
 
+@pytest.mark.slow
 def test_import_and_construction_do_not_build_the_kernel():
     code = (
         "import sys, dyt_lab, dyt_lab.norms; dyt_lab.norms.DyT(8)\n"

@@ -76,6 +76,7 @@ def pruned_study(tmp_path_factory):
     return folder, json.loads((folder / "run.json").read_text())["stdout"]
 
 
+@pytest.mark.slow
 def test_study_with_a_pruner_ends_with_n_trials_in_their_states(pruned_study):
     folder, stdout = pruned_study
     study = load(folder, "pruned")
@@ -94,6 +95,7 @@ def test_study_with_a_pruner_ends_with_n_trials_in_their_states(pruned_study):
     assert "4/4 trials (1 complete, 2 pruned, 1 fail)" in stdout
 
 
+@pytest.mark.slow
 def test_diverged_trial_is_failed_with_its_reason_and_the_study_goes_on(pruned_study):
     folder, stdout = pruned_study
     study = load(folder, "pruned")
@@ -106,6 +108,7 @@ def test_diverged_trial_is_failed_with_its_reason_and_the_study_goes_on(pruned_s
     assert max(t.number for t in study.trials) > min(t.number for t in failed)  # trials ran after it
 
 
+@pytest.mark.slow
 def test_report_writes_its_files_and_lists_every_trial(pruned_study, capsys):
     folder, _ = pruned_study
     main(["study", "report", "pruned", "--root", str(folder / "studies")])
@@ -129,6 +132,7 @@ def _python_env(folder: Path) -> dict:
     return env
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_loses_no_trial_and_repeats_no_grid_point(tmp_path):
     path = write_study(tmp_path, "killed", n_trials=3, search_space={"model.norm": ["dyt", "derf", "dyt_shift"]},
                        base={"configs": [BASE], "overrides": {**TINY, "trainer.max_epochs": 4}})
@@ -171,6 +175,7 @@ def _alive(pid: int) -> bool:
     return pid_alive(pid)
 
 
+@pytest.mark.slow
 def test_two_workers_on_one_journal_lose_and_duplicate_no_trial(tmp_path):
     path = write_study(tmp_path, "pair", n_trials=3, storage="journal", workers=2,
                        sampler={"name": "random", "seed": 0})
@@ -282,6 +287,7 @@ def seeded_study(tmp_path_factory):
     return folder, result.stdout
 
 
+@pytest.mark.slow
 def test_seeds_run_every_configuration_once_per_seed_paired(seeded_study):
     folder, stdout = seeded_study
     study = load(folder, "seeded")
@@ -298,6 +304,7 @@ def test_seeds_run_every_configuration_once_per_seed_paired(seeded_study):
     assert list(by_config.values()) == [{0, 1}] * 4  # the same seeds for every configuration
 
 
+@pytest.mark.slow
 def test_report_of_a_seeded_study_compares_means_with_intervals(seeded_study, capsys):
     folder, _ = seeded_study
     main(["study", "report", "seeded", "--root", str(folder / "studies")])
@@ -313,6 +320,7 @@ def test_report_of_a_seeded_study_compares_means_with_intervals(seeded_study, ca
     assert len(seed_runs) == 9 and seed_runs[0].startswith("center,name,scale,squash,")  # header + 8 seed runs
 
 
+@pytest.mark.slow
 def test_killing_a_trial_fails_it_alone_and_the_study_goes_on(tmp_path):
     path = write_study(tmp_path, "trialkill", n_trials=2,
                        base={"configs": [BASE], "overrides": {**TINY, "trainer.max_epochs": 6}})
@@ -368,3 +376,16 @@ def test_the_optuna_internals_we_use_still_exist():
     again.report(0.5, step=0)
     assert storage.get_trial(trial_id(asked)).intermediate_values == {0: 0.5}
     assert trial_id(study.trials[0]) == trial_id(asked)  # a FrozenTrial carries the same id
+
+
+def test_trials_that_run_ddp_are_recognised_so_they_start_as_fresh_processes():
+    from types import SimpleNamespace
+
+    from dyt_lab.study.validate import runs_ddp
+
+    def trainer(devices=1, num_nodes=1, strategy="auto"):
+        return SimpleNamespace(devices=devices, num_nodes=num_nodes, strategy=strategy)
+
+    assert not runs_ddp(trainer()) and not runs_ddp(trainer(devices="auto"))
+    assert runs_ddp(trainer(devices=2)) and runs_ddp(trainer(devices=[0, 1])) and runs_ddp(trainer(devices=-1))
+    assert runs_ddp(trainer(num_nodes=2)) and runs_ddp(trainer(strategy="ddp_spawn"))
