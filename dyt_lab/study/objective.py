@@ -1,7 +1,8 @@
-"""One trial = one ``python -m dyt_lab fit`` process with the base configs plus the sampled values.
+"""One trial = one ``dyt-lab fit`` process with the base configs plus the sampled values (and its seed).
 
 A process per trial isolates everything a trial can break: an out-of-memory trial's memory is
 freed when it exits, a DDP trial uses Lightning's own launcher, and ``kill -9`` means what it says.
+The process is forked from a warm one or started fresh (``launch.py``); ``command.txt`` re-runs it.
 The trial's run folder (``<study>/trials/trial_NNNN``) holds its TensorBoard events, the resolved
 config.yaml, checkpoints, stdout/stderr and the result file its StudyPruning callback writes.
 """
