@@ -20,7 +20,7 @@ from torch import nn
 from dyt_lab.diagnostics.stats import SiteStats, as_rows, pre_affine, site_stats
 from dyt_lab.errors import ConfigError
 from dyt_lab.norms import CenteredDyT, FactoredNorm
-from dyt_lab.norms.convert import BATCH_NORMS
+from dyt_lab.norms.registry import BATCH_NORMS
 
 SAMPLE_SEED = 0  # the same input elements are plotted at every probe, so epochs compare point for point
 

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dyt_lab.norms import DYT_FAMILY, FactoredNorm, norm_name
-from dyt_lab.norms.convert import BATCH_NORMS
 from dyt_lab.norms.functional import SQUASHES
+from dyt_lab.norms.registry import BATCH_NORMS
 
 SATURATION_LEVEL = 2.0  # tanh(2) = 0.964: beyond it the output barely moves with the input
 

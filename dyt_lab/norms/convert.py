@@ -9,11 +9,9 @@ from torch import nn
 
 from dyt_lab.norms import baselines
 from dyt_lab.norms import sites as site_patterns
-from dyt_lab.norms.registry import NormError, NormSpec, build_norm
+from dyt_lab.norms.registry import STANDARD_KINDS, NormError, NormSpec, build_norm, norm_kind
 
-KINDS = ("layernorm", "batchnorm", "groupnorm", "rmsnorm")
-# torch's public BatchNorm classes (their common base, _BatchNorm, is private); lazy ones subclass these
-BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+KINDS = tuple(STANDARD_KINDS)
 
 
 def norm_layout(module: nn.Module, kinds: Iterable[str]) -> str | None:
@@ -22,16 +20,14 @@ def norm_layout(module: nn.Module, kinds: Iterable[str]) -> str | None:
     Channels-first LayerNorm subclasses (timm's and torchvision's ``LayerNorm2d``) keep
     ``nn.LayerNorm``'s state but permute; they are recognised by the conventional ``2d`` suffix.
     """
-    name = type(module).__name__.lower()
-    if "layernorm" in kinds and isinstance(module, nn.LayerNorm):
-        return "channels_first" if name.endswith("2d") else "channels_last"
-    if "batchnorm" in kinds and isinstance(module, BATCH_NORMS):
+    kind = norm_kind(module)
+    if kind is None or kind not in kinds:
+        return None
+    if kind in ("layernorm", "rmsnorm"):
+        return "channels_first" if type(module).__name__.lower().endswith("2d") else "channels_last"
+    if kind == "batchnorm":
         return "channels_last" if isinstance(module, baselines.TokenBatchNorm) else "channels_first"
-    if "groupnorm" in kinds and isinstance(module, nn.GroupNorm):
-        return "channels_first"
-    if "rmsnorm" in kinds and isinstance(module, nn.RMSNorm):
-        return "channels_first" if name.endswith("2d") else "channels_last"
-    return None
+    return "channels_first"  # groupnorm
 
 
 def _num_features(module: nn.Module, site: str) -> int:

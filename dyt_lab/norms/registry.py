@@ -108,15 +108,19 @@ _ENTRIES = [
 ]
 NORMS: dict[str, NormEntry] = {e.name: e for e in _ENTRIES}
 _ALIASES: dict[str, str] = {alias: e.name for e in _ENTRIES for alias in e.aliases}
-# Module type -> registry name, so a built model can say what sits at each site.
+# The one type table, in two parts. Standard norm classes by kind, subclasses included (dyt_lab's
+# LayerNorm2d, timm's and torchvision's are nn.LayerNorm subclasses): the kinds convert_norms replaces
+# in any model, and what a site of them is called. torch's BatchNorm classes are listed because their
+# common base, _BatchNorm, is private; lazy and token variants subclass these.
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+STANDARD_KINDS: dict[str, tuple[type, ...]] = {
+    "layernorm": (nn.LayerNorm,), "batchnorm": BATCH_NORMS, "groupnorm": (nn.GroupNorm,), "rmsnorm": (nn.RMSNorm,),
+}
+# dyt_lab's own classes that are no standard norm, by registry name (exact types: CenteredDyT is a DyT).
 _TYPE_NAMES: dict[type, str] = {
-    nn.LayerNorm: "layernorm", baselines.LayerNorm2d: "layernorm",
-    baselines.TokenBatchNorm: "batchnorm", nn.BatchNorm2d: "batchnorm",
-    nn.RMSNorm: "rmsnorm", baselines.RMSNorm2d: "rmsnorm",
-    baselines.GroupNorm: "groupnorm", baselines.Identity: "identity",
-    dyt.DyT: "dyt", dyt.ShiftedDyT: "dyt_shift", dyt.ChannelShiftDyT: "dyt_channel_shift",
-    dyt.ChannelAlphaDyT: "dyt_channel_alpha", dyt.Derf: "derf", dyt.CenteredDyT: "dyt_centered",
-    factored.FactoredNorm: "factored",
+    baselines.Identity: "identity", dyt.DyT: "dyt", dyt.ShiftedDyT: "dyt_shift",
+    dyt.ChannelShiftDyT: "dyt_channel_shift", dyt.ChannelAlphaDyT: "dyt_channel_alpha", dyt.Derf: "derf",
+    dyt.CenteredDyT: "dyt_centered", factored.FactoredNorm: "factored",
 }
 
 
@@ -168,7 +172,7 @@ def build_norm(spec: NormSpec | type | Callable[[int], nn.Module], num_features:
         check_num_features(num_features)
     except ValueError as err:
         raise NormError(str(err)) from None
-    if isinstance(spec, type) and spec in _TYPE_NAMES and issubclass(spec, dyt.DyT):
+    if isinstance(spec, type) and issubclass(spec, dyt.DyT):
         return spec(num_features, channels_last=layout == "channels_last")
     if callable(spec) and not isinstance(spec, (str, Mapping)):
         return spec(num_features)  # a user's class or factory: the timm/torchvision contract
@@ -188,6 +192,11 @@ def norm_factory(spec: NormSpec | type | Callable[[int], nn.Module], layout: Lay
     return functools.partial(build_norm, spec, layout=layout)
 
 
+def norm_kind(module: nn.Module) -> str | None:
+    """The standard kind of a module (``layernorm`` for any nn.LayerNorm subclass, ...), or None."""
+    return next((kind for kind, classes in STANDARD_KINDS.items() if isinstance(module, classes)), None)
+
+
 def norm_name(module: nn.Module) -> str:
-    """The registry name of a built norm module, or its class name if it is not from the registry."""
-    return _TYPE_NAMES.get(type(module), type(module).__name__)
+    """The registry name of a norm module (its kind for standard ones), or its class name if it has none."""
+    return _TYPE_NAMES.get(type(module)) or norm_kind(module) or type(module).__name__
