@@ -20,7 +20,9 @@ def fit_args(save_dir: Path, *extra: str, config: Path = QUICKSTART) -> list[str
 
 def run_cli(args: list[str], cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
     """Run ``python -m dyt_lab ARGS`` as a new process, the way a user's shell would."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "MPLCONFIGDIR": str(cwd / ".mpl")}
+    # One thread: xdist runs two workers on two cores, and a child with torch's default of every core
+    # beside another busy process falls off the 7x oversubscription cliff (README, Performance).
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "MPLCONFIGDIR": str(cwd / ".mpl"), "OMP_NUM_THREADS": "1"}
     env.pop("DYT_LAB_DEBUG", None)
     return subprocess.run([sys.executable, "-m", "dyt_lab", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)

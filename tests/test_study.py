@@ -127,7 +127,7 @@ def test_report_writes_its_files_and_lists_every_trial(pruned_study, capsys):
 
 
 def _python_env(folder: Path) -> dict:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "MPLCONFIGDIR": str(folder / ".mpl")}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "MPLCONFIGDIR": str(folder / ".mpl"), "OMP_NUM_THREADS": "1"}
     env.pop("DYT_LAB_DEBUG", None)
     return env
 
