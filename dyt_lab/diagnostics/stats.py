@@ -67,13 +67,12 @@ def pre_affine(
     module: nn.Module, x: torch.Tensor, rows: torch.Tensor, output: torch.Tensor, layout: str
 ) -> PreAffine:
     """The output of ``module`` before its affine, from its input ``x`` in ``layout`` (``rows = as_rows(x)``)."""
-    if isinstance(module, DYT_FAMILY):
-        # CenteredDyT subtracts its mean (batch or running, as the module's mode says) in there too
+    if isinstance(module, (*DYT_FAMILY, FactoredNorm)):
+        # CenteredDyT and factored subtract their mean (batch or running, as the module's mode says) in
+        # there too; factored also divides by its std where it has one (``divisor``), and may not squash
         z = module.squash_argument(x.detach())
-        return PreAffine(as_rows(z, layout), SQUASHES[module.squash])
-    if isinstance(module, FactoredNorm):  # BatchNorm taken apart: its centering and scaling, then its squash
-        z = module.squash_argument(x.detach())
-        return PreAffine(as_rows(z, layout), SQUASHES.get(module.squash, _identity), module.divisor())
+        divisor = module.divisor() if isinstance(module, FactoredNorm) else None
+        return PreAffine(as_rows(z, layout), SQUASHES.get(module.squash, _identity), divisor)
     if isinstance(module, nn.LayerNorm):  # per position, over channels
         var, mean = torch.var_mean(rows, dim=-1, correction=0, keepdim=True)
         return _normalized(rows, mean, var, module.eps)

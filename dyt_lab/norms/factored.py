@@ -30,6 +30,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from dyt_lab.norms import functional
 from dyt_lab.norms.dyt import check_alpha_init, check_num_features
 
 Center = Literal["none", "batch"]
@@ -38,7 +39,7 @@ Squash = Literal["none", "tanh", "erf"]
 CENTERS: tuple[str, ...] = ("none", "batch")
 SCALES: tuple[str, ...] = ("none", "batch_std", "running_std", "alpha", "alpha_channel")
 SQUASHES: tuple[str, ...] = ("none", "tanh", "erf")
-_SQUASH_FNS = {"none": lambda z: z, "tanh": torch.tanh, "erf": torch.erf}
+_SQUASH_FNS = {"none": lambda z: z, **functional.SQUASHES}  # the DyT family's squashes, and none
 
 
 def check_choice(option: str, value: object, choices: tuple[str, ...]) -> str:

@@ -31,14 +31,15 @@ EXTRA = {"val/acc": "val/acc (last)", "train/loss_epoch": "train loss (last)"}  
 
 def seed_run_table(study: optuna.Study) -> pd.DataFrame:
     """One row per completed seed run: its factor levels, seed, objective value and last-epoch metrics."""
-    rows = []
+    rows, factors = [], set()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         last = trial.user_attrs.get(LAST_METRICS_ATTR) or {}
-        rows.append({**trial_levels(trial), "seed": trial.user_attrs.get(SEED_ATTR, 0), "value": trial.value,
+        levels = trial_levels(trial)
+        factors.update(levels)
+        rows.append({**levels, "seed": trial.user_attrs.get(SEED_ATTR, 0), "value": trial.value,
                      **{label: last.get(metric) for metric, label in EXTRA.items()}, "trial": trial.number})
     # a level a configuration does not set (LayerNorm has no alpha_init) is "-", not NaN, so it groups
-    levels = {k for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) for k in trial_levels(trial)}
-    return pd.DataFrame(rows).fillna({k: "-" for k in levels})
+    return pd.DataFrame(rows).fillna({k: "-" for k in factors})
 
 
 def name_of(levels: dict) -> str:

@@ -20,7 +20,7 @@ SEED_ATTR = "seed"  # user attribute: the seed_everything of this seed run
 SEED_KEY = "seed_everything"  # the fit flag it sets
 
 
-def configuration(trial: FrozenTrial) -> str:
+def configuration(trial: FrozenTrial | optuna.Trial) -> str:
     """A configuration's identity: its parameters (or a queued trial's fixed ones) as sorted JSON."""
     return json.dumps(trial.params, sort_keys=True, default=str)
 
@@ -49,7 +49,7 @@ def first_free_seed(study: optuna.Study, trial: optuna.Trial, seeds: list[int]) 
     queued = trial.user_attrs.get(SEED_ATTR)
     if queued is not None:
         return int(queued)
-    key = json.dumps(trial.params, sort_keys=True, default=str)
+    key = configuration(trial)
     taken = {int(t.user_attrs[SEED_ATTR]) for t in live_trials(study)
              if t.number != trial.number and SEED_ATTR in t.user_attrs and configuration(t) == key}
     return next((s for s in seeds if s not in taken), seeds[0])

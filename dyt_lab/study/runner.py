@@ -122,9 +122,10 @@ def run_study(spec: StudySpec) -> None:
     else:
         code = spawn_workers(spec, gpus)
     study = optuna.load_study(study_name=spec.study_name, storage=open_storage(storage_url(spec.storage, spec.folder)))
-    counts = {s.name: sum(t.state == s for t in counted_trials(study)) for s in TrialState}
+    counted = counted_trials(study)
+    counts = {s.name: sum(t.state == s for t in counted) for s in TrialState}
     summary = ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n)
-    done = configurations_counted(counted_trials(study)) if spec.seeds else len(counted_trials(study))
+    done = configurations_counted(counted) if spec.seeds else len(counted)
     unit = f"configurations x {len(spec.seeds)} seeds" if spec.seeds else "trials"
     print(f"study {spec.study_name}: {done}/{spec.n_trials} {unit} ({summary or 'none'})")
     if code == EXIT_INTERRUPTED:
