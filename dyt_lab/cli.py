@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from dyt_lab.errors import one_line_errors
+from dyt_lab.errors import interrupted_quietly, one_line_errors
 
 
 def main(args: list[str] | None = None) -> None:
@@ -16,7 +16,7 @@ def main(args: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if args is None else args)
     command = argv[0] if argv else None
     # A user mistake or a diverged run is an expected outcome: one line and a non-zero exit code.
-    with one_line_errors():
+    with one_line_errors(), interrupted_quietly():
         if command == "norms":
             from dyt_lab.norms.table import norms_table
 

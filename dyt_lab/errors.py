@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from collections.abc import Iterator
@@ -38,9 +39,24 @@ def cause_of_type(err: BaseException | None, types: tuple[type, ...]) -> BaseExc
     return None
 
 
+# Faults of the place a run writes to, not bugs: each is one line naming the file.
+DISK_FAULTS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",
+               errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
+
+
+def disk_fault(err: BaseException) -> ConfigError | None:
+    """A full, read-only or forbidden disk behind ``err``, as one ConfigError line naming the file; else None."""
+    cause = cause_of_type(err, (OSError,))
+    if not isinstance(cause, OSError) or cause.errno not in DISK_FAULTS:
+        return None
+    where = f"cannot write '{cause.filename}'" if cause.filename else "a write failed"
+    return ConfigError(f"{DISK_FAULTS[cause.errno]}: {where} ({cause.strerror}); free space or choose "
+                       "another folder, then run the command again")
+
+
 def expected_failure(err: BaseException) -> tuple[BaseException, int] | None:
-    """The user mistake or divergence behind ``err`` and its exit code, or None for a bug."""
-    cause = cause_of_type(err, (ConfigError, DivergenceError))
+    """The user mistake, disk fault or divergence behind ``err`` and its exit code, or None for a bug."""
+    cause = cause_of_type(err, (ConfigError, DivergenceError)) or disk_fault(err)
     if cause is None:
         return None
     return cause, EXIT_CONFIG_ERROR if isinstance(cause, ConfigError) else EXIT_DIVERGED
@@ -61,3 +77,16 @@ def one_line_errors() -> Iterator[None]:
             raise
         print(f"error: {failure[0]}", file=sys.stderr)
         raise SystemExit(failure[1]) from None
+
+
+EXIT_INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C (128 + SIGINT)
+
+
+@contextmanager
+def interrupted_quietly() -> Iterator[None]:
+    """Ctrl-C outside a run (while parsing, importing, building): one line and exit 130, not a traceback."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED) from None

@@ -12,25 +12,33 @@ default run folder, resume by ``--ckpt_path last``, the site -> norm table and t
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 import warnings
 from pathlib import Path
 from typing import NamedTuple
 
+import yaml
 from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from dyt_lab.data import ImageDataModule
-from dyt_lab.errors import ConfigError
+from dyt_lab.errors import EXIT_INTERRUPTED, ConfigError, check_int
 from dyt_lab.models import format_placement
+from dyt_lab.parse_errors import condensed, unknown_hint
 from dyt_lab.training import ImageClassifier
-from dyt_lab.training.callbacks import DivergenceStop, LearningRateLog
+from dyt_lab.training.callbacks import DivergenceStop, LearningRateLog, RunOutcome
 from dyt_lab.training.checkpoints import (
+    AtomicCheckpointIO,
+    check_fits,
     conflicting_hyperparameters,
     find_last_checkpoint,
-    read_matching_checkpoint,
+    read_checkpoint,
     run_config_of,
 )
 from dyt_lab.training.records import RunRecord, run_hparams
@@ -57,13 +65,36 @@ QUIET_WARNINGS = (r".*overridden `transfer_batch_to_device`", r".*isinstance\(tr
                   r"LightningCLI's args parameter")
 
 
-class DytLabCLI(LightningCLI):
-    """LightningCLI with dyt_lab's links, callbacks, defaults, resume and run records."""
+class OneLineParser(LightningArgumentParser):
+    """LightningCLI's parser, whose refusals are one ConfigError line instead of usage and a nested tree.
 
-    def __init__(self, model_class=ImageClassifier, datamodule_class=ImageDataModule, **kwargs) -> None:
-        """LightningCLI's arguments, with dyt_lab's defaults for those not given."""
+    ``--help`` still prints the usage; ``DYT_LAB_DEBUG=1`` shows jsonargparse's own message.
+    """
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error or os.environ.get("DYT_LAB_DEBUG"):  # a nested parse, or debugging
+            super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        # argparse keeps a parser's arguments only in _actions; their first dotted part is a config key
+        actions = parser._actions
+        keys = sorted({a.dest.split(".")[0] for a in actions if a.dest not in ("help", "config", "print_config")})
+        flags = [flag for a in actions for flag in a.option_strings]
+        raise ConfigError(condensed(message) + unknown_hint(message, keys, flags)) from None
+
+
+class DytLabCLI(LightningCLI):
+    """LightningCLI with dyt_lab's links, callbacks, defaults, resume, run records and one-line errors."""
+
+    def __init__(self, model_class=ImageClassifier, datamodule_class=ImageDataModule,
+                 outcome: RunOutcome | None = None, **kwargs) -> None:
+        """LightningCLI's arguments, with dyt_lab's defaults for those not given.
+
+        ``outcome`` (a RunOutcome callback) is told how ``fit`` ended, for its caller to read.
+        """
+        self.outcome = outcome or RunOutcome()
+        self._checkpoints: dict[str, dict] = {}  # path -> checkpoint, read once here until the model is checked
         defaults = {"subclass_mode_model": True, "subclass_mode_data": True, "trainer_defaults": TRAINER_DEFAULTS,
-                    "seed_everything_default": 0}
+                    "seed_everything_default": 0, "parser_class": OneLineParser}
         super().__init__(model_class, datamodule_class, **{**defaults, **kwargs})
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -89,10 +120,14 @@ class DytLabCLI(LightningCLI):
         return config[self.subcommand] if self.subcommand else config
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
-        """The trainer, with the user's callbacks first, then dyt_lab's that fit its settings."""
+        """The trainer, with the user's callbacks first, then dyt_lab's that fit its settings, and atomic saves.
+
+        Settings only Lightning checks (an accelerator, a negative max_epochs) are refused here, in
+        one line, before any run folder exists.
+        """
         init = self._own(self.config_init)
         trainer = {**init.get("trainer", {}), **kwargs}
-        ours = [init[key] for key in OWN_CALLBACKS]
+        ours = [init[key] for key in OWN_CALLBACKS] + [self.outcome]
         if trainer.get("enable_checkpointing") is False:  # the user turned checkpoints off: drop ours
             ours = [cb for cb in ours if not isinstance(cb, ModelCheckpoint)]
         if trainer.get("logger") in (False, None):  # no logger: no learning rate to log
@@ -103,7 +138,17 @@ class DytLabCLI(LightningCLI):
             # Rich's default redraws 100 times a second from a thread that competes with training
             # for a small CPU; 4 redraws a second read the same and cost nothing measurable.
             chosen.append(RichProgressBar(refresh_rate=4))
-        return super().instantiate_trainer(**{**kwargs, "callbacks": chosen})
+        if trainer.get("accumulate_grad_batches") is not None:  # Lightning divides by it without a check
+            check_int("--trainer.accumulate_grad_batches", trainer["accumulate_grad_batches"])
+        plugins = trainer.get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins = [*plugins, AtomicCheckpointIO()]
+        try:
+            return super().instantiate_trainer(**{**kwargs, "callbacks": chosen, "plugins": plugins})
+        except (ValueError, TypeError, MisconfigurationException) as err:  # Lightning's checks of trainer flags
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"--trainer: {first}") from None
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         super().parse_arguments(parser, args)
@@ -112,13 +157,22 @@ class DytLabCLI(LightningCLI):
         own = self.config[self.config["subcommand"]] if self.config.get("subcommand") else self.config
         model = own.get("model")  # self.subcommand is set only after parsing
         self._model_given = model.clone() if isinstance(model, Namespace) else model
+        ckpt_path = own.get("ckpt_path")
+        if ckpt_path and Path(ckpt_path).is_file():  # a corrupt file: one line, before LightningCLI reads it
+            self._checkpoint(ckpt_path)
+
+    def _checkpoint(self, path: str) -> dict:
+        """The checkpoint at ``path``, read once (one ConfigError line if it cannot be)."""
+        if path not in self._checkpoints:
+            self._checkpoints[path] = read_checkpoint(path)
+        return self._checkpoints[path]
 
     def _refuse_conflicting_checkpoint(self, config: Namespace, ckpt_path: str) -> None:
         """A run is what its config says: a checkpoint trained as another model is an error naming both."""
         given = self._model_given
         if not isinstance(given, Namespace):
             return
-        conflicts = conflicting_hyperparameters(given.as_dict(), ckpt_path)
+        conflicts = conflicting_hyperparameters(given.as_dict(), self._checkpoint(ckpt_path))
         if conflicts:
             more = f" (and {len(conflicts) - 3} more)" if len(conflicts) > 3 else ""
             raise ConfigError(f"--ckpt_path '{ckpt_path}' was trained with other model arguments than this run's "
@@ -129,8 +183,10 @@ class DytLabCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self._own(self.config)
         ckpt_path = config.get("ckpt_path")
+        logger = config.trainer.get("logger")
+        if self.subcommand == "fit" and isinstance(logger, Namespace) and logger.init_args.get("save_dir"):
+            check_writable(logger.init_args.save_dir)
         if ckpt_path == "last" and self.subcommand == "fit":
-            logger = config.trainer.logger
             found = find_last_checkpoint(logger.init_args.save_dir, logger.init_args.name)
             if found is None:
                 print(f"no last.ckpt under {logger.init_args.save_dir}/{logger.init_args.name}: "
@@ -139,7 +195,8 @@ class DytLabCLI(LightningCLI):
             else:  # continue in the same run folder, so its logs and checkpoints stay together
                 config.ckpt_path, logger.init_args.version = str(found[0]), found[1]
         elif ckpt_path not in (None, "last", "best", "hpc", "registry") and not Path(ckpt_path).is_file():
-            raise ConfigError(f"--ckpt_path '{ckpt_path}' is not a file; give a .ckpt path or 'last'")
+            missing = "does not exist" if not Path(ckpt_path).exists() else "is not a file"
+            raise ConfigError(f"--ckpt_path '{ckpt_path}' {missing}; give a .ckpt file or 'last'")
         if config.get("ckpt_path") and Path(config.ckpt_path).is_file():
             self._refuse_conflicting_checkpoint(config, config.ckpt_path)
 
@@ -147,7 +204,8 @@ class DytLabCLI(LightningCLI):
         """A checkpoint made with another model is one clear line, not a load_state_dict traceback."""
         ckpt_path = self._own(self.config).get("ckpt_path")
         if ckpt_path and Path(ckpt_path).is_file():
-            read_matching_checkpoint(self.model, ckpt_path)
+            check_fits(self.model, self._checkpoint(ckpt_path), ckpt_path)
+        self._checkpoints.clear()  # Lightning reads it again to restore: do not hold a second copy
 
     def before_validate(self) -> None:
         self._check_checkpoint()
@@ -160,10 +218,9 @@ class DytLabCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._check_checkpoint()
+        self.outcome.watch_folder(self.trainer)
         net = getattr(self.model, "net", None)
         table = format_placement(net) if hasattr(net, "norm_sites") else None
-        if table and self.trainer.is_global_zero:
-            print(table)
         # The instantiated modules' hparams hold the linked values (num_classes, ...), the config does not.
         config = self._own(self.config).clone().as_dict()
         config.update(model=dict(self.model.hparams), data=dict(getattr(self.datamodule, "hparams", {})))
@@ -216,6 +273,34 @@ class _ParserCLI(BuildCLI):
 
     def instantiate_classes(self) -> None:
         pass
+
+
+def check_writable(folder: str | Path) -> None:
+    """Refuse, in one line, a folder that cannot be written (it need not exist yet: its nearest parent is tried)."""
+    if "://" in str(folder):  # remote storage: its own library says
+        return
+    existing = Path(folder).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not os.access(existing, os.W_OK):  # also False on a read-only mount, even for root
+        raise ConfigError(f"cannot write run folders under '{folder}': '{existing}' is read-only or not yours; "
+                          "give another --trainer.logger.init_args.save_dir")
+
+
+def check_config_files(args: list[str]) -> None:
+    """A --config file that is not valid YAML: one line naming the file and the place, not jsonargparse's tree."""
+    paths = [value for flag, value in zip(args, args[1:]) if flag in ("--config", "-c")]
+    paths += [arg.split("=", 1)[1] for arg in args if arg.startswith("--config=")]
+    for path in paths:
+        if not Path(path).is_file():
+            continue  # a missing file: the parser says so, naming it
+        try:
+            yaml.safe_load(Path(path).read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"--config '{path}' is not valid YAML{where}: "
+                              f"{getattr(err, 'problem', None) or err}") from None
 
 
 class LoadedRun(NamedTuple):
@@ -272,8 +357,27 @@ def with_run_config(argv: list[str]) -> list[str]:
 
 
 def run_lightning(argv: list[str] | None = None) -> DytLabCLI:
-    """Run a LightningCLI subcommand (fit, validate, test, predict) on ``argv`` (None: sys.argv); return the CLI."""
+    """Run a LightningCLI subcommand (fit, validate, test, predict) on ``argv`` (None: sys.argv); return the CLI.
+
+    A run stopped by Ctrl-C says how to resume and exits 130; a run that failed before its first
+    step leaves no run folder behind.
+    """
     quiet_warnings()
     # sys.argv stays as typed: DDP's launcher re-runs it, and each rank maps it to the same args here.
     args = with_run_config(list(sys.argv[1:] if argv is None else argv))
-    return DytLabCLI(args=args, save_config_kwargs={"overwrite": True}, parser_kwargs={"epilog": USAGE_EXTRA})
+    check_config_files(args)
+    outcome = RunOutcome()
+    try:
+        return DytLabCLI(args=args, outcome=outcome, save_config_kwargs={"overwrite": True},
+                         parser_kwargs={"epilog": USAGE_EXTRA})
+    except MisconfigurationException as err:  # Lightning's own name for a user's setting it cannot work with
+        raise ConfigError(str(err).strip().splitlines()[0]) from None
+    except SystemExit as stop:
+        if outcome.interrupted:  # Lightning caught Ctrl-C, saved nothing new, and exits 1
+            print("interrupted: continue this run with the same command plus --ckpt_path last "
+                  "(it resumes from the newest last.ckpt)", file=sys.stderr)
+            raise SystemExit(EXIT_INTERRUPTED) from None
+        raise stop
+    finally:
+        if outcome.discard is not None:  # failed before training: nothing in it is worth keeping
+            shutil.rmtree(outcome.discard, ignore_errors=True)

@@ -14,7 +14,7 @@ import dyt_lab
 PACKAGE = Path(dyt_lab.__file__).parent
 # Lowest first. Layers on one rank (data, training) must not import each other either.
 LAYERS = {
-    "dyt_lab": 0, "dyt_lab.errors": 0,
+    "dyt_lab": 0, "dyt_lab.errors": 0, "dyt_lab.parse_errors": 0,
     "dyt_lab.norms": 1,
     "dyt_lab.models": 2,
     "dyt_lab.data": 3, "dyt_lab.training": 3,

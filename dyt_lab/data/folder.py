@@ -65,6 +65,9 @@ class ImageFolder(ImageDataModule):
                     f"no {split}/ folder in {root}: ImageFolder expects {root}/{split}/<class>/<images>"
                 )
         classes = class_names(root / "train")
+        if len(classes) < 2:  # cross-entropy over one class learns nothing, and torchmetrics refuses it
+            raise ConfigError(f"{root}/train holds {len(classes)} class folder ({', '.join(classes)}); "
+                              "a classifier needs at least 2")
         val_classes = class_names(root / "val")
         if val_classes != classes:  # otherwise labels would silently mean different classes
             odd = sorted(set(classes) ^ set(val_classes))

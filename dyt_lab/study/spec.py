@@ -26,9 +26,6 @@ from typing import Any, Literal
 from dyt_lab.errors import ConfigError
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-# Lines of jsonargparse's union error that repeat in every message and say nothing about this one.
-NOISE = ("Subtypes:", "Errors:", "Given value", "Does not validate against any of the Union subtypes",
-         "- Expected a <class 'NoneType'>")
 
 
 @dataclass
@@ -176,10 +173,10 @@ class StudySpec:
 
 
 def one_line(err: BaseException) -> str:
-    """jsonargparse's multi-line message, without its boilerplate, on one line."""
-    lines = [line.strip() for line in str(err).splitlines()]
-    kept = [line for line in lines if line and not line.startswith(NOISE)]
-    return " ".join(kept)[:400] or type(err).__name__
+    """jsonargparse's multi-line message on one line: the key, the value, what is valid."""
+    from dyt_lab.parse_errors import condensed
+
+    return condensed(str(err)) or type(err).__name__
 
 
 def spec_parser(prog: str = "dyt-lab study run"):

@@ -97,3 +97,34 @@ class LearningRateLog(Callback):
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.logging_interval == "epoch":
             self._log(trainer)
+
+
+class RunOutcome(Callback):
+    """What became of a run that stopped with an exception: interrupted, or failed before its first step.
+
+    Lightning catches Ctrl-C inside ``fit`` and exits 1; the CLI reads ``interrupted`` afterwards to
+    say how to resume and exit 130 instead. A run that fails before training (data missing, a bad
+    folder) has nothing worth keeping: ``discard`` names the run folder this run created for nothing.
+    """
+
+    def __init__(self) -> None:
+        self.interrupted = False
+        self.discard: Path | None = None
+        self._new_folder: Path | None = None
+
+    def watch_folder(self, trainer: Trainer) -> None:
+        """Remember the run folder if it does not exist yet (a resumed run's folder is never discarded)."""
+        log_dir = trainer.logger.log_dir if trainer.logger is not None else None
+        if not log_dir or not trainer.is_global_zero or Path(log_dir).exists():
+            return
+        created = Path(log_dir).absolute()  # the outermost folder this run will create: runs/<name>/version_0, or runs/
+        while not created.parent.exists():
+            created = created.parent
+        self._new_folder = created
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self.interrupted = isinstance(exception, KeyboardInterrupt)
+        folder = self._new_folder
+        if not self.interrupted and trainer.global_step == 0 and folder is not None and folder.is_dir() \
+                and not any(folder.rglob("*.ckpt")):
+            self.discard = folder

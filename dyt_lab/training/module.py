@@ -19,6 +19,7 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from dyt_lab.errors import ConfigError
 from dyt_lab.models import ResNet, ViT
 from dyt_lab.models.placement import Placement, Rules
 from dyt_lab.norms import NormSpec
@@ -69,6 +70,7 @@ class ImageClassifier(LightningModule):
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.label_smoothing = label_smoothing
+        self._check_training_arguments()
         if in_channels and image_size:  # lets Lightning's summary show input and output shapes
             self.example_input_array = torch.zeros(2, in_channels, image_size, image_size)
         top_k = min(5, num_classes)
@@ -82,6 +84,21 @@ class ImageClassifier(LightningModule):
         self.val_loss = MeanMetric()
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # saved in checkpoints, so a resumed run keeps its best
+
+    def _check_training_arguments(self) -> None:
+        """Refuse, in one line and before any run starts, what torch would only refuse at the first step.
+
+        Building the optimizer and scheduler once here is cheap (no state is allocated yet) and runs
+        torch's own checks of their arguments (a negative lr, betas outside [0, 1), ...).
+        """
+        if not 0.0 <= self.label_smoothing <= 1.0:
+            raise ConfigError(f"--model.label_smoothing must be in [0, 1], got {self.label_smoothing}")
+        try:
+            self.scheduler(self.optimizer(parameter_groups(self.net)))
+        except ConfigError:
+            raise
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"--model.optimizer/--model.scheduler: {str(err).splitlines()[0]}") from None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``(N, C, H, W)`` -> logits ``(N, num_classes)``."""

@@ -68,10 +68,10 @@ def log_hparams_to_tensorboard(trainer: Trainer, hparams: dict[str, object]) -> 
 
 
 class RunRecord(Callback):
-    """Write the site -> norm table and the HParams summary into the run folder once data is ready.
+    """Print the site -> norm table, and write it and the HParams summary into the run folder, once data is ready.
 
-    It acts in ``setup``, after ``prepare_data``, so a run that fails on missing data leaves no
-    record that looks like a started run.
+    It acts in ``setup``, after ``prepare_data`` and the data module's own ``setup``, so a run that
+    fails on missing data shows only its error and leaves no record that looks like a started run.
     """
 
     def __init__(self, hparams: dict[str, object], placement_table: str | None) -> None:
@@ -82,6 +82,8 @@ class RunRecord(Callback):
         if stage != "fit":
             return
         log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
+        if self.placement_table and trainer.is_global_zero:
+            print(self.placement_table)
         if not trainer.is_global_zero or log_dir is None or trainer.fast_dev_run:
             return  # no run folder to record into (fast_dev_run logs nothing)
         log_dir = Path(log_dir)

@@ -7,6 +7,8 @@ import math
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from dyt_lab.errors import ConfigError
+
 
 class WarmupCosineLR(LRScheduler):
     """Linear warmup over ``warmup_fraction`` of training, then cosine decay to ``min_lr_ratio * lr``.
@@ -31,7 +33,9 @@ class WarmupCosineLR(LRScheduler):
             total_steps: optimizer steps in the whole run (None: taken from the trainer).
         """
         if not 0.0 <= warmup_fraction < 1.0:
-            raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction}")
+            raise ConfigError(f"--model.scheduler.init_args.warmup_fraction must be in [0, 1), got {warmup_fraction}")
+        if not 0.0 <= min_lr_ratio <= 1.0:
+            raise ConfigError(f"--model.scheduler.init_args.min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
         self.warmup_fraction = warmup_fraction
         self.min_lr_ratio = min_lr_ratio
         self.total_steps = total_steps

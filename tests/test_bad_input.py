@@ -1,0 +1,204 @@
+"""The bad-input table: every mistake a user can type gets one line naming it, a non-zero exit, no traceback.
+
+Each case is a real ``dyt-lab`` command in its own process and working folder. The processes are
+forked from one warm interpreter (tests/command_batch.py), so the table costs one Lightning import
+rather than one per case. Each case also asserts that the failed command left nothing behind: no
+run folder, no half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dyt_lab.errors import EXIT_CONFIG_ERROR
+
+REPO = Path(__file__).resolve().parent.parent
+QUICK = str(REPO / "configs" / "quickstart.yaml")
+RESNET = str(REPO / "configs" / "experiments" / "resnet_bn_vs_dyt_digits.yaml")
+STUDY = "configs/study/vit_alpha_init.yaml"  # its base configs are named from the repository root
+FIT = ["fit", "--config", QUICK]
+# Lines Lightning or dyt_lab print on every start; they are not part of the error message.
+CHATTER = ("Seed set to", "GPU available", "TPU available", "HPU available", "💡 Tip", "Tip:", "Using default")
+
+# name: (argv, the text the message must hold). Paths are relative to each case's working folder,
+# which holds the files that `inputs` below writes.
+CASES: dict[str, tuple[list[str], str]] = {
+    # jsonargparse refusals: parse time, before anything is built
+    "alpha_init_not_a_number": ([*FIT, "--model.alpha_init", "abc"], "'abc'"),
+    "precision_unknown": ([*FIT, "--trainer.precision", "17"], "'17'"),
+    "optimizer_class_unknown": ([*FIT, "--model.optimizer", "torch.optim.Nope"], "Nope"),
+    "seed_not_a_number": ([*FIT, "--seed_everything", "abc"], "'abc'"),
+    "model_argument_misspelt": ([*FIT, "--model.nrom", "dyt"], "nrom"),
+    "config_missing": (["fit", "--config", "configs/nope.yaml"], "nope.yaml"),
+    "config_unknown_top_key": (["fit", "--config", QUICK, "--config", "unknown_key.yaml"], "bogus"),
+    "config_yaml_syntax": (["fit", "--config", "bad_syntax.yaml"], "bad_syntax.yaml"),
+    "config_value_wrong_type": (["fit", "--config", QUICK, "--config", "wrong_type.yaml"], "'ten'"),
+    "max_epochs_not_a_number": ([*FIT, "--trainer.max_epochs", "x"], "'x'"),
+    "flag_unknown": ([*FIT, "--nope", "1"], "--nope"),
+    "trainer_flag_misspelt": ([*FIT, "--trainer.max_epocs", "3"], "max_epocs"),
+    "subcommand_unknown": (["fitt", "--config", QUICK], "fitt"),
+    "model_class_unknown": ([*FIT, "--model", "nope.Class"], "nope.Class"),
+    "data_class_unknown": ([*FIT, "--data", "nope.Class"], "nope.Class"),
+    "lr_not_a_number": ([*FIT, "--model.optimizer.init_args.lr", "fast"], "'fast'"),
+    "optimizer_argument_unknown": ([*FIT, "--model.optimizer.init_args.momentum_x", "1"], "momentum_x"),
+    "callback_class_unknown": ([*FIT, "--trainer.callbacks+=nope.CB"], "nope.CB"),
+    "gradient_clip_not_a_number": ([*FIT, "--trainer.gradient_clip_val", "abc"], "'abc'"),
+    "checkpoint_mode_unknown": ([*FIT, "--checkpoint.mode", "maxx"], "maxx"),
+    "divergence_check_zero": ([*FIT, "--divergence.check_every_n_steps", "0"], "0"),
+    # dyt_lab's own checks, when the model and data are built
+    "depth_zero": ([*FIT, "--model.depth", "0"], "got 0"),
+    "norm_unknown": ([*FIT, "--model.norm", "nope"], "'nope'"),
+    "base_norm_unknown": ([*FIT, "--model.base_norm", "nope"], "'nope'"),
+    "placement_unknown": ([*FIT, "--model.placement", "bogus"], "bogus"),
+    "preset_unknown": ([*FIT, "--model.preset", "vit_nope"], "vit_nope"),
+    "pool_unknown": ([*FIT, "--model.pool", "max"], "max"),
+    "heads_do_not_divide_dim": ([*FIT, "--model.dim", "30", "--model.heads", "4"], "30"),
+    "resnet_norm_unknown": (["fit", "--config", RESNET, "--model.norm", "nope"], "'nope'"),
+    "resnet_preset_unknown": (["fit", "--config", RESNET, "--model.preset", "resnet7"], "resnet7"),
+    "batch_size_negative": ([*FIT, "--data.batch_size", "-1"], "-1"),
+    "val_fraction_above_one": ([*FIT, "--data.val_fraction", "1.5"], "1.5"),
+    "val_fraction_zero": ([*FIT, "--data.val_fraction", "0"], "0"),
+    "num_workers_negative": ([*FIT, "--data.num_workers", "-1"], "-1"),
+    # checked by torch or Lightning only: refused before any run folder exists
+    "lr_negative": ([*FIT, "--model.optimizer.init_args.lr", "-0.1"], "-0.1"),
+    "weight_decay_negative": ([*FIT, "--model.optimizer.init_args.weight_decay", "-1"], "-1"),
+    "beta_above_one": ([*FIT, "--model.optimizer.init_args.betas", "[2.0, 0.9]"], "2.0"),
+    "label_smoothing_above_one": ([*FIT, "--model.label_smoothing", "2"], "2"),
+    "warmup_fraction_above_one": ([*FIT, "--model.scheduler.init_args.warmup_fraction", "2"], "2"),
+    "min_lr_ratio_negative": ([*FIT, "--model.scheduler.init_args.min_lr_ratio", "-1"], "-1"),
+    "max_epochs_negative": ([*FIT, "--trainer.max_epochs", "-5"], "-5"),
+    "accelerator_unknown": ([*FIT, "--trainer.accelerator", "tpuu"], "tpuu"),
+    "strategy_unknown": ([*FIT, "--trainer.strategy", "nope"], "nope"),
+    "devices_zero": ([*FIT, "--trainer.devices", "0"], "0"),
+    "accumulate_zero": ([*FIT, "--trainer.accumulate_grad_batches", "0"], "0"),
+    "limit_batches_negative": ([*FIT, "--trainer.limit_train_batches", "-1"], "-1"),
+    "save_dir_read_only": ([*FIT, "--trainer.logger.init_args.save_dir", "read_only/runs"], "read_only"),
+    # data that is not there or cannot train a classifier
+    "imagefolder_missing": ([*FIT, "--data", "dyt_lab.data.ImageFolder", "--data.data_dir", "nope_dir"],
+                            "nope_dir"),
+    "imagefolder_one_class": ([*FIT, "--data", "dyt_lab.data.ImageFolder", "--data.data_dir", "one_class"],
+                              "1 class folder"),
+    "imagefolder_no_images": ([*FIT, "--data", "dyt_lab.data.ImageFolder", "--data.data_dir", "no_images",
+                               "--data.num_workers", "0"], "no_images"),
+    "imagefolder_no_train_folder": ([*FIT, "--data", "dyt_lab.data.ImageFolder", "--data.data_dir", "empty"],
+                                    "no train/ folder"),
+    "cifar10_offline": ([*FIT, "--data", "dyt_lab.data.CIFAR10", "--data.data_dir", "cifar", "--data.download",
+                         "true"], "could not download CIFAR10"),
+    "cifar10_not_downloaded": ([*FIT, "--data", "dyt_lab.data.CIFAR10", "--data.data_dir", "empty",
+                                "--data.download", "false"], "download"),
+    # checkpoints: missing, a folder, corrupt, truncated
+    "fit_ckpt_missing": ([*FIT, "--ckpt_path", "missing.ckpt"], "missing.ckpt"),
+    "fit_ckpt_folder": ([*FIT, "--ckpt_path", "empty"], "'empty' is not a file"),
+    "fit_ckpt_corrupt": ([*FIT, "--ckpt_path", "run/checkpoints/corrupt.ckpt"], "corrupt.ckpt"),
+    "fit_ckpt_truncated": ([*FIT, "--ckpt_path", "run/checkpoints/truncated.ckpt"], "truncated.ckpt"),
+    "validate_ckpt_missing": (["validate", "--ckpt_path", "missing.ckpt"], "'missing.ckpt' does not exist"),
+    "validate_ckpt_corrupt": (["validate", "--ckpt_path", "run/checkpoints/corrupt.ckpt"], "corrupt.ckpt"),
+    "test_ckpt_truncated": (["test", "--ckpt_path", "run/checkpoints/truncated.ckpt"], "truncated.ckpt"),
+    "test_ckpt_corrupt_with_config": (["test", *FIT[1:], "--ckpt_path", "run/checkpoints/corrupt.ckpt"],
+                                      "corrupt.ckpt"),
+    "predict_ckpt_missing": (["predict", *FIT[1:], "--ckpt_path", "missing.ckpt"], "missing.ckpt"),
+    "probe_ckpt_corrupt": (["probe", "--ckpt_path", "run/checkpoints/corrupt.ckpt"], "corrupt.ckpt"),
+    "probe_config_missing": (["probe", "--config", "nope.yaml"], "nope.yaml"),
+    # studies
+    "study_config_missing": (["study", "run", "--config", "nope.yaml"], "nope.yaml"),
+    "study_key_unknown": (["study", "run", "--config", STUDY, "--n_trialz", "3"], "n_trialz"),
+    "study_trials_zero": (["study", "run", "--config", STUDY, "--n_trials", "0"], "0"),
+    "study_workers_zero": (["study", "run", "--config", STUDY, "--workers", "0"], "0"),
+    "study_storage_unknown_dialect": (["study", "run", "--config", STUDY, "--storage", "nosuchdb://x"],
+                                      "nosuchdb"),
+    "study_report_unknown": (["study", "report", "nope_study"], "nope_study"),
+    "study_resume_unknown": (["study", "resume", "nope_study"], "nope_study"),
+    "study_command_unknown": (["study", "runn"], "runn"),
+}
+
+
+def inputs(folder: Path) -> None:
+    """The files the cases read, in a case's working folder."""
+    (folder / "configs").symlink_to(REPO / "configs")
+    (folder / "unknown_key.yaml").write_text("trainer:\n  max_epochs: 1\nbogus: 3\n")
+    (folder / "bad_syntax.yaml").write_text("trainer:\n  max_epochs: [1\n model: x\n")
+    (folder / "wrong_type.yaml").write_text("trainer:\n  max_epochs: ten\n")
+    for name in ("a", "b"):
+        (folder / "no_images" / "train" / name).mkdir(parents=True)
+        (folder / "no_images" / "val" / name).mkdir(parents=True)
+    for split in ("train", "val"):
+        (folder / "one_class" / split / "only").mkdir(parents=True)
+    (folder / "empty").mkdir()
+    (folder / "read_only").mkdir()
+    run = folder / "run" / "checkpoints"
+    run.mkdir(parents=True)
+    (folder / "run" / "config.yaml").write_text(Path(QUICK).read_text())
+    (run / "corrupt.ckpt").write_bytes(b"this is not a checkpoint\n" * 40)
+    torch.save({"state_dict": {"w": torch.zeros(64, 64)}, "epoch": 0}, run / "whole.ckpt")
+    whole = (run / "whole.ckpt").read_bytes()
+    (run / "truncated.ckpt").write_bytes(whole[: len(whole) // 2])  # a write cut off by a full disk or a kill
+    (run / "whole.ckpt").unlink()
+
+
+def mount_read_only(folder: Path) -> bool:
+    """Make ``folder`` a read-only file system (root can mount a tmpfs); False where that is not possible."""
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,ro", "tmpfs", str(folder)], capture_output=True)
+    return done.returncode == 0
+
+
+def listing(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if not {".mpl", "configs"} & set(p.parts)}
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory) -> dict[str, dict]:
+    """Run every case; per case: exit code, stdout, stderr, and the files it added or removed."""
+    root = tmp_path_factory.mktemp("bad_input")
+    cases, before, mounted = {}, {}, []
+    for name, (argv, _) in CASES.items():
+        folder = root / name
+        folder.mkdir()
+        inputs(folder)
+        if name == "save_dir_read_only" and mount_read_only(folder / "read_only"):
+            mounted.append(folder / "read_only")
+        before[name] = listing(folder)
+        cases[name] = {"argv": argv, "cwd": str(folder)}
+    (root / "cases.json").write_text(json.dumps(cases))
+    env = {"PYTHONWARNINGS": "ignore", "MPLCONFIGDIR": str(root / ".mpl"), "OMP_NUM_THREADS": "1",
+           "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", "HOME": str(root)}
+    try:
+        subprocess.run([sys.executable, str(REPO / "tests" / "command_batch.py"), str(root / "cases.json"),
+                        str(root / "results.json")], cwd=root, env=env, check=True, timeout=600)
+    finally:
+        for folder in mounted:
+            subprocess.run(["umount", str(folder)], capture_output=True)
+    results = json.loads((root / "results.json").read_text())
+    for name in CASES:
+        results[name]["changed"] = listing(root / name) ^ before[name]
+        results[name]["read_only_mounted"] = root / name / "read_only" in mounted
+    return results
+
+
+def message_lines(result: dict) -> list[str]:
+    text = result["stderr"] + result["stdout"]
+    return [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith(CHATTER)]
+
+
+def test_the_table_has_at_least_60_cases():
+    assert len(CASES) >= 60
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(CASES))
+def test_a_mistake_is_one_line_naming_it(outcomes, name):
+    result, (argv, named) = outcomes[name], CASES[name]
+    if name == "save_dir_read_only" and not result["read_only_mounted"]:
+        pytest.skip("cannot mount a read-only file system here (not root?)")
+    lines = message_lines(result)
+    assert result["code"] == EXIT_CONFIG_ERROR, (argv, result["code"], lines[-5:])
+    assert "Traceback" not in result["stderr"], result["stderr"][-2000:]
+    assert 1 <= len(lines) <= 3, lines
+    assert any(line.startswith("error:") for line in lines), lines
+    assert named in " ".join(lines), (named, lines)
+    assert not result["changed"], f"left behind: {sorted(result['changed'])}"

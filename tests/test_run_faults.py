@@ -1,0 +1,116 @@
+"""Faults during a run: Ctrl-C, a full disk, a write cut off. The previous checkpoint always survives."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dyt_lab.errors import EXIT_CONFIG_ERROR, EXIT_INTERRUPTED
+from dyt_lab.training.checkpoints import AtomicCheckpointIO
+from tests.helpers import fit_args, run_cli
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_file_and_names_the_target(tmp_path, monkeypatch):
+    io, target = AtomicCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"step": 1}, target)
+    before = target.read_bytes()
+
+    real_open = open
+
+    class FullDisk:  # takes 1000 bytes, then the disk is full
+        def __init__(self, path, mode):
+            self.file = real_open(path, mode)
+
+        def write(self, data):
+            self.file.write(bytes(data)[:1000])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+    monkeypatch.setattr("dyt_lab.training.checkpoints.open", FullDisk, raising=False)
+    with pytest.raises(OSError) as failure:
+        io.save_checkpoint({"step": 2}, target)
+    assert failure.value.errno == errno.ENOSPC and failure.value.filename == str(target)
+    assert target.read_bytes() == before  # the previous last.ckpt, whole
+    assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]  # no partial file left
+
+    monkeypatch.undo()
+    io.save_checkpoint({"step": 3}, target)
+    assert torch.load(target, weights_only=True) == {"step": 3}
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 4 MB file system (tmpfs; root only), unmounted afterwards."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here: {mounted.stderr.decode().strip()}")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def _fill(disk: Path, leave: int) -> None:
+    """Fill ``disk`` until ``leave`` bytes are free."""
+    with open(disk / "filler", "wb") as filler:
+        try:
+            while True:
+                filler.write(b"\0" * 65536)
+                filler.flush()
+        except OSError as err:
+            assert err.errno == errno.ENOSPC
+    size = (disk / "filler").stat().st_size
+    os.truncate(disk / "filler", max(0, size - leave))
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_and_the_previous_last_ckpt_survives(small_disk):
+    short = ["--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--model.depth=1"]
+    first = run_cli(fit_args(small_disk, "--trainer.max_epochs=1", *short), cwd=small_disk.parent)
+    assert first.returncode == 0, first.stderr[-2000:]
+    last = small_disk / "quickstart" / "version_0" / "checkpoints" / "last.ckpt"
+    before = _sha(last)
+    _fill(small_disk, leave=last.stat().st_size // 3)  # room for logs and config.yaml, not for a checkpoint
+
+    full = run_cli(fit_args(small_disk, "--trainer.max_epochs=2", "--ckpt_path=last", *short), cwd=small_disk.parent)
+    lines = [line for line in full.stderr.splitlines() if line.startswith("error:")]
+    assert full.returncode == EXIT_CONFIG_ERROR, full.stderr[-2000:]
+    assert "Traceback" not in full.stderr and len(lines) == 1, full.stderr[-2000:]
+    assert lines[0].startswith("error: disk full: cannot write") and str(last.parent) in lines[0], lines
+    assert _sha(last) == before  # the run can still be resumed from where it was
+    assert not list(small_disk.rglob("*.partial"))
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_fit_says_how_to_resume_and_exits_130(tmp_path):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "MPLCONFIGDIR": str(tmp_path / ".mpl"), "OMP_NUM_THREADS": "1"}
+    run = subprocess.Popen([sys.executable, "-m", "dyt_lab", *fit_args(tmp_path, "--trainer.max_epochs=200")],
+                           cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    last = tmp_path / "quickstart" / "version_0" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 180
+    while not last.exists() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert last.exists(), "no epoch finished"
+    run.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == EXIT_INTERRUPTED, err[-2000:]
+    assert "--ckpt_path last" in err.strip().splitlines()[-1] and "Traceback" not in err
+    assert "state_dict" in torch.load(last, weights_only=True)  # what the hint resumes from is whole
