@@ -190,6 +190,8 @@ def test_the_table_has_at_least_60_cases():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # the first case waits for the whole table
+@pytest.mark.xdist_group("bad_input")  # one xdist worker runs the table once (make test: --dist loadgroup)
 @pytest.mark.parametrize("name", list(CASES))
 def test_a_mistake_is_one_line_naming_it(outcomes, name):
     result, (argv, named) = outcomes[name], CASES[name]
