@@ -5,8 +5,10 @@ from __future__ import annotations
 import errno
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 EXIT_CONFIG_ERROR = 2  # a value the user set cannot work (argparse uses 2 for usage errors too)
 EXIT_DIVERGED = 3  # the run started but its loss became NaN or infinite
@@ -42,16 +44,61 @@ def cause_of_type(err: BaseException | None, types: tuple[type, ...]) -> BaseExc
 # Faults of the place a run writes to, not bugs: each is one line naming the file.
 DISK_FAULTS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",
                errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
+# SQLite says it in words (through SQLAlchemy and Optuna's StorageInternalError), without an errno.
+SQLITE_FAULTS = {"database or disk is full": errno.ENOSPC, "readonly database": errno.EROFS}
+
+
+def write_fault(err: BaseException | None) -> OSError | None:
+    """The full, read-only or forbidden write behind ``err`` (anywhere in its chain), or None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in DISK_FAULTS:
+            return err
+        if type(err).__module__.split(".")[0] in ("sqlite3", "sqlalchemy"):
+            for words, code in SQLITE_FAULTS.items():
+                if words in str(err):
+                    return OSError(code, os.strerror(code))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def fault_line(fault: OSError, what: str) -> str:
+    """``disk full: cannot write WHAT (No space left on device)``."""
+    return f"{DISK_FAULTS[fault.errno]}: cannot write {what} ({fault.strerror or os.strerror(fault.errno)})"
 
 
 def disk_fault(err: BaseException) -> ConfigError | None:
     """A full, read-only or forbidden disk behind ``err``, as one ConfigError line naming the file; else None."""
-    cause = cause_of_type(err, (OSError,))
-    if not isinstance(cause, OSError) or cause.errno not in DISK_FAULTS:
+    fault = write_fault(err)
+    if fault is None:
         return None
-    where = f"cannot write '{cause.filename}'" if cause.filename else "a write failed"
-    return ConfigError(f"{DISK_FAULTS[cause.errno]}: {where} ({cause.strerror}); free space or choose "
-                       "another folder, then run the command again")
+    what = f"'{fault.filename}'" if fault.filename else "a file"
+    return ConfigError(f"{fault_line(fault, what)}; free space or choose another folder, then run the command again")
+
+
+def check_writable(folder: Path, what: str, purpose: str) -> None:
+    """One ConfigError line naming ``folder`` if it cannot be written; creates nothing.
+
+    Checks the folder, or the nearest parent that exists (where it would be created), by writing a
+    byte into a file there and removing it: ``os.access`` passes root on a full disk and on folders
+    a network file system refuses it, and says nothing of why. ``purpose``: what would be written there.
+    """
+    existing = folder
+    while not existing.is_dir() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".dyt-lab-write-check-")
+        try:
+            os.write(fd, b"x")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as err:
+        why = err.strerror or type(err).__name__
+        where = f"is not writable ({why})" if existing == folder else \
+            f"cannot be created: '{existing}' is not writable ({why})"
+        raise ConfigError(f"{what} '{folder}' {where}; {purpose}") from None
 
 
 def expected_failure(err: BaseException) -> tuple[BaseException, int] | None:

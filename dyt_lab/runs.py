@@ -28,7 +28,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from dyt_lab.data import ImageDataModule
-from dyt_lab.errors import EXIT_INTERRUPTED, ConfigError, check_int
+from dyt_lab.errors import EXIT_INTERRUPTED, ConfigError, check_int, check_writable
 from dyt_lab.models import format_placement
 from dyt_lab.parse_errors import condensed, unknown_hint
 from dyt_lab.training import ImageClassifier
@@ -184,8 +184,9 @@ class DytLabCLI(LightningCLI):
         config = self._own(self.config)
         ckpt_path = config.get("ckpt_path")
         logger = config.trainer.get("logger")
-        if self.subcommand == "fit" and isinstance(logger, Namespace) and logger.init_args.get("save_dir"):
-            check_writable(logger.init_args.save_dir)
+        save_dir = logger.init_args.get("save_dir") if isinstance(logger, Namespace) else None
+        if self.subcommand == "fit" and save_dir and "://" not in str(save_dir):  # remote: its library says
+            check_writable(Path(save_dir), "save_dir", "give another --trainer.logger.init_args.save_dir")
         if ckpt_path == "last" and self.subcommand == "fit":
             found = find_last_checkpoint(logger.init_args.save_dir, logger.init_args.name)
             if found is None:
@@ -273,18 +274,6 @@ class _ParserCLI(BuildCLI):
 
     def instantiate_classes(self) -> None:
         pass
-
-
-def check_writable(folder: str | Path) -> None:
-    """Refuse, in one line, a folder that cannot be written (it need not exist yet: its nearest parent is tried)."""
-    if "://" in str(folder):  # remote storage: its own library says
-        return
-    existing = Path(folder).absolute()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not os.access(existing, os.W_OK):  # also False on a read-only mount, even for root
-        raise ConfigError(f"cannot write run folders under '{folder}': '{existing}' is read-only or not yours; "
-                          "give another --trainer.logger.init_args.save_dir")
 
 
 def check_config_files(args: list[str]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from dyt_lab.errors import ConfigError
@@ -69,6 +68,11 @@ def main(argv: list[str]) -> None:
         from dyt_lab.study.report import report
 
         args = _report_args(rest)
+        folder = Path(args.root) / args.name
+        if folder.is_dir() or args.storage:  # else the report says there is no such study
+            from dyt_lab.study.runner import check_writable
+
+            check_writable(folder, "study folder", "the report writes report.md, trials.csv and its plots there")
         report(args.name, root=args.root, storage=args.storage)
     elif command == "_worker":  # started by `run --workers N`, not by people
         from dyt_lab.study.runner import run_worker
@@ -77,5 +81,4 @@ def main(argv: list[str]) -> None:
     elif command in (None, "-h", "--help", "help"):
         print(USAGE)
     else:
-        print(USAGE, file=sys.stderr)
-        raise ConfigError(f"unknown study command '{command}'; valid: run, resume, report")
+        raise ConfigError(f"unknown study command '{command}'; valid: run, resume, report (dyt-lab study --help)")

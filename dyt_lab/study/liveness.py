@@ -4,13 +4,18 @@ A trial is RUNNING in the storage until its worker tells the result. If the work
 (``kill -9``, a crashed node) nobody tells it, so the trial must be found and failed, and its
 configuration retried. Optuna does this for database storages with its heartbeat
 (``RDBStorage(heartbeat_interval=...)``, checked before each new trial); journal storages have no
-heartbeat in Optuna, so ``JournalHeartbeat`` writes one as a trial system attribute. On top of
+heartbeat in Optuna, so ``TrialHeartbeat`` writes one as a trial system attribute. On top of
 both, a worker on the same host is known dead at once by its process id, so a study resumed right
 after a kill does not wait for the grace period.
+
+A retry starts with no liveness record of its own (``clean_retry``): Optuna's retry callback
+copies the dead trial's attributes, and a retry that carried the dead worker's ``host:pid`` or
+its last heartbeat would look dead to another worker the moment it is popped (GitHub issue 13).
 """
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import os
 import signal
@@ -28,6 +33,9 @@ from dyt_lab.study.optuna_internals import storage_of, trial_id
 
 WORKER_ATTR = "worker"  # user attr "host:pid" of the worker process that runs the trial
 HEARTBEAT_ATTR = "dyt_lab:heartbeat"  # system attr: time.time() of the last journal heartbeat
+# What a run records about its own liveness and failure: never copied into its retry.
+LIVENESS_USER_ATTRS = (WORKER_ATTR, "trial_pid", "fail_reason")
+LIVENESS_SYSTEM_ATTRS = (HEARTBEAT_ATTR,)
 PR_SET_PDEATHSIG = 1
 
 
@@ -73,37 +81,79 @@ def local_worker_dead(trial: FrozenTrial) -> bool:
 
 
 def heartbeat_stale(trial: FrozenTrial, grace_period: float) -> bool:
-    """True if a journal trial's last heartbeat (or its start) is older than ``grace_period``."""
-    last = trial.system_attrs.get(HEARTBEAT_ATTR)
-    if last is None and trial.datetime_start is not None:
-        last = trial.datetime_start.timestamp()
-    return last is not None and time.time() - float(last) > grace_period
+    """True if a journal trial's last heartbeat (or its start) is older than ``grace_period``.
+
+    A heartbeat older than the trial's start is not this run's (a retry queued by an older
+    dyt-lab copied its predecessor's): the start counts then.
+    """
+    times = [float(t) for t in (trial.system_attrs.get(HEARTBEAT_ATTR),
+                                trial.datetime_start and trial.datetime_start.timestamp()) if t is not None]
+    return bool(times) and time.time() - max(times) > grace_period
 
 
-class JournalHeartbeat:
-    """Context manager: record a heartbeat for a journal trial every ``interval`` seconds."""
+def clean_retry(retry):
+    """``retry`` (Optuna's retry callback) queueing the trial without its liveness record.
 
-    def __init__(self, storage, trial_id: int, interval: float) -> None:
-        self.storage, self.trial_id, self.interval = storage, trial_id, interval
+    Optuna copies every attribute of the failed trial into the WAITING retry: its ``worker``
+    (a dead ``host:pid``), ``trial_pid``, ``fail_reason`` and journal heartbeat too. Popped by a
+    worker, the retry is RUNNING before that worker records itself; another worker's reaper that
+    saw the inherited tag would fail it as dead. What the retry runs (parameters, seed, grid point)
+    is kept.
+    """
+    def queue(study: optuna.Study, trial: FrozenTrial) -> None:
+        clean = copy.copy(trial)
+        clean.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in LIVENESS_USER_ATTRS}
+        clean.system_attrs = {k: v for k, v in trial.system_attrs.items() if k not in LIVENESS_SYSTEM_ATTRS}
+        retry(study, clean)
+
+    return queue
+
+
+class TrialHeartbeat:
+    """Context manager: record a running trial's heartbeat every ``interval`` seconds.
+
+    Journals: a trial system attribute (Optuna has no heartbeat for them). Databases opened with a
+    heartbeat: Optuna's own ``record_heartbeat``, every ``heartbeat_interval`` of the storage, as
+    ``study.optimize`` does it. Other storages: nothing. A beat that cannot be written (a full
+    disk) is tried again at the next one, quietly; a trial ended by another worker stops the beat.
+    """
+
+    def __init__(self, storage, trial_id: int, interval: float, journal: bool) -> None:
+        self.storage, self.trial_id, self.interval, self.journal = storage, trial_id, interval, journal
+        database_interval = None if journal else getattr(storage, "get_heartbeat_interval", lambda: None)()
+        if database_interval is not None:
+            self.interval = database_interval
+        self.enabled = journal or database_interval is not None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, daemon=True)
+        self._thread = threading.Thread(target=self._beat, daemon=True, name="dyt-lab-heartbeat")
+
+    def beat(self) -> None:
+        """Record one heartbeat now."""
+        if self.journal:
+            self.storage.set_trial_system_attr(self.trial_id, HEARTBEAT_ATTR, time.time())
+        else:
+            self.storage.record_heartbeat(self.trial_id)
 
     def _beat(self) -> None:
         while True:
             try:
-                self.storage.set_trial_system_attr(self.trial_id, HEARTBEAT_ATTR, time.time())
-            except optuna.exceptions.UpdateFinishedTrialError:
+                self.beat()
+            except optuna.exceptions.UpdateFinishedTrialError:  # ended (by another worker): nothing to keep alive
                 return
+            except Exception:  # a full disk, a database away for a moment: try again at the next beat; the
+                pass  # worker's own next write meets a lasting fault and says so (a thread's traceback would not)
             if self._stop.wait(self.interval):
                 return
 
-    def __enter__(self) -> JournalHeartbeat:
-        self._thread.start()
+    def __enter__(self) -> TrialHeartbeat:
+        if self.enabled:
+            self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
 
 
 def fail_and_retry(study: optuna.Study, trial: FrozenTrial, reason: str, retry) -> bool:

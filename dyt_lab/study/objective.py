@@ -9,6 +9,7 @@ config.yaml, checkpoints, stdout/stderr and the result file its StudyPruning cal
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -16,13 +17,13 @@ import shlex
 import signal
 import subprocess
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import optuna
 
+from dyt_lab.errors import fault_line, write_fault
 from dyt_lab.study.launch import fit_command, start_trial
-from dyt_lab.study.liveness import WORKER_ATTR, JournalHeartbeat, worker_tag
+from dyt_lab.study.liveness import WORKER_ATTR, worker_tag
 from dyt_lab.study.optuna_internals import storage_of, trial_id
 from dyt_lab.study.protocol import (
     LAST_METRICS_ATTR,
@@ -35,7 +36,9 @@ from dyt_lab.study.protocol import (
 from dyt_lab.study.replicates import SEED_ATTR, SEED_KEY, first_free_seed, queue_missing_seeds
 from dyt_lab.study.space import SearchSpace, config_flag
 from dyt_lab.study.spec import StudySpec, flatten_overrides
-from dyt_lab.study.storage import is_journal
+
+# What a trial's stderr says when its disk is full or read-only (its error: line or a traceback's last line).
+FULL_DISK_WORDS = tuple(os.strerror(code) for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS))
 
 
 def base_args(spec: StudySpec) -> list[str]:
@@ -76,6 +79,23 @@ def failure_reason(code: int, stderr: Path) -> str:
     return f"exit code {code}: {lines[-1][:300] if lines else 'no output'}"
 
 
+def full_disk_reason(reason: str, run_dir: Path) -> str | None:
+    """A failed trial's reason if its disk was full or read-only, naming its folder; None otherwise.
+
+    Its stderr says so (dyt-lab's ``error: disk full: ...`` line, or an OSError's message), or the
+    disk has no space left now: a full disk can also break the writes of stderr itself.
+    """
+    said = any(words in reason for words in FULL_DISK_WORDS)
+    if not said:
+        try:
+            if os.statvfs(run_dir).f_bavail > 0:
+                return None
+        except OSError:
+            return None
+        return f"disk full: no space left under '{run_dir}' ({reason})"
+    return reason if str(run_dir) in reason else f"{reason} [trial folder '{run_dir}']"
+
+
 class TrialObjective:
     """The Optuna objective: run one trial's fit process and turn its outcome into a value or a state."""
 
@@ -88,8 +108,9 @@ class TrialObjective:
     def __call__(self, trial: optuna.Trial) -> float:
         spec = self.spec
         try:
-            # Before the ask lock is released: a retry carries its dead predecessor's worker, and another
-            # worker that saw that tag would fail this trial as dead (GitHub issue 13).
+            # Before the ask lock is released, so that another worker's reaper never sees this RUNNING
+            # trial without its worker, or with the dead worker a retry queued by an older dyt-lab carries
+            # (GitHub issue 13; clean_retry queues retries without it now).
             trial.set_user_attr(WORKER_ATTR, worker_tag())
             trial.set_user_attr("fail_reason", None)  # nor does it keep its predecessor's failure
             self.space.suggest(trial)
@@ -104,39 +125,49 @@ class TrialObjective:
                 self.on_start()
         number = trial.number
         run_dir = spec.folder / "trials" / trial_dir_name(number)
-        run_dir.mkdir(parents=True, exist_ok=True)
         trial.set_user_attr("run_dir", str(run_dir))
         seed = trial.user_attrs.get(SEED_ATTR)
         fit_args = [*base_args(spec), *self.space.flags(trial.params),
                     *([config_flag(SEED_KEY, seed)] if seed is not None else []), *study_args(spec, number)]
-        (run_dir / "command.txt").write_text(shlex.join(fit_command(fit_args)) + "\n")  # to re-run it by hand
         binding = {"storage": self.storage_url, "study_name": spec.study_name, "trial_id": trial_id(trial),
                    "pruner": {"name": spec.pruner.name, "kwargs": spec.pruner.kwargs},
                    "metric": spec.objective.metric, "direction": spec.objective.direction,
                    "value": spec.objective.value, "result": str(run_dir / RESULT_FILE), "parent_pid": os.getpid()}
         shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
         self.log(f"trial {number} started: {shown}" + (f" seed={seed}" if seed is not None else ""))
-        (run_dir / RESULT_FILE).unlink(missing_ok=True)
         started = time.monotonic()
-        code = self._run(trial, fit_args, {**os.environ, TRIAL_ENV: json.dumps(binding)}, run_dir, started)
+        try:  # the trial folder's own writes: a full or read-only disk fails the trial, and stops the study
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "command.txt").write_text(shlex.join(fit_command(fit_args)) + "\n")  # to re-run it by hand
+            (run_dir / RESULT_FILE).unlink(missing_ok=True)
+            proc = start_trial(self.isolation, fit_args, {**os.environ, TRIAL_ENV: json.dumps(binding)}, run_dir)
+        except OSError as err:
+            return self._unwritable(trial, err, run_dir)
+        code = self._wait(trial, proc, run_dir, started)
         return self._outcome(trial, code, run_dir, time.monotonic() - started)
 
-    def _run(self, trial: optuna.Trial, fit_args: list[str], env: dict, run_dir: Path, started: float) -> int | None:
-        """Run the fit to its end (None: killed for exceeding trial_timeout)."""
-        beat = (JournalHeartbeat(storage_of(trial.study), trial_id(trial), self.spec.heartbeat_interval)
-                if is_journal(self.storage_url) else nullcontext())
-        with beat:
-            proc = start_trial(self.isolation, fit_args, env, run_dir)
-            trial.set_user_attr("trial_pid", proc.pid)
-            try:
-                return proc.wait(timeout=self.spec.trial_timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                return None
-            except KeyboardInterrupt:
-                self._interrupted(trial, proc, run_dir, started)
-                raise
+    def _unwritable(self, trial: optuna.Trial, err: OSError, run_dir: Path) -> float:
+        """The trial folder cannot be written: fail the trial with that one line; every next trial would too."""
+        fault = write_fault(err)
+        if fault is None:
+            raise err
+        reason = self.fatal = fault_line(fault, f"'{fault.filename or run_dir}'")
+        trial.set_user_attr("fail_reason", reason)
+        self.log(f"trial {trial.number} FAILED: {reason}")
+        return math.nan
+
+    def _wait(self, trial: optuna.Trial, proc, run_dir: Path, started: float) -> int | None:
+        """Wait for the fit to end (None: killed for exceeding trial_timeout)."""
+        trial.set_user_attr("trial_pid", proc.pid)
+        try:
+            return proc.wait(timeout=self.spec.trial_timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return None
+        except KeyboardInterrupt:
+            self._interrupted(trial, proc, run_dir, started)
+            raise
 
     def _interrupted(self, trial: optuna.Trial, proc, run_dir: Path, started: float) -> None:
         """Ctrl-C or SIGTERM: stop the fit, and queue this configuration to run again on resume."""
@@ -188,6 +219,9 @@ class TrialObjective:
             reason = f"objective {objective.metric} was never a finite number"
         else:
             reason = failure_reason(code, run_dir / "stderr.log")
+            full = full_disk_reason(reason, run_dir)
+            if full is not None:  # every next trial writes to the same disk
+                reason = self.fatal = full
         trial.set_user_attr("fail_reason", reason)
         self.log(f"trial {trial.number} FAILED: {reason} ({took}; logs: {run_dir})")
         return math.nan  # Optuna records a NaN objective as FAIL without a traceback in the log

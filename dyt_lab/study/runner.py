@@ -5,27 +5,36 @@ fail the trials of dead workers (queueing their configurations again), count the
 count toward ``n_trials``, and ask Optuna for one more trial if the count is short. The loop is
 written here because ``study.optimize(n_trials=...)`` counts trials per call and per process,
 while a study here tops up to ``n_trials`` in total over resumes and workers, never re-runs a
-grid point, and checks for dead workers before every trial.
+grid point, and checks for dead workers before every trial. One trial is ``run_trial``: ask, run,
+tell, as ``optimize`` does it, except that a trial another worker failed meanwhile, or a storage
+that cannot be written, ends in one line instead of a worker's traceback.
+
+A study folder that cannot be written (read-only, no permission, a full disk) is one error line
+before any trial; a disk that fills up mid-study is one line naming the file (``dyt_lab.errors.write_fault``).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from dyt_lab.errors import ConfigError
+from dyt_lab.errors import ConfigError, check_writable, fault_line, write_fault
 from dyt_lab.study.design import check_design
 from dyt_lab.study.launch import warm_up
-from dyt_lab.study.liveness import die_with_parent, reap_dead_trials
+from dyt_lab.study.liveness import TrialHeartbeat, clean_retry, die_with_parent, reap_dead_trials
 from dyt_lab.study.objective import TrialObjective
+from dyt_lab.study.optuna_internals import in_optimize_loop, storage_of, trial_id
 from dyt_lab.study.replicates import configurations_counted, live_trials, queue_missing_seeds
 from dyt_lab.study.samplers import check_sampler, make_pruner, make_sampler
 from dyt_lab.study.space import SearchSpace
@@ -78,8 +87,111 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt  # SIGTERM (a scheduler, `kill`) ends a worker as cleanly as Ctrl-C
 
 
+def check_folders(spec: StudySpec) -> None:
+    """The study folder and its trials folder can be written (checked before anything is written)."""
+    purpose = "the study writes its storage, study.yaml and trial runs there"
+    check_writable(spec.folder, "study folder", purpose)
+    if (spec.folder / "trials").is_dir():  # a folder of its own (a link elsewhere, other rights)
+        check_writable(spec.folder / "trials", "trials folder", "each trial writes its run folder there")
+
+
+def storage_shown(url: str) -> str:
+    """The storage in a disk-fault message: its file (journal, SQLite), else no URL (it may hold a password)."""
+    if is_journal(url):
+        return f"the study's storage '{url}'"
+    if url.startswith("sqlite:///"):
+        return f"the study's storage '{url.removeprefix('sqlite:///')}'"
+    return "the study's database"
+
+
+@contextmanager
+def disk_faults(what: str) -> Iterator[None]:
+    """Turn a write that a full or read-only disk refused into one ConfigError line naming ``what``."""
+    try:
+        yield
+    except Exception as err:
+        fault = write_fault(err)
+        if fault is None or isinstance(err, ConfigError):
+            raise
+        raise ConfigError(fault_line(fault, what)) from err
+
+
+def storage_fault(err: BaseException, url: str, study: optuna.Study | None = None,
+                  trial: optuna.Trial | None = None) -> ConfigError | None:
+    """One line for a storage (or its lock file) that cannot be written, and what became of ``trial``."""
+    fault = write_fault(err)
+    if fault is None or isinstance(err, ConfigError):
+        return None
+    other_file = fault.filename and str(fault.filename) not in (url, url.removeprefix("sqlite:///"))
+    line = fault_line(fault, f"'{fault.filename}'" if other_file else storage_shown(url))
+    if trial is not None and study is not None:
+        try:
+            state = storage_of(study).get_trial(trial_id(trial)).state
+        except Exception:  # reading failed too: say nothing about the trial
+            state = None
+        if state == TrialState.RUNNING:
+            line += (f"; trial {trial.number} stays RUNNING in it: once the storage can be written, resuming "
+                     "the study fails that trial and runs its configuration again")
+    return ConfigError(line)
+
+
+def run_trial(study: optuna.Study, objective: TrialObjective, url: str, heartbeat_interval: float,
+              log) -> None:
+    """Ask for one trial, run it, tell its state: ``study.optimize(n_trials=1)`` without two of its traps.
+
+    Optuna's ``optimize`` ends a worker with ``ValueError: Cannot tell a FAIL trial.`` when another
+    worker failed its trial meanwhile (a worker on another machine, whose reaper the ask lock does not
+    hold back, can find a slow trial's heartbeat stale), and turns a storage that cannot be written
+    into ``AssertionError: Should not reach.``. Here the first is one line and the worker goes on; the
+    second is one line naming the storage (the worker stops: every next trial would fail the same way).
+    As in ``optimize``: a heartbeat beats from ask to tell, an exception or Ctrl-C tells FAIL, and a
+    sampler may call ``study.stop()`` (the GridSampler does once the grid is done; ``work`` stops then).
+    """
+    with in_optimize_loop(study):
+        _run_trial(study, objective, url, heartbeat_interval, log)
+
+
+def _run_trial(study: optuna.Study, objective: TrialObjective, url: str, heartbeat_interval: float,
+               log) -> None:
+    trial = study.ask()
+    storage, tid = storage_of(study), trial_id(trial)
+    try:
+        with TrialHeartbeat(storage, tid, heartbeat_interval, is_journal(url)):
+            try:
+                value, state = objective(trial), None
+            except optuna.TrialPruned:
+                value, state = None, TrialState.PRUNED
+            except BaseException:  # Ctrl-C, a bug, a storage that cannot be written
+                try:
+                    study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                except Exception:  # the storage cannot record it: the error being raised says why
+                    pass
+                raise
+        if value is not None and math.isnan(value):
+            state, value = TrialState.FAIL, None  # the objective's failure: its reason is in fail_reason
+        if not storage.get_trial(tid).state.is_finished():
+            study.tell(trial, value, state=state, skip_if_finished=True)
+            return
+    except optuna.exceptions.UpdateFinishedTrialError as err:  # a write of the objective's, or the tell
+        ended_error = err
+    except Exception as err:
+        fault = storage_fault(err, url, study, trial)
+        if fault is None:
+            raise
+        raise fault from err
+    else:
+        ended_error = None
+    ended = storage.get_trial(tid)
+    if not ended.state.is_finished() and ended_error is not None:
+        raise ended_error
+    reason = ended.user_attrs.get("fail_reason") or "no reason recorded"
+    log(f"trial {trial.number} was ended {ended.state.name} meanwhile by another worker ({reason}); "
+        "its own result is not recorded")
+
+
 def prepare(spec: StudySpec) -> tuple[SearchSpace, list[str]]:
-    """Check everything before any trial: space, sampler, pruner, configs, storage; create the study."""
+    """Check everything before any trial: folders, space, sampler, pruner, configs, storage; create the study."""
+    check_folders(spec)
     space = SearchSpace(spec.search_space)
     check_sampler(spec.sampler, space)
     make_pruner(spec.pruner)
@@ -92,6 +204,19 @@ def prepare(spec: StudySpec) -> tuple[SearchSpace, list[str]]:
         spec.isolation = "process"
     check_design(space, spec)
     url = storage_url(spec.storage, spec.folder)
+    with disk_faults(storage_shown(url)):  # the disk filled up since the check, or a database refuses writes
+        _create(spec, url)
+    with disk_faults(f"'{spec.folder / SPEC_FILE}'"):
+        spec.folder.mkdir(parents=True, exist_ok=True)
+        (spec.folder / SPEC_FILE).write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    if spec.workers > 1 and url.startswith("sqlite"):
+        print(f"note: {spec.workers} workers on SQLite work, but storage: journal suits several processes "
+              "better", file=sys.stderr)
+    return space, gpus
+
+
+def _create(spec: StudySpec, url: str) -> optuna.Study:
+    """Create (or load) the study in its storage, with the study's direction and design."""
     if spec.storage in ("sqlite", "journal"):
         spec.folder.mkdir(parents=True, exist_ok=True)
     with_heartbeat = {} if is_journal(url) else {"heartbeat_interval": spec.heartbeat_interval,
@@ -103,12 +228,7 @@ def prepare(spec: StudySpec) -> tuple[SearchSpace, list[str]]:
                           f"objective.direction {spec.objective.direction} cannot change it")
     study.set_user_attr("objective", {"metric": spec.objective.metric, "value": spec.objective.value})
     study.set_user_attr("design", {"seeds": spec.seeds, "reference": spec.reference, "gap_from": spec.gap_from})
-    spec.folder.mkdir(parents=True, exist_ok=True)
-    (spec.folder / SPEC_FILE).write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
-    if spec.workers > 1 and url.startswith("sqlite"):
-        print(f"note: {spec.workers} workers on SQLite work, but storage: journal suits several processes "
-              "better", file=sys.stderr)
-    return space, gpus
+    return study
 
 
 def run_study(spec: StudySpec) -> None:
@@ -172,7 +292,7 @@ def work(spec: StudySpec, index: int, workers: int = 1) -> int:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     space = SearchSpace(spec.search_space)
     url = storage_url(spec.storage, spec.folder)
-    journal, retry = is_journal(url), make_retry(spec.max_retries)
+    journal, retry = is_journal(url), clean_retry(make_retry(spec.max_retries))
     heartbeat = {} if journal else {"heartbeat_interval": spec.heartbeat_interval,
                                     "grace_period": spec.grace_period, "retry": retry}
     storage = open_storage(url, **heartbeat)
@@ -193,7 +313,7 @@ def work(spec: StudySpec, index: int, workers: int = 1) -> int:
                 if study_full(study, spec) or _grid_done(study):
                     return 0
                 objective.on_start = lock.release  # the new trial is RUNNING: others now count it
-                study.optimize(objective, n_trials=1)
+                run_trial(study, objective, url, spec.heartbeat_interval, log)
             finally:
                 lock.release()
             if objective.fatal:
@@ -202,6 +322,11 @@ def work(spec: StudySpec, index: int, workers: int = 1) -> int:
     except KeyboardInterrupt:
         log("interrupted")
         return EXIT_INTERRUPTED
+    except Exception as err:  # reaping, queueing seeds or asking wrote to a storage that cannot be written
+        fault = storage_fault(err, url)
+        if fault is None:
+            raise
+        raise fault from err
     return 0
 
 

@@ -1,0 +1,437 @@
+"""Faults around a study's trials: two workers racing after a kill, a trial failed by someone else,
+a full disk, a read-only study folder (GitHub issue 13).
+
+Most tests drive the real worker loop (``runner.work``) on a real journal file, with the trial
+process replaced by a stand-in that has already ended (``EndedTrial``), so each interleaving is
+made to happen at one exact point instead of hoped for with sleeps. The tests with ``mount`` use
+a real tmpfs (root only; skipped with the reason otherwise).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from dyt_lab import errors
+from dyt_lab.cli import main
+from dyt_lab.errors import ConfigError, write_fault
+from dyt_lab.study import objective as objective_module
+from dyt_lab.study import runner
+from dyt_lab.study.liveness import HEARTBEAT_ATTR, fail_and_retry, reap_dead_trials, worker_tag
+from dyt_lab.study.optuna_internals import storage_of, trial_id
+from dyt_lab.study.protocol import RESULT_FILE
+from dyt_lab.study.space import SearchSpace
+from dyt_lab.study.spec import load_spec
+from dyt_lab.study.storage import make_retry, open_storage
+from tests.helpers import ROOT, last_line, run_cli
+
+BASE = str(ROOT / "configs" / "experiments" / "resnet_bn_vs_dyt_digits.yaml")
+TINY = {"trainer.max_epochs": 2, "trainer.limit_train_batches": 2, "trainer.limit_val_batches": 1,
+        "trainer.enable_model_summary": False}
+
+
+def write_study(folder: Path, name: str, root: Path | None = None, **keys) -> Path:
+    """A journal study file over the tiny ResNet, one trial, started as a fresh process."""
+    spec = {"study_name": name, "root": str(root or folder / "studies"), "storage": "journal",
+            "base": {"configs": [BASE], "overrides": TINY}, "search_space": {"model.norm": ["dyt", "derf"]},
+            "sampler": {"name": "random", "seed": 0}, "pruner": {"name": "none"}, "n_trials": 1,
+            "isolation": "process", **keys}
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+class EndedTrial:
+    """A trial process that ends as soon as it is waited for: it leaves ``value`` in its result file
+    (or exits with ``code`` and ``stderr``), after ``at_end`` ran (another worker acting mid-trial)."""
+
+    def __init__(self, run_dir: Path, code: int = 0, stderr: str = "", at_end=None) -> None:
+        self.run_dir, self.code, self.stderr, self.at_end = run_dir, code, stderr, at_end
+        self.pid = os.getpid()
+
+    def wait(self, timeout=None) -> int:
+        if self.at_end is not None:
+            self.at_end()
+        (self.run_dir / "stderr.log").write_text(self.stderr)
+        if self.code == 0:
+            (self.run_dir / RESULT_FILE).write_text(json.dumps(
+                {"history": {"0": 0.5}, "epochs": 1, "metrics": {}, "pruned": False, "error": None}))
+        return self.code
+
+    def send_signal(self, signum) -> None:
+        pass
+
+    def kill(self) -> None:
+        pass
+
+
+@pytest.fixture
+def study_env(tmp_path, monkeypatch):
+    """A journal study (created, no trials), its spec, and trial processes replaced by EndedTrial.
+
+    ``env.trials`` lists what each trial start does: an EndedTrial's keyword arguments, or an
+    exception to raise; the last entry repeats.
+    """
+    spec = load_spec(["--config", str(write_study(tmp_path, "faults"))])
+    spec.folder.mkdir(parents=True)
+    journal = str(spec.folder / "journal.log")
+    optuna.create_study(study_name=spec.study_name, storage=open_storage(journal),
+                        direction=spec.objective.direction)
+
+    class Env:
+        trials: list = [{}]
+        started: list[Path] = []
+
+    def start_trial(isolation, fit_args, env, run_dir):
+        how = Env.trials.pop(0) if len(Env.trials) > 1 else Env.trials[0]
+        Env.started.append(run_dir)
+        if isinstance(how, BaseException):
+            raise how
+        return EndedTrial(run_dir, **how)
+
+    monkeypatch.setattr(objective_module, "start_trial", start_trial)
+    sigterm = signal.getsignal(signal.SIGTERM)  # work() installs its own
+    Env.spec, Env.journal = spec, journal
+    yield Env
+    signal.signal(signal.SIGTERM, sigterm)
+
+
+def other_worker(journal: str, name: str) -> optuna.Study:
+    """The study as another worker process sees it: its own storage object on the same journal file."""
+    return optuna.load_study(study_name=name, storage=open_storage(journal))
+
+
+def dead_pid() -> int:
+    """The process id of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def trials_of(journal: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    return other_worker(journal, name).trials
+
+
+@pytest.mark.parametrize("death", ["dead_local_pid", "silent_remote_worker"])
+def test_a_retry_is_not_failed_by_another_workers_reaper_while_it_starts(study_env, monkeypatch, capsys, death):
+    """kill -9 of a --workers 2 journal study, then a rerun (GitHub issue 13, bug 2).
+
+    A RUNNING trial of a dead worker: on this host by its process id, or elsewhere by an old
+    heartbeat. Worker A's reaper fails it and queues its configuration again; A pops that retry,
+    and at the moment A releases the ask lock, worker B (blocked on it) takes the lock and runs its
+    reaper. B must find nothing to reap, and A must record its result: two trials, not three.
+    """
+    spec, journal, name = study_env.spec, study_env.journal, study_env.spec.study_name
+    if death == "dead_local_pid":  # only its process id says it is dead: its last heartbeat is recent
+        worker, beat = f"{socket.gethostname()}:{dead_pid()}", time.time() - 1
+    else:  # a worker on another host (no process id to check), silent for an hour
+        worker, beat = "another-host:4242", time.time() - 3600
+    space = SearchSpace(spec.search_space)
+    storage = storage_of(other_worker(journal, name))  # the dead worker's trial, started an hour ago
+    storage.create_new_trial(storage.get_study_id_from_name(name), template_trial=optuna.trial.FrozenTrial(
+        number=0, trial_id=0, state=TrialState.RUNNING, value=None, intermediate_values={},
+        datetime_start=datetime.now() - timedelta(hours=1), datetime_complete=None,
+        params={"model.norm": "derf"}, distributions={"model.norm": space.distributions["model.norm"]},
+        user_attrs={"worker": worker, "trial_pid": 4243}, system_attrs={HEARTBEAT_ATTR: beat}))
+
+    seen_by_b: list[dict] = []
+    release = runner.AskLock.release
+
+    def release_then_worker_b_reaps(lock):
+        held = lock._file is not None
+        release(lock)
+        if held and not seen_by_b:  # the first release: A has just asked for (popped) the retry
+            b_lock = runner.AskLock(lock.path)
+            b_lock.acquire()  # as worker B, blocked on the lock until now, would
+            try:
+                study_b = other_worker(journal, name)
+                running = study_b.get_trials(states=(TrialState.RUNNING,))
+                reaped = reap_dead_trials(study_b, make_retry(spec.max_retries), True, spec.grace_period)
+            finally:
+                release(b_lock)
+            seen_by_b.append({"running": running, "reaped": reaped})
+
+    monkeypatch.setattr(runner.AskLock, "release", release_then_worker_b_reaps)
+    assert runner.work(spec, 0) == 0
+    out = capsys.readouterr().out
+
+    assert "trial 0 FAILED: its worker died; its configuration is queued again" in out  # A reaped the dead one
+    assert len(seen_by_b) == 1 and seen_by_b[0]["reaped"] == []  # B failed nothing
+    first, retry = trials_of(journal, name)  # no third run of the configuration
+    assert first.state == TrialState.FAIL and retry.state == TrialState.COMPLETE and retry.value == 0.5
+    assert retry.params == first.params and retry.user_attrs["worker"] == worker_tag()
+    assert "trial 1 COMPLETE" in out
+    (running,) = seen_by_b[0]["running"]  # what B saw when it got the lock: A's retry, already A's own
+    assert running.number == 1 and running.system_attrs["failed_trial"] == 0
+    assert running.user_attrs["worker"] == worker_tag() and running.user_attrs.get("fail_reason") is None
+    # ... and nothing else of the dead run's liveness: its trial process, its heartbeat
+    assert running.user_attrs.get("trial_pid") != 4243
+    assert running.system_attrs.get(HEARTBEAT_ATTR, time.time()) > beat
+
+
+@pytest.mark.parametrize("when", ["while_it_runs", "before_its_tell"])
+def test_a_trial_failed_by_another_worker_meanwhile_is_one_line_and_the_worker_goes_on(
+        study_env, monkeypatch, capsys, when):
+    """A reaper the ask lock does not cover (another machine, a heartbeat grace period run out) fails
+    A's trial mid-run, or after A wrote its attributes but before it tells the result. A must not die
+    with ``Cannot tell a FAIL trial`` (exit 1): one line, and it goes on with the next trial."""
+    spec, journal, name = study_env.spec, study_env.journal, study_env.spec.study_name
+    reason = f"no heartbeat for {spec.grace_period} s: its worker died (killed?)"
+
+    def remote_reaper_fails_trial_0():
+        study_b = other_worker(journal, name)
+        (trial,) = [t for t in study_b.trials if t.number == 0]
+        assert fail_and_retry(study_b, trial, reason, make_retry(spec.max_retries))
+
+    if when == "while_it_runs":
+        study_env.trials = [{"at_end": remote_reaper_fails_trial_0}, {}]
+    else:  # the objective's last word before the tell is its log line: fail the trial right then
+        def print_then_fail(message, **kwargs):
+            print(message, **kwargs)
+            if message.startswith("trial 0 COMPLETE"):
+                remote_reaper_fails_trial_0()
+
+        monkeypatch.setattr(runner, "print", print_then_fail, raising=False)
+    code = runner.work(spec, 0)
+    out = capsys.readouterr().out
+
+    assert code == 0
+    lines = [line for line in out.splitlines() if "meanwhile" in line]
+    assert lines == [f"trial 0 was ended FAIL meanwhile by another worker ({reason}); its own result is not recorded"]
+    first, retry = trials_of(journal, name)
+    assert first.state == TrialState.FAIL and first.user_attrs["fail_reason"] == reason
+    assert retry.state == TrialState.COMPLETE and retry.params == first.params  # the worker went on
+
+
+def test_a_storage_on_a_full_disk_is_one_line_and_the_trial_stays_running_until_a_resume(study_env, monkeypatch):
+    """The journal cannot be written once the trial has run: one line naming the journal and saying
+    the trial stays RUNNING (not ``AssertionError: Should not reach.``); a later resume (its worker
+    gone, the disk freed) fails that trial and runs its configuration again."""
+    spec, journal, name = study_env.spec, study_env.journal, study_env.spec.study_name
+    backend = optuna.storages.journal.JournalFileBackend
+    append = backend.append_logs
+
+    def disk_fills_up():
+        def full(self, logs):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        monkeypatch.setattr(backend, "append_logs", full)
+
+    study_env.trials = [{"at_end": disk_fills_up}, {}]
+    with pytest.raises(ConfigError) as raised:
+        runner.work(spec, 0)
+    assert str(raised.value) == (
+        f"disk full: cannot write the study's storage '{journal}' (No space left on device); trial 0 stays "
+        "RUNNING in it: once the storage can be written, resuming the study fails that trial and runs its "
+        "configuration again")
+    (trial,) = trials_of(journal, name)
+    assert trial.state == TrialState.RUNNING
+
+    monkeypatch.setattr(backend, "append_logs", append)  # space freed; the worker that wrote it has exited:
+    storage_of(other_worker(journal, name)).set_trial_user_attr(
+        trial_id(trial), "worker", f"{socket.gethostname()}:{dead_pid()}")
+    assert runner.work(spec, 0) == 0
+    first, retry = trials_of(journal, name)
+    assert first.state == TrialState.FAIL and "died" in first.user_attrs["fail_reason"]
+    assert retry.state == TrialState.COMPLETE and retry.params == first.params
+
+
+def test_a_full_trial_folder_fails_the_trial_in_one_line_and_stops_the_study(study_env):
+    """The storage can be written, the trial's folder cannot: the trial is FAIL (not left RUNNING) with
+    the file named, and the study stops, since every next trial writes to the same disk."""
+    spec, journal, name = study_env.spec, study_env.journal, study_env.spec.study_name
+    stdout = spec.folder / "trials" / "trial_0000" / "stdout.log"
+    study_env.trials = [OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(stdout))]
+    with pytest.raises(ConfigError) as raised:
+        runner.work(spec, 0)
+    reason = f"disk full: cannot write '{stdout}' (No space left on device)"
+    assert str(raised.value) == f"stopping the study, every trial would fail: {reason}"
+    (trial,) = trials_of(journal, name)
+    assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"] == reason
+
+
+FULL_DISK_STDERR = {
+    "error_line": "error: disk full: a write failed (No space left on device); free space or choose another "
+                  "folder, then run the command again\n",
+    "traceback": "Traceback (most recent call last):\n  ...\nOSError: [Errno 28] No space left on device: "
+                 "'/x/last.ckpt'\n",
+    "nothing": "",  # the disk was too full for stderr itself; the disk has no space left now
+}
+
+
+@pytest.mark.parametrize("said", FULL_DISK_STDERR)
+def test_a_trial_whose_process_met_a_full_disk_records_it_and_stops_the_study(study_env, monkeypatch, said):
+    spec, journal, name = study_env.spec, study_env.journal, study_env.spec.study_name
+    study_env.trials = [{"code": 1, "stderr": FULL_DISK_STDERR[said]}]
+    if said == "nothing":
+        full = os.statvfs_result((4096, 4096, 100, 0, 0, 100, 0, 0, 0, 255))
+        monkeypatch.setattr(objective_module.os, "statvfs", lambda path: full)
+    with pytest.raises(ConfigError, match="^stopping the study, every trial would fail: "):
+        runner.work(spec, 0)
+    (trial,) = trials_of(journal, name)
+    reason = trial.user_attrs["fail_reason"]
+    run_dir = spec.folder / "trials" / "trial_0000"
+    assert trial.state == TrialState.FAIL and str(run_dir) in reason
+    assert ("No space left on device" in reason) if said != "nothing" else reason.startswith(
+        f"disk full: no space left under '{run_dir}' (exit code 1: no output)")
+
+
+def test_a_trial_that_failed_otherwise_is_not_called_a_disk_fault(study_env):
+    study_env.trials = [{"code": 1, "stderr": "Traceback ...\nRuntimeError: something else\n"}]
+    assert runner.work(study_env.spec, 0) == 0
+    (trial,) = trials_of(study_env.journal, study_env.spec.study_name)
+    assert trial.user_attrs["fail_reason"] == "exit code 1: RuntimeError: something else"
+
+
+def test_run_trial_beats_a_databases_heartbeat_as_optimize_does_without_its_warning(tmp_path, monkeypatch):
+    """run_trial replaces study.optimize(n_trials=1): for a database with a heartbeat it records Optuna's
+    heartbeat while the trial runs, and Optuna's warning for an ask outside optimize is not shown."""
+    from dyt_lab.study.liveness import TrialHeartbeat
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(storage=open_storage(url, heartbeat_interval=60, grace_period=120))
+    beats = []
+    monkeypatch.setattr(optuna.storages.RDBStorage, "record_heartbeat", lambda self, tid: beats.append(tid))
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        runner.run_trial(study, lambda trial: trial.suggest_float("x", 0, 1) * 0 + 0.25, url, 10, print)
+    assert [str(w.message) for w in shown] == []
+    (trial,) = study.trials
+    assert trial.state == TrialState.COMPLETE and trial.value == 0.25 and beats == [trial_id(trial)]
+    plain = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 'plain.db'}"))
+    assert not TrialHeartbeat(storage_of(plain), trial_id(plain.ask()), 10, journal=False).enabled
+
+
+def test_a_tell_as_in_optimize_lets_the_grid_sampler_stop():
+    """The Optuna internal run_trial needs: a GridSampler's tell of the grid's last point calls
+    study.stop(), which Optuna allows only inside optimize (and its flag for that)."""
+    from dyt_lab.study.optuna_internals import in_optimize_loop
+
+    study = optuna.create_study(sampler=optuna.samplers.GridSampler({"x": [0]}))
+    trial = study.ask()
+    trial.suggest_categorical("x", [0])
+    with pytest.raises(RuntimeError, match="Study.stop"):  # what a bare ask and tell meets
+        study.tell(trial, 1.0, skip_if_finished=True)
+    again = study.ask({"x": optuna.distributions.CategoricalDistribution([0])})
+    with in_optimize_loop(study):
+        study.tell(again, 1.0)
+    assert study.trials[-1].state == TrialState.COMPLETE and not study._thread_local.in_optimize_loop
+
+
+# --- read-only and full folders -------------------------------------------------------------------
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mount a tmpfs of ``size`` at a folder (root only); ``remount_ro`` makes it read-only. Unmounted after."""
+    mounted = []
+
+    def mount(name: str, size: str) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            reason = f"cannot mount a tmpfs here ({(done.stderr or done.stdout).strip() or done.returncode})"
+            print(reason)
+            pytest.skip(reason)
+        mounted.append(folder)
+        return folder
+
+    def remount_ro(folder: Path) -> None:
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+
+    mount.remount_ro = remount_ro
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def one_error_line(capsys, args: list[str]) -> str:
+    """Run ``dyt-lab ARGS`` in-process; it must exit 2 with one ``error:`` line and no traceback."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    assert "Traceback" not in err and [line for line in err.splitlines() if line.startswith("error:")] == \
+        [last_line(err)], err
+    return last_line(err)
+
+
+@pytest.mark.parametrize("storage", ["journal", "sqlite"])
+def test_a_read_only_study_folder_is_one_line_naming_it_before_any_trial(tmp_path, tmpfs, capsys, storage):
+    mount = tmpfs("ro", "2m")
+    path = write_study(tmp_path, "ro", root=mount / "studies", storage=storage)
+    spec = load_spec(["--config", str(path)])
+    spec.folder.mkdir(parents=True)  # a study that ran once: its storage and study.yaml
+    (spec.folder / runner.SPEC_FILE).write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    url = str(spec.folder / "journal.log") if storage == "journal" else f"sqlite:///{spec.folder / 'study.db'}"
+    created = open_storage(url)
+    optuna.create_study(study_name="ro", storage=created)
+    if storage == "sqlite":
+        created.engine.dispose()  # a file open for writing would keep the mount from turning read-only
+    tmpfs.remount_ro(mount)
+
+    line = one_error_line(capsys, ["study", "run", "--config", str(path)])
+    assert line == (f"error: study folder '{spec.folder}' is not writable (Read-only file system); the study "
+                    "writes its storage, study.yaml and trial runs there")
+    assert one_error_line(capsys, ["study", "resume", "ro", "--root", str(mount / "studies")]) == line
+    assert one_error_line(capsys, ["study", "report", "ro", "--root", str(mount / "studies")]) == (
+        f"error: study folder '{spec.folder}' is not writable (Read-only file system); the report writes "
+        "report.md, trials.csv and its plots there")
+    other = write_study(tmp_path, "new", root=mount / "studies")  # a new study: its folder cannot be made
+    assert one_error_line(capsys, ["study", "run", "--config", str(other)]) == (
+        f"error: study folder '{mount / 'studies' / 'new'}' cannot be created: '{mount / 'studies'}' is not "
+        "writable (Read-only file system); the study writes its storage, study.yaml and trial runs there")
+    if storage == "sqlite":  # what a write to it says past the check: Optuna's misleading words, read right
+        with pytest.raises(optuna.exceptions.StorageInternalError, match="exceeding max length") as raised:
+            optuna.load_study(study_name="ro", storage=open_storage(url)).set_user_attr("x", 1)
+        assert write_fault(raised.value).errno == errno.EROFS
+        assert str(runner.storage_fault(raised.value, url)) == (
+            f"read-only file system: cannot write the study's storage '{spec.folder / 'study.db'}' "
+            "(Read-only file system)")
+
+
+@pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES, errno.ENOSPC])
+def test_the_write_check_names_the_folder_whatever_refuses_the_write(tmp_path, monkeypatch, code):
+    """Without a mount: the check's own write is refused (as on a read-only disk, for a user without
+    the right, on a full disk), and the one line names the folder and why."""
+    def refused(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(errors.tempfile, "mkstemp", refused)
+    with pytest.raises(ConfigError) as raised:
+        errors.check_writable(tmp_path, "study folder", "it holds the study")
+    assert str(raised.value) == f"study folder '{tmp_path}' is not writable ({os.strerror(code)}); it holds the study"
+    monkeypatch.undo()
+    errors.check_writable(tmp_path / "not" / "yet", "study folder", "it holds the study")  # creatable: fine
+    assert not (tmp_path / "not").exists() and not list(tmp_path.iterdir())  # the check leaves nothing
+
+
+@pytest.mark.slow
+def test_a_study_on_a_full_disk_ends_in_one_line_and_leaves_no_trial_running(tmp_path, tmpfs):
+    """A real 600 KiB disk: the study's journal fits, the first trial's checkpoint does not."""
+    mount = tmpfs("full", "600k")
+    path = write_study(tmp_path, "full", root=mount, n_trials=2)
+    result = run_cli(["study", "run", "--config", str(path)], cwd=tmp_path, timeout=200)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "Should not reach" not in result.stderr
+    run_dir = mount / "full" / "trials" / "trial_0000"
+    line = last_line(result.stderr)
+    assert line.startswith("error: stopping the study, every trial would fail: disk full: ") and str(run_dir) in line
+    assert "No space left on device" in line
+    (trial,) = trials_of(str(mount / "full" / "journal.log"), "full")  # stopped after the first trial
+    assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"] in line
