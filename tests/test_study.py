@@ -378,6 +378,22 @@ def test_the_optuna_internals_we_use_still_exist():
     assert trial_id(study.trials[0]) == trial_id(asked)  # a FrozenTrial carries the same id
 
 
+def test_a_databases_stale_trials_are_found_by_optunas_own_test(tmp_path):
+    import time
+
+    from dyt_lab.study.optuna_internals import stale_trial_ids, trial_id
+    from dyt_lab.study.storage import open_storage
+
+    assert stale_trial_ids(optuna.create_study()) == []  # no heartbeat: nothing is ever stale
+    storage = open_storage(f"sqlite:///{tmp_path / 'study.db'}", heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(storage=storage)
+    asked = study.ask()
+    storage.record_heartbeat(trial_id(asked))
+    assert stale_trial_ids(study) == []
+    time.sleep(2.2)  # past the grace period, without a beat
+    assert stale_trial_ids(study) == [trial_id(asked)]
+
+
 def test_trials_that_run_ddp_are_recognised_so_they_start_as_fresh_processes():
     from types import SimpleNamespace
 

@@ -23,13 +23,12 @@ import socket
 import sys
 import threading
 import time
-import warnings
 from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from dyt_lab.study.optuna_internals import storage_of, trial_id
+from dyt_lab.study.optuna_internals import stale_trial_ids, storage_of, trial_id
 
 WORKER_ATTR = "worker"  # user attr "host:pid" of the worker process that runs the trial
 HEARTBEAT_ATTR = "dyt_lab:heartbeat"  # system attr: time.time() of the last journal heartbeat
@@ -173,17 +172,15 @@ def reap_dead_trials(study: optuna.Study, retry, journal: bool, grace_period: fl
     """Fail (and retry) every RUNNING trial whose worker is dead; return their numbers.
 
     Dead means: its worker process on this host is gone, or no heartbeat for ``grace_period``
-    seconds (Optuna's own check for databases, which also queues the retry; ours for journals).
+    seconds (Optuna's own test for databases, ours for journals). Each is failed here, with its
+    reason, rather than by Optuna's ``fail_stale_trials``, which records none.
     """
-    if not journal:  # Optuna runs this before each new trial too, but not when the study is full
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
+    stale = set() if journal else set(stale_trial_ids(study))
     reaped = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if local_worker_dead(trial):
             reason = f"worker {trial.user_attrs[WORKER_ATTR]} died (killed?) while the trial ran"
-        elif journal and heartbeat_stale(trial, grace_period):
+        elif trial_id(trial) in stale or (journal and heartbeat_stale(trial, grace_period)):
             reason = f"no heartbeat for {grace_period:g} s: its worker died (killed?)"
         else:
             continue

@@ -50,3 +50,13 @@ def in_optimize_loop(study: optuna.Study) -> Iterator[None]:
         yield
     finally:
         local.in_optimize_loop = before
+
+
+def stale_trial_ids(study: optuna.Study) -> list[int]:
+    """Ids of a database study's RUNNING trials whose heartbeat is older than the storage's grace period:
+    Optuna's own test (``RDBStorage._get_stale_trial_ids``, on the database's clock), which its
+    ``fail_stale_trials`` runs before failing those trials without a reason. Empty without a heartbeat."""
+    storage = study._storage
+    if getattr(storage, "get_heartbeat_interval", lambda: None)() is None:
+        return []
+    return storage._get_stale_trial_ids(study._study_id)

@@ -39,7 +39,7 @@ from dyt_lab.study.replicates import configurations_counted, live_trials, queue_
 from dyt_lab.study.samplers import check_sampler, make_pruner, make_sampler
 from dyt_lab.study.space import SearchSpace
 from dyt_lab.study.spec import StudySpec
-from dyt_lab.study.storage import is_journal, make_retry, open_storage, storage_url
+from dyt_lab.study.storage import is_journal, make_retry, open_storage, shown, storage_url
 from dyt_lab.study.validate import validate, visible_gpus, worker_gpus
 
 SPEC_FILE = "study.yaml"  # the resolved study file, in the study folder: what `study resume` re-reads
@@ -96,12 +96,10 @@ def check_folders(spec: StudySpec) -> None:
 
 
 def storage_shown(url: str) -> str:
-    """The storage in a disk-fault message: its file (journal, SQLite), else no URL (it may hold a password)."""
-    if is_journal(url):
-        return f"the study's storage '{url}'"
+    """The storage in a disk-fault message: its file (journal, SQLite), else its URL without the password."""
     if url.startswith("sqlite:///"):
         return f"the study's storage '{url.removeprefix('sqlite:///')}'"
-    return "the study's database"
+    return f"the study's storage '{shown(url)}'"
 
 
 @contextmanager

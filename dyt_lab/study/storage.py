@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
@@ -13,6 +16,7 @@ from dyt_lab.errors import ConfigError
 
 SQLITE_FILE = "study.db"
 JOURNAL_FILE = "journal.log"
+_CREATE_LOCK = 0x6479745F6C6162  # "dyt_lab": the advisory lock key of opening a PostgreSQL storage
 
 
 def storage_url(storage: str, folder: Path) -> str:
@@ -27,6 +31,18 @@ def storage_url(storage: str, folder: Path) -> str:
 def is_journal(url: str) -> bool:
     """Journal storages are named by a file path; databases by a URL with a scheme."""
     return "://" not in url
+
+
+def shown(url: str) -> str:
+    """The storage as messages show it: a database URL with its password as ``***``."""
+    if is_journal(url):
+        return url
+    from sqlalchemy.engine import make_url  # optuna's own dependency
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # a URL sqlalchemy cannot parse must not print its password either
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
 def make_retry(max_retries: int) -> RetryHeartbeatStaleTrialCallback:
@@ -50,11 +66,44 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
                 return JournalStorage(JournalFileBackend(url))
             # Several processes share a study file: wait for SQLite's lock instead of failing at 5 s.
             engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-            return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_interval,
-                              grace_period=grace_period, heartbeat_stale_trial_callback=retry)
+            with _one_at_a_time(url):
+                return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_interval,
+                                  grace_period=grace_period, heartbeat_stale_trial_callback=retry)
     except Exception as err:  # sqlalchemy, driver and OS errors: any of them means "cannot open"
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"storage '{url}' cannot be opened: {detail[:200]}") from None
+        raise ConfigError(f"storage '{shown(url)}' cannot be opened: {_why(err, url)}") from None
+
+
+@contextmanager
+def _one_at_a_time(url: str) -> Iterator[None]:
+    """On PostgreSQL, open the storage under a database-wide lock.
+
+    Opening creates Optuna's tables if they are missing (and stamps their version), in steps each
+    of which collides (duplicate key, type already exists) when machines start together on a fresh
+    database. An advisory lock, held by its own connection, lets them create the tables one by one.
+    """
+    if not url.startswith("postgres"):
+        yield
+        return
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as connection:  # closing it releases the lock
+            connection.execute(sqlalchemy.text(f"SELECT pg_advisory_lock({_CREATE_LOCK})"))
+            yield
+    finally:
+        engine.dispose()
+
+
+def _why(err: Exception, url: str) -> str:
+    """One line on why a storage did not open: its missing driver and what to install, or the error."""
+    # SQLAlchemy raises the ModuleNotFoundError; Optuna wraps it in an ImportError that does not name it.
+    missing = next((e for e in (err, err.__cause__) if isinstance(e, ModuleNotFoundError)), None)
+    if missing is not None:
+        install = ": pip install -e '.[postgres]'" if url.startswith("postgres") else ""
+        return f"its database driver '{missing.name}' is not installed{install}"
+    detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return detail.replace(url, shown(url))[:200]  # some errors quote the URL, password and all
 
 
 def study_names(storage) -> list[str]:
@@ -84,5 +133,5 @@ def load_existing(name: str, url: str) -> optuna.Study:
     storage = open_storage(url)
     names = study_names(storage)
     if name not in names:
-        raise ConfigError(f"no study '{name}' in storage '{url}'; it holds: {', '.join(names) or 'no studies'}")
+        raise ConfigError(f"no study '{name}' in storage '{shown(url)}'; it holds: {', '.join(names) or 'no studies'}")
     return optuna.load_study(study_name=name, storage=storage)
