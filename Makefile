@@ -22,10 +22,10 @@ train: $(STAMP)
 	$(BIN)/dyt-lab fit --config configs/quickstart.yaml
 
 test: $(STAMP)
-	MPLCONFIGDIR=$${MPLCONFIGDIR:-/tmp/dyt-lab-mpl} $(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+	MPLCONFIGDIR=$${MPLCONFIGDIR:-/tmp/dyt-lab-mpl} $(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	MPLCONFIGDIR=$${MPLCONFIGDIR:-/tmp/dyt-lab-mpl} $(BIN)/python -m pytest -n 2 --dist loadgroup -m "not slow" $(PYTEST_ARGS)
+	MPLCONFIGDIR=$${MPLCONFIGDIR:-/tmp/dyt-lab-mpl} $(BIN)/python -m pytest -n 2 -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check dyt_lab tests benchmarks

@@ -148,7 +148,7 @@ class DytLabCLI(LightningCLI):
             return super().instantiate_trainer(**{**kwargs, "callbacks": chosen, "plugins": plugins})
         except (ValueError, TypeError, MisconfigurationException) as err:  # Lightning's checks of trainer flags
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ConfigError(f"--trainer: {first}") from None
+            raise ConfigError(f"--trainer: {first}") from err  # DYT_LAB_DEBUG=1 shows Lightning's traceback
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         super().parse_arguments(parser, args)
@@ -360,7 +360,7 @@ def run_lightning(argv: list[str] | None = None) -> DytLabCLI:
         return DytLabCLI(args=args, outcome=outcome, save_config_kwargs={"overwrite": True},
                          parser_kwargs={"epilog": USAGE_EXTRA})
     except MisconfigurationException as err:  # Lightning's own name for a user's setting it cannot work with
-        raise ConfigError(str(err).strip().splitlines()[0]) from None
+        raise ConfigError(str(err).strip().splitlines()[0]) from err
     except SystemExit as stop:
         if outcome.interrupted:  # Lightning caught Ctrl-C, saved nothing new, and exits 1
             print("interrupted: continue this run with the same command plus --ckpt_path last "

@@ -25,8 +25,6 @@ from tests.helpers import last_line
 from tests.postgres_server import PostgresServer, ServerUnavailable, free_port
 from tests.test_study import BASE, TINY, counted, write_study
 
-pytestmark = pytest.mark.xdist_group("postgres")  # one xdist worker, so one server for the session
-
 
 @pytest.fixture(scope="session")
 def postgres():

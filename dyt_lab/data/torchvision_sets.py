@@ -6,6 +6,7 @@ image padded by 2 (flipping changes what a digit is, and their objects are centr
 uses the standard per-channel statistics of each train set.
 """
 
+import shutil
 from pathlib import Path
 
 import torch
@@ -88,10 +89,13 @@ class TorchvisionDataModule(ImageDataModule):
                     f"{OFFLINE_MODULES}"
                 )
             return
+        created = not root.exists()
         for train in (True, False):
             try:
                 self.dataset_cls(str(root), train=train, download=True)
             except (OSError, RuntimeError) as err:  # URLError is an OSError; MNIST wraps it in RuntimeError
+                if created:  # a folder of this download's own, holding at most a partial archive
+                    shutil.rmtree(root, ignore_errors=True)
                 raise ConfigError(
                     f"could not download {self._name} into {root} (offline?): {short_reason(err)}; "
                     f"put the files in data_dir or use an offline data module: {OFFLINE_MODULES}"

@@ -114,8 +114,10 @@ class RunOutcome(Callback):
 
     def watch_folder(self, trainer: Trainer) -> None:
         """Remember the run folder if it does not exist yet (a resumed run's folder is never discarded)."""
-        log_dir = trainer.logger.log_dir if trainer.logger is not None else None
-        if not log_dir or not trainer.is_global_zero or Path(log_dir).exists():
+        if not trainer.is_global_zero or trainer.logger is None:  # only rank 0 writes the run folder
+            return
+        log_dir = trainer.logger.log_dir
+        if not log_dir or Path(log_dir).exists():
             return
         created = Path(log_dir).absolute()  # the outermost folder this run will create: runs/<name>/version_0, or runs/
         while not created.parent.exists():
