@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,25 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 240) -> subprocess.Comple
     env.pop("DYT_LAB_DEBUG", None)
     return subprocess.run([sys.executable, "-m", "dyt_lab", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def mount_tmpfs(folder: Path, size: str, read_only: bool = False) -> str | None:
+    """Mount a real tmpfs of ``size`` at ``folder`` (root only); None, or why it cannot be mounted."""
+    options = f"size={size}" + (",ro" if read_only else "")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True, text=True)
+    return None if done.returncode == 0 else \
+        f"cannot mount a tmpfs here ({(done.stderr or done.stdout).strip() or done.returncode})"
+
+
+def unmount(folder: Path) -> None:
+    subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
 def last_line(text: str) -> str:

@@ -11,10 +11,11 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
+
+from tests.helpers import free_port
 
 USER, PASSWORD, DATABASE = "dyt", "s3cret-pw", "dyt_lab_test"
 
@@ -33,12 +34,6 @@ def server_bin() -> Path:
         raise ServerUnavailable("no PostgreSQL server here (initdb is neither on PATH nor in "
                                 "/usr/lib/postgresql/*/bin); install Debian's postgresql, as .ci/run does")
     return Path(debian[-1]).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PostgresServer:

@@ -18,6 +18,7 @@ import torch
 from filelock import FileLock
 
 from dyt_lab.errors import EXIT_CONFIG_ERROR
+from tests.helpers import mount_tmpfs, unmount
 
 REPO = Path(__file__).resolve().parent.parent
 QUICK = str(REPO / "configs" / "quickstart.yaml")
@@ -142,12 +143,6 @@ def inputs(folder: Path) -> None:
     (run / "whole.ckpt").unlink()
 
 
-def mount_read_only(folder: Path) -> bool:
-    """Make ``folder`` a read-only file system (root can mount a tmpfs); False where that is not possible."""
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,ro", "tmpfs", str(folder)], capture_output=True)
-    return done.returncode == 0
-
-
 def listing(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*") if not {".mpl", "configs"} & set(p.parts)}
 
@@ -177,7 +172,7 @@ def run_table(root: Path) -> dict[str, dict]:
         folder = root / name
         folder.mkdir()
         inputs(folder)
-        if name == "save_dir_read_only" and mount_read_only(folder / "read_only"):
+        if name == "save_dir_read_only" and mount_tmpfs(folder / "read_only", "64k", read_only=True) is None:
             mounted.append(folder / "read_only")
         before[name] = listing(folder)
         cases[name] = {"argv": argv, "cwd": str(folder)}
@@ -189,7 +184,7 @@ def run_table(root: Path) -> dict[str, dict]:
                         str(root / "results.json")], cwd=root, env=env, check=True, timeout=600)
     finally:
         for folder in mounted:
-            subprocess.run(["umount", str(folder)], capture_output=True)
+            unmount(folder)
     results = json.loads((root / "results.json").read_text())
     for name in CASES:
         results[name]["changed"] = sorted(listing(root / name) ^ before[name])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,15 +19,9 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import fit_args
+from tests.helpers import fit_args, free_port
 
 TRAIN_BATCHES = 3
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _env(cwd: Path) -> dict[str, str]:
@@ -85,7 +78,7 @@ def test_two_nodes_on_loopback_train_as_one_world_into_one_run_folder(tmp_path):
     for attempt in range(3):  # the port is free when chosen; another process may take it before torchrun binds it
         work = tmp_path / f"attempt{attempt}"
         work.mkdir()
-        codes, tails = _run_two_nodes(work, _free_port(), timeout=200)
+        codes, tails = _run_two_nodes(work, free_port(), timeout=200)
         if codes != [0, 0] and "address already in use" in tails.lower():
             continue
         break

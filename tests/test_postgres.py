@@ -21,8 +21,8 @@ from optuna.trial import TrialState
 from dyt_lab.cli import main
 from dyt_lab.study.liveness import pid_alive
 from dyt_lab.study.protocol import RESULT_FILE
-from tests.helpers import last_line
-from tests.postgres_server import PostgresServer, ServerUnavailable, free_port
+from tests.helpers import free_port, last_line
+from tests.postgres_server import PostgresServer, ServerUnavailable
 from tests.test_study import BASE, TINY, counted, write_study
 
 

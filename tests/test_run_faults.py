@@ -56,18 +56,6 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A real 4 MB file system (tmpfs; root only), unmounted afterwards."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small file system here: {mounted.stderr.decode().strip()}")
-    yield disk
-    subprocess.run(["umount", "-l", str(disk)], capture_output=True)
-
-
 def _fill(disk: Path, leave: int) -> None:
     """Fill ``disk`` until ``leave`` bytes are free."""
     with open(disk / "filler", "wb") as filler:
@@ -82,7 +70,8 @@ def _fill(disk: Path, leave: int) -> None:
 
 
 @pytest.mark.slow
-def test_a_full_disk_is_one_line_and_the_previous_last_ckpt_survives(small_disk):
+def test_a_full_disk_is_one_line_and_the_previous_last_ckpt_survives(tmpfs):
+    small_disk = tmpfs("disk", "4m")  # a real 4 MB file system
     short = ["--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--model.depth=1"]
     first = run_cli(fit_args(small_disk, "--trainer.max_epochs=1", *short), cwd=small_disk.parent)
     assert first.returncode == 0, first.stderr[-2000:]

@@ -334,32 +334,6 @@ def test_a_tell_as_in_optimize_lets_the_grid_sampler_stop():
 # --- read-only and full folders -------------------------------------------------------------------
 
 
-@pytest.fixture
-def tmpfs(tmp_path):
-    """Mount a tmpfs of ``size`` at a folder (root only); ``remount_ro`` makes it read-only. Unmounted after."""
-    mounted = []
-
-    def mount(name: str, size: str) -> Path:
-        folder = tmp_path / name
-        folder.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                              capture_output=True, text=True)
-        if done.returncode != 0:
-            reason = f"cannot mount a tmpfs here ({(done.stderr or done.stdout).strip() or done.returncode})"
-            print(reason)
-            pytest.skip(reason)
-        mounted.append(folder)
-        return folder
-
-    def remount_ro(folder: Path) -> None:
-        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
-
-    mount.remount_ro = remount_ro
-    yield mount
-    for folder in mounted:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
-
-
 def one_error_line(capsys, args: list[str]) -> str:
     """Run ``dyt-lab ARGS`` in-process; it must exit 2 with one ``error:`` line and no traceback."""
     with pytest.raises(SystemExit) as exit_info:
