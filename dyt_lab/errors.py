@@ -12,6 +12,7 @@ from pathlib import Path
 
 EXIT_CONFIG_ERROR = 2  # a value the user set cannot work (argparse uses 2 for usage errors too)
 EXIT_DIVERGED = 3  # the run started but its loss became NaN or infinite
+EXIT_INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C (128 + SIGINT)
 
 
 class ConfigError(ValueError):
@@ -125,8 +126,6 @@ def one_line_errors() -> Iterator[None]:
         print(f"error: {failure[0]}", file=sys.stderr)
         raise SystemExit(failure[1]) from None
 
-
-EXIT_INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C (128 + SIGINT)
 
 
 @contextmanager

@@ -29,7 +29,7 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from dyt_lab.errors import ConfigError, check_writable, fault_line, write_fault
+from dyt_lab.errors import EXIT_INTERRUPTED, ConfigError, check_writable, fault_line, write_fault
 from dyt_lab.study.design import check_design
 from dyt_lab.study.launch import warm_up
 from dyt_lab.study.liveness import TrialHeartbeat, clean_retry, die_with_parent, reap_dead_trials
@@ -43,7 +43,6 @@ from dyt_lab.study.storage import is_journal, make_retry, open_storage, shown, s
 from dyt_lab.study.validate import validate, visible_gpus, worker_gpus
 
 SPEC_FILE = "study.yaml"  # the resolved study file, in the study folder: what `study resume` re-reads
-EXIT_INTERRUPTED = 130
 
 
 class AskLock:
@@ -170,18 +169,16 @@ def _run_trial(study: optuna.Study, objective: TrialObjective, url: str, heartbe
         if not storage.get_trial(tid).state.is_finished():
             study.tell(trial, value, state=state, skip_if_finished=True)
             return
-    except optuna.exceptions.UpdateFinishedTrialError as err:  # a write of the objective's, or the tell
-        ended_error = err
+    except optuna.exceptions.UpdateFinishedTrialError:  # a write of the objective's, or the tell
+        if not storage.get_trial(tid).state.is_finished():
+            raise
     except Exception as err:
         fault = storage_fault(err, url, study, trial)
         if fault is None:
             raise
         raise fault from err
-    else:
-        ended_error = None
+    # Here the trial was ended by someone else: its state and reason are theirs.
     ended = storage.get_trial(tid)
-    if not ended.state.is_finished() and ended_error is not None:
-        raise ended_error
     reason = ended.user_attrs.get("fail_reason") or "no reason recorded"
     log(f"trial {trial.number} was ended {ended.state.name} meanwhile by another worker ({reason}); "
         "its own result is not recorded")
