@@ -3,7 +3,9 @@
 A model's norm sites have stable dotted names (``blocks.3.norm1``, ``layer2.0.downsample.norm``).
 ``NormPlacement`` picks the spec for each site in this order:
 
-1. ``rules``: an ordered list of ``{pattern: spec}``; the first rule whose pattern matches wins.
+1. ``rules``: ordered ``pattern -> spec`` pairs, written as one mapping ``{pattern: spec, ...}`` (in
+   the mapping's order) or as a list of one-key mappings ``[{pattern: spec}, ...]``; the first rule
+   whose pattern matches wins.
 2. ``placement``: the sites selected by these patterns get ``norm``.
 3. every other site gets ``base_norm`` (the family's own norm: LayerNorm for ViT, BatchNorm for ResNet).
 
@@ -23,7 +25,8 @@ from dyt_lab.norms import sites as site_patterns
 from dyt_lab.norms.registry import get_entry
 
 Placement = str | list[str]
-Rules = list[dict[str, NormSpec]]
+# Mapping first: jsonargparse tries a Union's types in order, and a YAML mapping keeps its key order.
+Rules = dict[str, NormSpec] | list[dict[str, NormSpec]]
 
 
 class PlacementError(ConfigError):
@@ -40,6 +43,23 @@ def _with_alpha_init(spec: NormSpec, alpha_init: float | None) -> NormSpec:
     options = {"name": name} if isinstance(spec, str) else dict(spec)
     options.setdefault("alpha_init", alpha_init)
     return options
+
+
+def rule_pairs(rules: Rules | None) -> list[tuple[object, NormSpec]]:
+    """``{p1: s1, p2: s2}`` or ``[{p1: s1}, {p2: s2}]`` -> ``[(p1, s1), (p2, s2)]``, in the order written."""
+    if rules is None:
+        return []
+    if isinstance(rules, Mapping):
+        return list(rules.items())
+    if isinstance(rules, (str, bytes)) or not isinstance(rules, Sequence):
+        raise PlacementError(f"placement rules are a mapping {{pattern: norm, ...}} or a list of one-key "
+                             f"mappings [{{pattern: norm}}, ...], got {rules!r}")
+    pairs = []
+    for rule in rules:
+        if not isinstance(rule, Mapping) or len(rule) != 1:
+            raise PlacementError(f"a placement rule is a one-key mapping {{pattern: norm}}, got {rule!r}")
+        pairs += rule.items()
+    return pairs
 
 
 class NormPlacement:
@@ -63,10 +83,7 @@ class NormPlacement:
         for key in self.placement_names:
             self._check_pattern(key)
         self.rules: list[tuple[str, NormSpec]] = []  # (preset or glob, spec)
-        for rule in rules or []:
-            if not isinstance(rule, Mapping) or len(rule) != 1:
-                raise PlacementError(f"a placement rule is a one-key mapping {{pattern: norm}}, got {rule!r}")
-            (key, spec), = rule.items()
+        for key, spec in rule_pairs(rules):
             self._check_pattern(key)
             self.rules.append((key, _with_alpha_init(spec, alpha_init)))
         self.sites: dict[str, str] = {}  # site -> layout, in build order

@@ -159,7 +159,7 @@ class ResNet(NormSitesMixin, nn.Module):
             norm: the norm placed at the sites selected by placement (a registry name or mapping).
             placement: presets (all, stem, downsample, stage1..4, first_in_block, last_in_block) or globs.
             base_norm: the norm at every site not selected by placement.
-            rules: ordered {pattern: norm} overrides applied before placement; the first match wins.
+            rules: {pattern: norm, ...} or [{pattern: norm}, ...], tried in order before placement; first match wins.
             alpha_init: alpha0 for every DyT-family site whose spec does not set its own.
         """
         super().__init__()

@@ -144,7 +144,7 @@ class ViT(NormSitesMixin, nn.Module):
             norm: the norm placed at the sites selected by placement (a registry name or mapping).
             placement: presets (all, attn, mlp, blocks, final) or globs selecting the sites that get norm.
             base_norm: the norm at every site not selected by placement.
-            rules: ordered {pattern: norm} overrides applied before placement; the first match wins.
+            rules: {pattern: norm, ...} or [{pattern: norm}, ...], tried in order before placement; first match wins.
             alpha_init: alpha0 for every DyT-family site whose spec does not set its own.
         """
         super().__init__()

@@ -210,7 +210,7 @@ class ViTClassifier(ImageClassifier):
             norm: the norm placed at the sites selected by placement (a registry name or mapping).
             placement: presets (all, attn, mlp, blocks, final) or globs selecting the sites that get norm.
             base_norm: the norm at every site not selected by placement.
-            rules: ordered {pattern: norm} overrides applied before placement; the first match wins.
+            rules: {pattern: norm, ...} or [{pattern: norm}, ...], tried in order before placement; first match wins.
             alpha_init: alpha0 for every DyT-family site whose spec does not set its own.
             optimizer: optimizer class or callable taking parameter groups (AdamW by default).
             scheduler: learning-rate scheduler callable, stepped every optimizer step (warmup + cosine).
@@ -261,7 +261,7 @@ class ResNetClassifier(ImageClassifier):
             norm: the norm placed at the sites selected by placement (a registry name or mapping).
             placement: presets (all, stem, downsample, stage1..4, first_in_block, last_in_block) or globs.
             base_norm: the norm at every site not selected by placement.
-            rules: ordered {pattern: norm} overrides applied before placement; the first match wins.
+            rules: {pattern: norm, ...} or [{pattern: norm}, ...], tried in order before placement; first match wins.
             alpha_init: alpha0 for every DyT-family site whose spec does not set its own.
             image_size: image side in pixels (linked from the data module; None: unknown).
             optimizer: optimizer class or callable taking parameter groups (AdamW by default).
