@@ -1,9 +1,10 @@
-"""LightningDataModules: offline embedded sets (Digits, MNIST5k), torchvision sets and image folders."""
+"""LightningDataModules: embedded sets (Digits, MNIST5k), Fashion-MNIST, torchvision sets and image folders."""
 
 from dyt_lab.data.base import ImageDataModule, stratified_split
 from dyt_lab.data.embedded import Digits, MNIST5k, TensorDataModule
+from dyt_lab.data.fashion_mnist import FashionMNIST
 from dyt_lab.data.folder import ImageFolder
-from dyt_lab.data.torchvision_sets import CIFAR10, CIFAR100, MNIST, FashionMNIST, TorchvisionDataModule
+from dyt_lab.data.torchvision_sets import CIFAR10, CIFAR100, MNIST, TorchvisionDataModule
 
 __all__ = [
     "CIFAR10",

@@ -1,8 +1,10 @@
-"""torchvision's CIFAR-10/100, MNIST and Fashion-MNIST: download once, val carved from train, official test.
+"""torchvision's CIFAR-10/100 and MNIST: download once, val carved from train, official test.
+
+Fashion-MNIST, a subclass that reads Debian's files offline, lives in fashion_mnist.py.
 
 Augmentation (``augment``, on by default): CIFAR takes the usual random 32x32 crop of the image
-padded by 4 plus a horizontal flip; MNIST and Fashion-MNIST take only a random 28x28 crop of the
-image padded by 2 (flipping changes what a digit is, and their objects are centred). Normalization
+padded by 4 plus a horizontal flip; MNIST takes only a random 28x28 crop of the
+image padded by 2 (flipping changes what a digit is, and digits are centred). Normalization
 uses the standard per-channel statistics of each train set.
 """
 
@@ -162,15 +164,3 @@ class MNIST(TorchvisionDataModule):
     crop_padding = 2
     flip = False
 
-
-class FashionMNIST(TorchvisionDataModule):
-    """Fashion-MNIST: 70000 grey 28x28 clothing images in 10 classes; 54000 / 6000 / 10000 by default."""
-
-    dataset_cls = torchvision.datasets.FashionMNIST
-    num_classes = 10
-    in_channels = 1
-    image_size = 28
-    mean = (0.2860,)
-    std = (0.3530,)
-    crop_padding = 2
-    flip = False
