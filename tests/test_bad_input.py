@@ -94,6 +94,8 @@ CASES: dict[str, tuple[list[str], str]] = {
                          "true"], "could not download CIFAR10"),
     "cifar10_not_downloaded": ([*FIT, "--data", "dyt_lab.data.CIFAR10", "--data.data_dir", "empty",
                                 "--data.download", "false"], "download"),
+    "fashion_mnist_no_files": ([*FIT, "--data", "dyt_lab.data.FashionMNIST", "--data.data_dir", "empty"],
+                               "empty holds no Fashion-MNIST files"),
     # checkpoints: missing, a folder, corrupt, truncated
     "fit_ckpt_missing": ([*FIT, "--ckpt_path", "missing.ckpt"], "missing.ckpt"),
     "fit_ckpt_folder": ([*FIT, "--ckpt_path", "empty"], "'empty' is not a file"),

@@ -126,6 +126,13 @@ def test_a_folder_without_the_files_is_one_line_and_writes_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_without_the_package_the_line_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setattr("dyt_lab.data.fashion_mnist.DEBIAN_DIR", str(tmp_path.resolve()))  # as if not installed
+    message = one_line_error(FashionMNIST, data_dir=str(tmp_path))
+    assert message.startswith(f"Fashion-MNIST is not installed: no files in {tmp_path.resolve()}; ")
+    assert "run `apt-get install dataset-fashion-mnist` as root, or set --data.data_dir" in message
+
+
 def test_a_truncated_file_is_one_line_naming_it(tmp_path):
     for name in (*TRAIN_FILES, *TEST_FILES):
         (tmp_path / f"{name}.gz").symlink_to(Path(DEBIAN_DIR) / f"{name}.gz")
