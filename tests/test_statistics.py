@@ -1,4 +1,4 @@
-"""dyt_lab.study.statistics on synthetic seed tables drawn from a known linear model."""
+"""dyt_lab.study.statistics and .factorial on synthetic seed tables drawn from a known linear model."""
 
 from __future__ import annotations
 
@@ -8,14 +8,19 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.weightstats import ttost_paired
 
-from dyt_lab.study.statistics import (
+from dyt_lab.study.factorial import (
     attribution_sentences,
+    corner_effects,
     factorial_effects,
+    fieller,
     gap_attribution,
-    paired_differences,
-    summarize,
+    lack_of_fit,
 )
+from dyt_lab.study.spec import check_margin
+from dyt_lab.study.statistics import compare_pairs, paired_differences, summarize, t_tests
 
 FACTORS = ["center", "scale", "squash", "lr"]
 LEVELS = {"center": ["none", "batch"], "scale": ["alpha", "batch_std"], "squash": ["tanh", "none"],
@@ -25,11 +30,12 @@ START = {"center": "none", "scale": "alpha", "squash": "tanh"}  # DyT's cell
 END = {"center": "batch", "scale": "batch_std", "squash": "none"}  # BN's cell
 
 
-def truth(row, interaction: float = 0.04, mains: tuple = (0.02, 0.10, 0.0, 0.03)) -> float:
-    """Noiseless mean: main effects for center, scale, (null) squash, lr, and a center x scale interaction."""
-    c, s = row["center"] == "batch", row["scale"] == "batch_std"
-    return (0.80 + mains[0] * c + mains[1] * s + mains[2] * (row["squash"] == "none")
-            + mains[3] * (row["lr"] == 0.01) + interaction * (c and s))
+def truth(row, interaction: float = 0.04, mains: tuple = (0.02, 0.10, 0.0, 0.03), three_way: float = 0.0) -> float:
+    """Noiseless mean: main effects for center, scale, (null) squash, lr, a center x scale interaction, and
+    a center x scale x squash one (the corner where BatchNorm's parts only pay off together)."""
+    c, s, q = row["center"] == "batch", row["scale"] == "batch_std", row["squash"] == "none"
+    return (0.80 + mains[0] * c + mains[1] * s + mains[2] * q
+            + mains[3] * (row["lr"] == 0.01) + interaction * (c and s) + three_way * (c and s and q))
 
 
 def make_table(noise: float = 0.004, seed: int = 0, **kw) -> pd.DataFrame:
@@ -45,37 +51,106 @@ def cell(table: pd.DataFrame, config: dict) -> pd.DataFrame:
     return table[np.logical_and.reduce([table[f] == v for f, v in config.items()])]
 
 
-def test_summarize_matches_scipy_t_interval():
+def test_summarize_pools_the_spread_when_the_configurations_agree_on_it():
     table = make_table()
     out = summarize(table, FACTORS)
-    assert list(out.columns) == [*FACTORS, "n", "mean", "std", "ci_low", "ci_high"]
-    assert len(out) == 16 and out["mean"].is_monotonic_decreasing
+    assert list(out.columns) == [*FACTORS, "n", "mean", "std", "ci_low", "ci_high", "interval"]
+    assert len(out) == 16 and out["mean"].is_monotonic_decreasing and set(out["interval"]) == {"pooled"}
+    pooled = table.groupby(FACTORS)["value"].var(ddof=1).mean()  # balanced: the mean of the cell variances
+    half = stats.t.ppf(0.975, 16 * 2) * np.sqrt(pooled / 3)
     for _, r in out.iterrows():
         x = cell(table, {f: r[f] for f in FACTORS})["value"].to_numpy()
-        low, high = stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=stats.sem(x))
         assert r["n"] == 3 and r["std"] == pytest.approx(x.std(ddof=1))
+        assert (r["ci_low"], r["ci_high"]) == pytest.approx((x.mean() - half, x.mean() + half))
+
+
+def test_summarize_uses_each_configurations_own_spread_when_they_differ():
+    table = cell(make_table(seed=1), {"squash": "tanh", "lr": 0.001}).copy()
+    rng = np.random.default_rng(5)
+    table = pd.concat([table.assign(seed=table["seed"] + 10 * k) for k in range(3)], ignore_index=True)  # 9 seeds
+    wide = table["center"] == "none"
+    table.loc[wide, "value"] += rng.normal(0, 0.05, wide.sum())  # DyT-like cells spread 10x more
+    out = summarize(table, ["center", "scale"])
+    assert set(out["interval"]) == {"own"}
+    for _, r in out.iterrows():
+        x = cell(table, {"center": r["center"], "scale": r["scale"]})["value"].to_numpy()
+        low, high = stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=stats.sem(x))
         assert (r["ci_low"], r["ci_high"]) == pytest.approx((low, high))
 
 
-def test_paired_differences_match_hand_computation():
+def test_two_seeds_that_agree_exactly_give_no_zero_width_interval():
+    table = pd.DataFrame({"norm": ["bn", "bn"], "seed": [0, 1], "value": [0.796, 0.796]})
+    out = summarize(table, ["norm"]).iloc[0]
+    assert out["interval"] == "too few seeds" and np.isnan(out["ci_low"]) and np.isnan(out["ci_high"])
+    pair = pd.DataFrame({"norm": ["bn", "bn", "dyt", "dyt"], "seed": [0, 1, 0, 1], "value": [0.9, 0.8, 0.85, 0.75]})
+    diff = paired_differences(pair, ["norm"], {"norm": "bn"}).set_index("norm")
+    assert diff.loc["dyt", "verdict"] == "too few seeds" and np.isnan(diff.loc["dyt", "ci_low"])
+    assert diff.loc["dyt", "mean_diff"] == pytest.approx(-0.05)
+
+
+def test_a_metric_at_its_ceiling_keeps_its_bounds():
+    table = pd.DataFrame({"norm": ["bn"] * 3 + ["dyt"] * 3, "seed": [0, 1, 2] * 2,
+                          "value": [1.0, 0.998, 1.0, 0.90, 0.97, 0.995]})
+    out = summarize(table, ["norm"], bounds=(0.0, 1.0))
+    assert (out["ci_high"] <= 1.0).all() and (out["ci_low"] >= 0.0).all()
+    assert out.set_index("norm").loc["bn", "ci_high"] == 1.0  # the t-interval's top is above 1: clipped
+    assert summarize(table, ["norm"])["ci_high"].max() > 1.0  # (without bounds it is not)
+    diff = paired_differences(table, ["norm"], {"norm": "dyt"}, bounds=(0.0, 1.0))
+    assert diff["ci_high"].max() <= 1.0 and diff["ci_low"].min() >= -1.0
+
+
+def test_t_tests_are_statsmodels_tost_and_scipys_paired_t():
+    rng = np.random.default_rng(0)
+    for n, shift in [(3, 0.002), (5, 0.03), (10, -0.001)]:
+        x, y = rng.normal(0.9, 0.01, n), rng.normal(0.9 + shift, 0.01, n)
+        d = y - x
+        got = t_tests(d.mean(), d.std(ddof=1) / np.sqrt(n), n - 1, margin=0.005)
+        assert got["p_tost"] == pytest.approx(ttost_paired(y, x, -0.005, 0.005)[0])
+        assert got["p_diff"] == pytest.approx(stats.ttest_rel(y, x).pvalue)
+
+
+def test_paired_differences_match_hand_computation_and_holm():
     table = make_table()
     ref = {"center": "none", "scale": "alpha", "squash": "tanh", "lr": 0.001}
-    out = paired_differences(table, FACTORS, ref)
-    assert list(out.columns) == [*FACTORS, "n_pairs", "mean_diff", "std_diff", "ci_low", "ci_high",
-                                 "ref_std", "verdict"]
+    out = paired_differences(table, FACTORS, ref, margin=0.005)
+    assert {"n_pairs", "mean_diff", "std_err", "df", "ci_low", "ci_high", "p_diff", "p_diff_holm", "p_tost",
+            "p_tost_holm", "interval", "verdict", "margin"} <= set(out.columns)
+    others = out[out["verdict"] != "reference"]
+    assert set(others["interval"]) == {"pooled"} and (others["df"] == 15 * 2).all()
     a = cell(table, ref).set_index("seed")["value"]
-    for other, verdict in [({"center": "batch", "scale": "batch_std", "squash": "none", "lr": 0.01}, "better"),
-                           ({"center": "none", "scale": "alpha", "squash": "none", "lr": 0.001}, None)]:
-        d = cell(table, other).set_index("seed")["value"] - a
-        r = cell(out, other).iloc[0]
-        half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
-        assert r["n_pairs"] == 3 and r["mean_diff"] == pytest.approx(d.mean())
+    pooled = np.mean([(cell(table, {f: r[f] for f in FACTORS}).set_index("seed")["value"] - a).var(ddof=1)
+                      for _, r in others.iterrows()])
+    for _, r in others.iterrows():
+        d = cell(table, {f: r[f] for f in FACTORS}).set_index("seed")["value"] - a
+        half = stats.t.ppf(0.975, 30) * np.sqrt(pooled / 3)
+        assert r["mean_diff"] == pytest.approx(d.mean())
         assert (r["ci_low"], r["ci_high"]) == pytest.approx((d.mean() - half, d.mean() + half))
-        expected = verdict or ("no difference" if abs(d.mean()) <= half else "better" if d.mean() > 0 else "worse")
-        assert r["verdict"] == expected
+    assert others["p_diff_holm"].to_numpy() == pytest.approx(multipletests(others["p_diff"], method="holm")[1])
+    assert (others["p_diff_holm"] >= others["p_diff"]).all()
+    bn = cell(out, {"center": "batch", "scale": "batch_std", "squash": "none", "lr": 0.01}).iloc[0]
+    assert bn["verdict"] == "better" and bn["p_diff_holm"] < 0.05
+    squash_only = cell(out, {"center": "none", "scale": "alpha", "squash": "none", "lr": 0.001}).iloc[0]
+    assert squash_only["verdict"] in ("equivalent", "inconclusive")  # the truth is 0: never better or worse here
     assert cell(out, ref)["verdict"].item() == "reference"
-    assert out["ref_std"].iloc[0] == pytest.approx(a.std(ddof=1))
-    assert paired_differences(table, FACTORS, ref, higher_is_better=False)["verdict"].iloc[0] == "worse"
+    assert paired_differences(table, FACTORS, ref, higher_is_better=False).iloc[0]["verdict"] == "worse"
+
+
+def test_verdicts_say_equivalent_only_when_tost_shows_it():
+    rng = np.random.default_rng(1)
+    same = [rng.normal(0.0, 0.001, 10)]  # a true difference of 0, measured tightly
+    assert compare_pairs(same, margin=0.005)["verdict"].item() == "equivalent"
+    vague = [np.array([0.03, -0.02, 0.01])]  # a mean near 0 with a wide interval: absence of evidence
+    got = compare_pairs(vague, margin=0.005).iloc[0]
+    assert got["ci_low"] < 0 < got["ci_high"] and got["verdict"] == "inconclusive"
+    assert compare_pairs([np.array([-0.30, -0.36, -0.33])], margin=0.005)["verdict"].item() == "worse"
+    assert compare_pairs(same, margin=0.0)["verdict"].item() == "inconclusive"  # nothing is within +-0
+
+
+def test_a_bad_margin_is_named():
+    for bad in (-0.1, "abc", float("nan")):
+        with pytest.raises(ValueError, match="equivalence margin"):
+            check_margin(bad)
+    assert check_margin("0.01") == 0.01
 
 
 def test_paired_differences_single_factor():
@@ -199,3 +274,50 @@ def test_errors_name_the_problem():
         summarize(table, ["center"])
     with pytest.raises(ValueError, match="no gap"):
         gap_attribution(table, FACTORS, START, START)
+
+
+def test_the_saturated_model_recovers_a_three_way_interaction_and_lack_of_fit_sees_it():
+    table = make_table(noise=0.004, seed=4, three_way=0.06)
+    effects, anova = factorial_effects(table, FACTORS)  # saturated by default
+    aov = anova.set_index("term")
+    assert "center:scale:squash:lr" in aov.index and aov.loc["center:scale:squash", "p_value"] < 1e-3
+    three = effects[(effects["term"] == "center:scale:squash") & (effects["level"] == "batch:batch_std:none")]
+    # a 2x2x2 interaction of size d in one corner is d/8 in sum coding
+    assert three["ci_low"].item() <= 0.06 / 8 <= three["ci_high"].item()
+    lof = lack_of_fit(table, FACTORS, order=2)
+    assert lof["df_num"] == 5 and lof["df_den"] == 30 and lof["p_value"] < 1e-3  # 4 three-way + 1 four-way
+    assert lack_of_fit(make_table(seed=4), FACTORS, order=2)["p_value"] > 0.05  # no such term: it fits
+    with pytest.raises(ValueError, match="no residual degrees of freedom"):
+        lack_of_fit(cell(table, {"seed": 0}), FACTORS)  # one seed: no replicates to judge the fit by
+
+
+def test_corner_effects_agree_without_interactions_and_show_them_otherwise():
+    additive = corner_effects(make_table(noise=1e-9, interaction=0.0), FACTORS, START, END).set_index(["factor", "where"])
+    for f, true in {"center": 0.02, "scale": 0.10, "squash": 0.0}.items():
+        assert additive.loc[(f, "alone, from start"), "estimate"] == pytest.approx(true, abs=1e-6)
+        assert additive.loc[(f, "last, into end"), "estimate"] == pytest.approx(true, abs=1e-6)
+    table = make_table(noise=1e-9, interaction=0.0, three_way=0.06)
+    corner = corner_effects(table, FACTORS, START, END).set_index(["factor", "where"])
+    assert corner.loc[("squash", "alone, from start"), "estimate"] == pytest.approx(0.0, abs=1e-6)
+    assert corner.loc[("squash", "last, into end"), "estimate"] == pytest.approx(0.06, abs=1e-6)
+
+
+def test_fieller_is_the_naive_interval_when_the_gap_is_known_and_unbounded_when_it_may_be_zero():
+    t = stats.t.ppf(0.975, 30)
+    low, high = fieller(0.05, 0.10, 0.01 ** 2, 0.0, 0.0, t)
+    assert (low, high) == pytest.approx(((0.05 - t * 0.01) / 0.10, (0.05 + t * 0.01) / 0.10))
+    assert all(np.isnan(fieller(0.05, 0.01, 1e-4, 0.0, 1e-4, t)))  # the gap is within noise of 0
+
+
+def test_share_intervals_cover_the_true_split_in_simulated_studies():
+    """200 simulated studies with a known split (a 2-way and a 3-way interaction, noise comparable to the
+    smaller shares): each factor's 95% Fieller interval covers its true share 90-99% of the time."""
+    kw = {"interaction": 0.04, "three_way": 0.03}
+    truth_split = gap_attribution(make_table(noise=1e-9, **kw), FACTORS, START, END).set_index("factor")["share"]
+    hits = {f: [] for f in truth_split.index}
+    for rep in range(200):
+        out = gap_attribution(make_table(noise=0.015, seed=1000 + rep, **kw), FACTORS, START, END).set_index("factor")
+        for f, true in truth_split.items():
+            hits[f].append(out.loc[f, "share_ci_low"] <= true <= out.loc[f, "share_ci_high"])
+    rates = {f: np.mean(h) for f, h in hits.items()}
+    assert all(0.90 <= r <= 0.99 for r in rates.values()), rates

@@ -240,6 +240,8 @@ BAD = {
                                                        {"name": "factored", "center": "batch", "scale": "batch_std"}]},
                        "reference": {"center": "batch", "scale": "alpha"}},
                       "error: reference: no configuration of the design has center=batch, scale=alpha"),
+    "margin_negative": ({"margin": -0.01}, "error: margin: equivalence margin -0.01 must be a finite number >= 0"),
+    "margin_text": ({"margin": "half"}, "error: study file: "),
 }
 
 
@@ -318,6 +320,60 @@ def test_report_of_a_seeded_study_compares_means_with_intervals(seeded_study, ca
     assert (out / "main_effects.png").stat().st_size > 0
     seed_runs = (out / "seed_runs.csv").read_text().strip().splitlines()
     assert len(seed_runs) == 9 and seed_runs[0].startswith("center,name,scale,squash,")  # header + 8 seed runs
+
+
+@pytest.mark.slow
+def test_confirm_reruns_the_best_and_the_reference_on_fresh_seeds_and_resumes(seeded_study, capsys):
+    folder, _ = seeded_study
+    root = str(folder / "studies")
+    search = load(folder, "seeded")
+    means: dict[str, list] = {}
+    for t in search.trials:
+        means.setdefault(json.dumps(t.params, sort_keys=True), []).append(t.value)
+    best_alpha = max((k for k in means if "alpha" in k and "batch_std" not in k), key=lambda k: sum(means[k]))
+    best_bn = max((k for k in means if "batch_std" in k), key=lambda k: sum(means[k]))
+    args = ["study", "confirm", "seeded", "--top", "1", "--seeds", "5..6", "--root", root, "--workers", "1"]
+    main(args)
+    assert "2/2 configurations x 2 seeds (4 complete)" in capsys.readouterr().out
+    confirmed = optuna.load_study(study_name="seeded.confirm", storage=f"sqlite:///{folder / 'studies' / 'seeded.confirm' / 'study.db'}")
+    runs = {(json.dumps(t.params, sort_keys=True), t.user_attrs["seed"]) for t in confirmed.trials}
+    assert runs == {(k, s) for k in (best_alpha, best_bn) for s in (5, 6)}  # the winner and BN at its best
+    assert all(t.state == TrialState.COMPLETE and 0 <= t.user_attrs["test"]["test/acc"] <= 1 for t in confirmed.trials)
+    main(args)  # again: everything ran, so it resumes to its end and runs nothing
+    assert "(4 complete)" in capsys.readouterr().out and len(confirmed.get_trials()) == 4
+    main(["study", "report", "seeded", "--root", root])
+    report = (folder / "studies" / "seeded" / "report.md").read_text()
+    assert "## Confirmed on fresh seeds" in report and "seeds [5, 6]" in report and "confirmed test/acc mean" in report
+    assert "Not confirmed" not in report
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["nosuch", "--top", "1", "--seeds", "5..6"], "error: no study 'nosuch' to confirm"),
+    (["seeded", "--top", "9", "--seeds", "5..6"], "error: --top 9: study 'seeded' has 2 completed configurations"),
+    (["seeded", "--top", "1", "--seeds", "1..3"], "error: --seeds 1..3 overlaps the seeds the search ran ([1])"),
+    (["seeded", "--top", "1", "--seeds", "five"], "error: --seeds 'five': give a range like 10..14"),
+    (["seeded", "--top", "x"], "error: study confirm: "),
+])
+@pytest.mark.slow
+def test_confirm_refuses_bad_input_in_one_line_and_writes_nothing(seeded_study, capsys, args, expected):
+    folder, _ = seeded_study
+    before = sorted(p.name for p in (folder / "studies").iterdir())
+    with pytest.raises(SystemExit) as exit_info:
+        main(["study", "confirm", *args, "--root", str(folder / "studies")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and last_line(err).startswith(expected) and "Traceback" not in err
+    assert sorted(p.name for p in (folder / "studies").iterdir()) == before
+
+
+def test_confirm_of_a_study_with_no_finished_trial_is_one_line(tmp_path, capsys):
+    folder = tmp_path / "studies" / "empty"
+    folder.mkdir(parents=True)
+    (folder / "study.yaml").write_text(write_study(tmp_path, "empty", seeds=[0, 1]).read_text())
+    optuna.create_study(study_name="empty", storage=f"sqlite:///{folder / 'study.db'}")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["study", "confirm", "empty", "--top", "1", "--seeds", "5..6", "--root", str(tmp_path / "studies")])
+    assert exit_info.value.code == 2
+    assert last_line(capsys.readouterr().err) == "error: study 'empty' has no completed trial to confirm"
 
 
 @pytest.mark.slow

@@ -9,13 +9,16 @@ from dyt_lab.errors import ConfigError
 USAGE = """\
 usage: dyt-lab study run --config configs/study/NAME.yaml [--KEY VALUE ...] [--workers N]
        dyt-lab study resume NAME [--root studies] [--KEY VALUE ...]
-       dyt-lab study report NAME [--root studies] [--storage URL]
+       dyt-lab study report NAME [--root studies] [--storage URL] [--margin 0.005]
+       dyt-lab study confirm NAME --top K --seeds 10..14 [--root studies] [--workers N]
 
   run      check the study file and its configs, then run trials until the study has n_trials;
            the same command again resumes it. Any key of the study file is a flag
            (--n_trials 40, --sampler.name random, --storage journal); see `dyt-lab study run --help`.
   resume   continue a study from the study.yaml saved in its folder (flags override it).
   report   print the trials table, the best trial, importances; write report.md, trials.csv, plots.
+  confirm  rerun the K best configurations and the reference on fresh seeds (study NAME.confirm), each
+           tested on the held-out split; the report of NAME then shows both stages. Again: resumes.
 """
 
 
@@ -40,10 +43,31 @@ def _report_args(argv: list[str]):
     parser.add_argument("--root", type=str, default="studies", help="folder holding one folder per study")
     parser.add_argument("--storage", type=str | None, default=None,
                         help="the study's storage (database URL or journal file); default: its folder's file")
+    parser.add_argument("--margin", type=float | None, default=None,
+                        help="equivalence margin in the metric's units (default: the study file's margin)")
     try:
         return parser.parse_args(argv)
     except ArgumentError as err:
         raise ConfigError(f"study report: {one_line(err)}") from None
+
+
+def _confirm_args(argv: list[str]):
+    from jsonargparse import ArgumentError, ArgumentParser
+
+    from dyt_lab.study.spec import one_line
+
+    parser = ArgumentParser(prog="dyt-lab study confirm", exit_on_error=False,
+                            description="Rerun a finished study's best configurations and its reference on fresh seeds.")
+    parser.add_argument("name", type=str, help="the finished study's name")
+    parser.add_argument("--top", type=int, default=3, help="how many of its best configurations to confirm")
+    parser.add_argument("--seeds", type=str, default="10..14", help="fresh seeds: a range 10..14 or a list 10,11,12")
+    parser.add_argument("--root", type=str, default="studies", help="folder holding one folder per study")
+    parser.add_argument("--storage", type=str | None, default=None, help="the study's storage, if not its folder's file")
+    parser.add_argument("--workers", type=int | None, default=None, help="processes (default: the study's)")
+    try:
+        return parser.parse_args(argv)
+    except ArgumentError as err:
+        raise ConfigError(f"study confirm: {one_line(err)}") from None
 
 
 def main(argv: list[str]) -> None:
@@ -73,7 +97,12 @@ def main(argv: list[str]) -> None:
             from dyt_lab.study.runner import check_writable
 
             check_writable(folder, "study folder", "the report writes report.md, trials.csv and its plots there")
-        report(args.name, root=args.root, storage=args.storage)
+        report(args.name, root=args.root, storage=args.storage, margin=args.margin)
+    elif command == "confirm":
+        from dyt_lab.study.confirm import confirm
+
+        args = _confirm_args(rest)
+        confirm(args.name, args.top, args.seeds, root=args.root, storage=args.storage, workers=args.workers)
     elif command == "_worker":  # started by `run --workers N`, not by people
         from dyt_lab.study.runner import run_worker
 
@@ -81,4 +110,4 @@ def main(argv: list[str]) -> None:
     elif command in (None, "-h", "--help", "help"):
         print(USAGE)
     else:
-        raise ConfigError(f"unknown study command '{command}'; valid: run, resume, report (dyt-lab study --help)")
+        raise ConfigError(f"unknown study command '{command}'; valid: run, resume, report, confirm (dyt-lab study --help)")

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pandas as pd
 from optuna.trial import TrialState
+from statsmodels.stats.multitest import multipletests
 
-from dyt_lab.study import statistics
+from dyt_lab.study import factorial, statistics
 from dyt_lab.study.design import trial_levels, varying_factors
 from dyt_lab.study.markdown import markdown_table
 from dyt_lab.study.plots import pyplot, save_figure
-from dyt_lab.study.protocol import LAST_METRICS_ATTR
+from dyt_lab.study.protocol import LAST_METRICS_ATTR, TEST_METRICS_ATTR
 from dyt_lab.study.replicates import SEED_ATTR
 
 # Named points of the factored norm's (center, scale, squash) space, to label the table's rows.
@@ -27,6 +29,13 @@ KNOWN_POINTS = {("batch", "batch_std", "none"): "BatchNorm", ("none", "alpha", "
                 ("none", "batch_std", "none"): "BN scale only", ("batch", "alpha", "none"): "BN center only",
                 ("batch", "alpha_channel", "tanh"): "centered, per-channel alpha"}
 EXTRA = {"val/acc": "val/acc (last)", "train/loss_epoch": "train loss (last)"}  # last-epoch metrics shown
+TEST = "test/acc"  # the best checkpoint on the held-out split (``--test_after_fit``, on in every trial)
+NOT_FACTORS = ["seed", "value", "trial", *EXTRA.values(), TEST]
+
+
+def metric_bounds(metric: str) -> tuple[float, float] | None:
+    """The range an interval must stay in: [0, 1] for an accuracy, none otherwise."""
+    return (0.0, 1.0) if "acc" in metric else None
 
 
 def seed_run_table(study: optuna.Study) -> pd.DataFrame:
@@ -37,7 +46,8 @@ def seed_run_table(study: optuna.Study) -> pd.DataFrame:
         levels = trial_levels(trial)
         factors.update(levels)
         rows.append({**levels, "seed": trial.user_attrs.get(SEED_ATTR, 0), "value": trial.value,
-                     **{label: last.get(metric) for metric, label in EXTRA.items()}, "trial": trial.number})
+                     **{label: last.get(metric) for metric, label in EXTRA.items()},
+                     TEST: (trial.user_attrs.get(TEST_METRICS_ATTR) or {}).get(TEST), "trial": trial.number})
     # a level a configuration does not set (LayerNorm has no alpha_init) is "-", not NaN, so it groups
     return pd.DataFrame(rows).fillna({k: "-" for k in factors})
 
@@ -55,55 +65,79 @@ def _table(frame: pd.DataFrame) -> str:
     return markdown_table(list(frame.columns), [[str(v) for v in row] for row in frame.itertuples(index=False)])
 
 
-def differences_to(table: pd.DataFrame, factors: list[str], reference: dict, higher_is_better: bool) -> pd.DataFrame:
-    """Each configuration's paired difference to its reference cell: the cell with ``reference``'s
-    levels that shares the most of this configuration's other levels (the same lr, say)."""
+def differences_to(table: pd.DataFrame, factors: list[str], reference: dict, higher_is_better: bool,
+                   margin: float, value: str = "value") -> pd.DataFrame:
+    """Each configuration's paired difference to its reference cell, as one Holm family.
+
+    A configuration's reference cell is the one with ``reference``'s levels that shares the most of its
+    other levels (the same lr, say); configurations with no single closest one are left out.
+    """
     text = table.assign(**{f: table[f].astype(str) for f in factors})
     configs = text[factors].drop_duplicates().to_dict("records")
     candidates = [c for c in configs if all(c[k] == str(v) for k, v in reference.items())]
-    rows = []
+    seeds_of = lambda c: text[(text[factors] == [c[f] for f in factors]).all(axis=1)].set_index("seed")[value]  # noqa: E731
+    kept, diffs = [], []
     for config in configs:
+        if config in candidates:
+            continue
         shared = [sum(c[f] == config[f] for f in factors if f not in reference) for c in candidates]
         if not shared or shared.count(max(shared)) > 1:
             continue  # no reference cell, or no single closest one
-        target = candidates[shared.index(max(shared))]
-        pair = text[(text[factors] == [config[f] for f in factors]).all(axis=1)
-                    | (text[factors] == [target[f] for f in factors]).all(axis=1)]
-        diff = statistics.paired_differences(pair, factors, target, higher_is_better=higher_is_better)
-        rows.append(diff[(diff[factors].astype(str) == [config[f] for f in factors]).all(axis=1)])
-    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=[*factors, "mean_diff", "ci_low",
-                                                                              "ci_high", "verdict"])
+        kept.append(config)
+        diffs.append((seeds_of(config) - seeds_of(candidates[shared.index(max(shared))])).dropna().to_numpy())
+    out = statistics.compare_pairs(diffs, higher_is_better=higher_is_better, margin=margin,
+                                   bounds=metric_bounds("acc") if value == TEST else None)
+    return pd.concat([pd.DataFrame(kept, columns=factors), out], axis=1)
 
 
-def configurations_section(table: pd.DataFrame, factors: list[str], reference: dict | None, direction: str) -> str:
-    """Mean, spread and 95% interval per configuration, last-epoch metrics, and the difference to the reference."""
-    summary = statistics.summarize(table, factors)
-    extras = table.groupby(factors)[list(EXTRA.values())].mean().reset_index()
+def _ci(low, high) -> str:
+    return "too few seeds" if pd.isna(low) else f"[{low:.4f}, {high:.4f}]"
+
+
+def _p(p) -> str:
+    return "-" if pd.isna(p) else f"{p:.2g}"
+
+
+def configurations_section(table: pd.DataFrame, factors: list[str], reference: dict | None, direction: str,
+                           margin: float, metric: str) -> str:
+    """Mean, spread and 95% interval per configuration, last-epoch and test metrics, and the verdict vs the reference."""
+    summary = statistics.summarize(table, factors, bounds=metric_bounds(metric))
+    shown_extra = [*EXTRA.values(), *([TEST] if table[TEST].notna().any() else [])]
+    extras = table.groupby(factors)[shown_extra].mean().reset_index()
     summary[factors] = summary[factors].astype(str)
     extras[factors] = extras[factors].astype(str)
     merged = summary.merge(extras, on=factors, how="left")
     if reference:
-        diffs = differences_to(table, factors, reference, direction == "maximize")
+        diffs = differences_to(table, factors, reference, direction == "maximize", margin)
         diffs[factors] = diffs[factors].astype(str)
-        merged = merged.merge(diffs[[*factors, "mean_diff", "ci_low", "ci_high", "verdict"]], on=factors,
-                              how="left", suffixes=("", "_diff"))
+        merged = merged.merge(diffs, on=factors, how="left", suffixes=("", "_diff"))
     fixed = {c: table[c].iloc[0] for c in ("center", "scale", "squash") if c in table and c not in factors}
     shown = pd.DataFrame({"name": [name_of({**fixed, **r}) for r in merged[factors].to_dict("records")]})
     for f in factors:
         shown[f] = merged[f]
     shown["seeds"] = merged["n"]
-    shown["mean ± sd"] = [f"{m:.4f} ± {s:.4f}" for m, s in zip(merged["mean"], merged["std"])]
-    shown["95% CI"] = [f"[{lo:.4f}, {hi:.4f}]" for lo, hi in zip(merged["ci_low"], merged["ci_high"])]
-    for label in EXTRA.values():
+    shown["mean ± sd"] = [f"{m:.4f} ± {s:.4f}" if pd.notna(s) else f"{m:.4f}" for m, s in zip(merged["mean"], merged["std"])]
+    shown["95% CI"] = [_ci(lo, hi) for lo, hi in zip(merged["ci_low"], merged["ci_high"])]
+    for label in shown_extra:
         shown[label] = merged[label].map(_fmt)
     if reference:
+        is_ref = [all(str(r.get(k)) == str(v) for k, v in reference.items()) for r in merged[factors].to_dict("records")]
         shown["Δ vs reference [95% CI]"] = [
-            "-" if v == "reference" or pd.isna(d) else f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]"
-            for d, lo, hi, v in zip(merged["mean_diff"], merged["ci_low_diff"], merged["ci_high_diff"], merged["verdict"])]
-        shown["verdict"] = merged["verdict"].fillna("no reference cell")
+            "-" if ref or pd.isna(d) else f"{d:+.4f} " + (f"[{lo:+.4f}, {hi:+.4f}]" if pd.notna(lo) else "(too few seeds)")
+            for d, lo, hi, ref in zip(merged["mean_diff"], merged["ci_low_diff"], merged["ci_high_diff"], is_ref)]
+        shown["p"] = merged["p_diff"].map(_p)
+        shown["p (Holm)"] = merged["p_diff_holm"].map(_p)
+        verdict = merged["verdict"].where(~pd.Series(is_ref), "reference").fillna("no reference cell")
+        shown["verdict"] = [f"equivalent (±{margin:g})" if v == "equivalent" else v for v in verdict]
     if not shown["name"].astype(bool).any():
         shown = shown.drop(columns="name")
     return _table(shown)
+
+
+def is_full_factorial(table: pd.DataFrame, factors: list[str]) -> bool:
+    """Whether every combination of the factors' levels has runs (else effects are aliased)."""
+    cells = table[factors].astype(str).drop_duplicates()
+    return len(cells) == int(np.prod([table[f].astype(str).nunique() for f in factors]))
 
 
 def toward(effects: pd.DataFrame, reference: dict | None) -> pd.DataFrame:
@@ -117,27 +151,62 @@ def toward(effects: pd.DataFrame, reference: dict | None) -> pd.DataFrame:
     return effects
 
 
-def effects_section(table: pd.DataFrame, factors: list[str], reference: dict | None = None) -> list[str]:
-    """Main effects (as level differences) and two-way interactions with intervals, and the ANOVA table."""
+def effects_section(table: pd.DataFrame, factors: list[str], reference: dict | None = None,
+                    start: dict | None = None) -> list[str]:
+    """The saturated model's effects with Holm-adjusted p, the lack of fit of a two-way model, and the corners."""
+    if not is_full_factorial(table, factors):
+        return ["Not a full factorial (some level combinations were not run), so no factor effects; "
+                "the paired differences above are the comparison."]
     try:
-        effects, anova = statistics.factorial_effects(table, factors)
+        effects, anova = factorial.factorial_effects(table, factors)
     except ValueError as err:
         return [f"No factor effects: {err}."]
+    terms = anova[~anova["term"].isin(["seed", "Residual"])].copy()
+    terms["p_holm"] = multipletests(terms["p_value"], method="holm")[1]
+    holm = dict(zip(terms["term"], terms["p_holm"]))
+    out = []
+    if len(factors) > 2:
+        lof = factorial.lack_of_fit(table, factors, order=2)
+        fits = "it fits" if lof["p_value"] >= 0.05 else "it does NOT fit: the higher-order interactions matter"
+        out.append(f"**Model.** The saturated model (every interaction; seed as a block). Lack of fit of the model "
+                   f"with main effects and two-way interactions only: F({lof['df_num']:g}, {lof['df_den']:g}) = "
+                   f"{lof['F']:.2f}, p = {lof['p_value']:.2g}: {fits}.")
     effects = toward(effects, reference)
-    diffs = effects[effects["kind"].isin(["difference", "interaction"])]
-    # a two-level interaction has one free coefficient, listed once per level pair: keep its first row
-    diffs = diffs[(diffs["kind"] == "difference") | (diffs["p_value"] < 0.05)].drop_duplicates("term")
-    rows = pd.DataFrame({"term": diffs["term"], "contrast": diffs["level"],
+    diffs = effects[effects["kind"] == "difference"]
+    inter = effects[(effects["kind"] == "interaction") & effects["term"].map(lambda t: holm.get(t, 1) < 0.05)]
+    shown = pd.concat([diffs, inter.drop_duplicates("term")])  # a 2-level interaction: one free coefficient
+    rows = pd.DataFrame({"term": shown["term"], "contrast": shown["level"],
                          "estimate [95% CI]": [f"{e:+.4f} [{lo:+.4f}, {hi:+.4f}]" for e, lo, hi in
-                                               zip(diffs["estimate"], diffs["ci_low"], diffs["ci_high"])],
-                         "p": diffs["p_value"].map(lambda p: f"{p:.2g}")})
+                                               zip(shown["estimate"], shown["ci_low"], shown["ci_high"])],
+                         "p": shown["p_value"].map(_p), "p (Holm)": shown["term"].map(lambda t: _p(holm.get(t)))})
+    out += ["Main effects are differences between a factor's two levels, averaged over the other factors. "
+            "Interactions with Holm-adjusted p < 0.05 (over all the model's terms) are shown as their sum-coded "
+            "coefficient at the named levels (for two-level factors, a k-way difference of differences is 2^k times it).",
+            _table(rows)]
     shares = pd.DataFrame({"term": anova["term"], "df": anova["df"].map(lambda d: f"{d:g}"),
-                           "F": anova["F"].map(lambda f: _fmt(f, 1)), "p": anova["p_value"].map(lambda p: "-" if pd.isna(p) else f"{p:.2g}"),
+                           "F": anova["F"].map(lambda f: _fmt(f, 1)), "p": anova["p_value"].map(_p),
+                           "p (Holm)": anova["term"].map(lambda t: _p(holm.get(t))),
                            "share of variance": anova["eta_sq"].map(lambda e: f"{100 * e:.1f}%")})
-    return ["Main effects are differences between a factor's two levels, averaged over the other factors "
-            "(sum-coded OLS, seed as a block). Two-way interactions with p < 0.05 are shown as their sum-coded "
-            "coefficient at the named levels (the difference of differences is 4x it).", _table(rows),
-            "Type-II ANOVA (statsmodels):", _table(shares)]
+    out += ["Type-II ANOVA of the saturated model (statsmodels):", _table(shares)]
+    if reference and start and set(start) == set(reference):
+        out += corner_lines(table, factors, start, reference)
+    return out
+
+
+def corner_lines(table: pd.DataFrame, factors: list[str], start: dict, end: dict) -> list[str]:
+    """Each part of the gap switched alone at the gap_from corner and last into the reference corner."""
+    try:
+        corners = factorial.corner_effects(table, factors, start, end)
+    except ValueError as err:
+        return [f"No corner effects: {err}."]
+    corners["p (Holm)"] = multipletests(corners["p_value"], method="holm")[1]
+    rows = pd.DataFrame({"factor": corners["factor"], "switched": corners["where"],
+                         "change [95% CI]": [f"{e:+.4f} [{lo:+.4f}, {hi:+.4f}]" for e, lo, hi in
+                                             zip(corners["estimate"], corners["ci_low"], corners["ci_high"])],
+                         "p (Holm)": corners["p (Holm)"].map(_p)})
+    return ["Where the interactions act: each factor switched from its gap_from level to its reference level, "
+            "alone from the gap_from corner, and last (the others already at the reference) into the reference "
+            "corner. Without interactions the two rows agree.", _table(rows)]
 
 
 def attribution_section(table: pd.DataFrame, factors: list[str], start: dict, end: dict) -> list[str]:
@@ -147,7 +216,7 @@ def attribution_section(table: pd.DataFrame, factors: list[str], start: dict, en
     out = []
     for at in [None] + [{f: level} for f in others for level in sorted(table[f].astype(str).unique())]:
         try:
-            parts = statistics.gap_attribution(table, factors, start, end, at=at)
+            parts = factorial.gap_attribution(table, factors, start, end, at=at)
         except ValueError as err:
             out.append(f"No attribution{f' at {at}' if at else ''}: {err}.")
             if at is None:
@@ -156,7 +225,7 @@ def attribution_section(table: pd.DataFrame, factors: list[str], start: dict, en
         where = "averaged over " + ", ".join(others) if at is None and others else \
             ", ".join(f"at {k} = {v}" for k, v in (at or {}).items())
         out.append(f"**{label[0].upper() + label[1:]}{', ' + where if where else ''}:**")
-        out.append("\n".join(f"- {line}" for line in statistics.attribution_sentences(parts, gap_label=label)))
+        out.append("\n".join(f"- {line}" for line in factorial.attribution_sentences(parts, gap_label=label)))
     return out
 
 
@@ -177,25 +246,120 @@ def main_effects_plot(table: pd.DataFrame, factors: list[str], folder: Path, met
     return save_figure(axes, folder / "main_effects.png")
 
 
-def replicated_sections(study: optuna.Study, design: dict, folder: Path, metric: str) -> tuple[list[str], list[Path]]:
+def response_factor(table: pd.DataFrame, factors: list[str]) -> str | None:
+    """A numeric factor with at least 4 levels (alpha_init, say): the study measures a response curve over it."""
+    for f in factors:
+        levels = [v for v in table[f].unique() if str(v) != "-"]
+        if len(levels) >= 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in levels):
+            return f
+    return None
+
+
+def response_plot(table: pd.DataFrame, factors: list[str], x: str, reference: dict | None, folder: Path,
+                  metric: str) -> Path:
+    """The objective and the last training loss against ``x``, mean and 95% interval per series (the other
+    factors), over the band (mean and interval) of the reference configuration at the same series levels."""
+    plt = pyplot()
+    series_by = [f for f in factors if f != x and table.loc[table[x].astype(str) != "-", f].astype(str).nunique() > 1]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), squeeze=False)
+    for ax, column, label in ((axes[0, 0], "value", metric), (axes[0, 1], EXTRA["train/loss_epoch"], "train loss (last epoch)")):
+        data = table.dropna(subset=[column])
+        for key, rows in (data.groupby(series_by) if series_by else [((), data)]):
+            key = key if isinstance(key, tuple) else (key,)
+            name = ", ".join(f"{f}={k}" for f, k in zip(series_by, key)) or "all"
+            curve = rows[rows[x].astype(str) != "-"].assign(_x=lambda d: d[x].astype(float))
+            stats_ = statistics.summarize(curve, ["_x"], value=column, bounds=metric_bounds(metric) if column == "value" else None)
+            stats_ = stats_.sort_values("_x")
+            line = ax.errorbar(stats_["_x"], stats_["mean"], fmt="o-", capsize=3, label=f"{name}",
+                               yerr=[(stats_["mean"] - stats_["ci_low"]).fillna(0), (stats_["ci_high"] - stats_["mean"]).fillna(0)])
+            ref_rows = rows[rows[x].astype(str) == "-"]
+            if reference is not None:
+                ref_rows = ref_rows[np.logical_and.reduce([ref_rows[k].astype(str) == str(v) for k, v in reference.items()
+                                                           if k in ref_rows])] if len(ref_rows) else ref_rows
+            if len(ref_rows) >= 2:
+                band = statistics.summarize(ref_rows.assign(_r="ref"), ["_r"], value=column).iloc[0]
+                low, high = (band["ci_low"], band["ci_high"]) if pd.notna(band["ci_low"]) else (band["mean"],) * 2
+                color = line[0].get_color()
+                ax.axhspan(low, high, color=color, alpha=0.15)
+                ax.axhline(band["mean"], color=color, ls="--", lw=1, label=f"reference, {name}")
+        ax.set_xscale("log")
+        ax.set_xlabel(x)
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+    return save_figure(axes, folder / f"{x.split('.')[-1]}_response.png")
+
+
+def confirmed_section(confirm_study: optuna.Study, search: pd.DataFrame, margin: float, metric: str) -> list[str]:
+    """The confirm study's configurations: search-stage estimate beside the fresh-seed one, and the paired
+    test-split difference to the reference on the fresh seeds (one Holm family)."""
+    info = confirm_study.user_attrs.get("confirms", {})
+    fresh = seed_run_table(confirm_study)
+    if fresh.empty:
+        return ["## Confirmed on fresh seeds", f"Study {confirm_study.study_name}: no completed run yet."]
+    factors = [f for f in varying_factors(pd.concat([search, fresh]).drop(columns=NOT_FACTORS, errors="ignore"))]
+    use_test = fresh[TEST].notna().all()
+    value = TEST if use_test else "value"
+    confirmed = statistics.summarize(fresh, factors, value=value, bounds=metric_bounds(metric))
+    search_stats = statistics.summarize(search[search[factors].astype(str).apply(tuple, axis=1).isin(
+        set(fresh[factors].astype(str).apply(tuple, axis=1)))], factors, bounds=metric_bounds(metric))
+    rows = []
+    for r in confirmed.to_dict("records"):
+        key = tuple(str(r[f]) for f in factors)
+        before = search_stats[search_stats[factors].astype(str).apply(tuple, axis=1) == key]
+        rows.append({**{f: str(r[f]) for f in factors}, "search (val, chosen)": f"{before['mean'].iloc[0]:.4f}" if len(before) else "-",
+                     "seeds": r["n"], f"confirmed {value} mean": f"{r['mean']:.4f}", "95% CI": _ci(r["ci_low"], r["ci_high"])})
+    out = ["## Confirmed on fresh seeds",
+           f"Study `{confirm_study.study_name}`: the {info.get('top', '?')} best configurations of the search and its best "
+           f"reference configuration, rerun on seeds {sorted(int(s) for s in fresh['seed'].unique())} that chose nothing. "
+           f"{'Each run is its best checkpoint (by val/acc) on the held-out test split' if use_test else 'No test split: the objective'}; "
+           "the search column is the val estimate on the seeds that picked it (biased upward).",
+           _table(pd.DataFrame(rows))]
+    reference = confirm_study.user_attrs.get("design", {}).get("reference")
+    if reference:
+        diffs = differences_to(fresh, factors, reference, confirm_study.direction.name.lower() == "maximize", margin, value)
+        lines = [f"- {', '.join(f'{f}={d[f]}' for f in factors)}: {d['mean_diff']:+.4f} "
+                 f"{_ci(d['ci_low'], d['ci_high'])}, p = {_p(d['p_diff'])} (Holm {_p(d['p_diff_holm'])}): **"
+                 + (f"equivalent (±{margin:g})" if d["verdict"] == "equivalent" else d["verdict"]) + "**"
+                 for d in diffs.to_dict("records")]
+        out += [f"Paired difference to the reference on the fresh seeds ({value}), confirmed:", "\n".join(lines)]
+    return out
+
+
+def replicated_sections(study: optuna.Study, design: dict, folder: Path, metric: str, margin: float,
+                        confirm_study: optuna.Study | None = None) -> tuple[list[str], list[Path]]:
     """The report's sections for a study with seeds, and the plots they refer to."""
     table = seed_run_table(study)
     if table.empty:
         return ["## Configurations", "No completed seed run yet."], []
-    factors = varying_factors(table.drop(columns=["seed", "value", "trial", *EXTRA.values()]))
+    factors = varying_factors(table.drop(columns=NOT_FACTORS))
     table.to_csv(folder / "seed_runs.csv", index=False)
     reference, start = design.get("reference"), design.get("gap_from")
     sections = ["## Configurations (mean over seeds)",
-                f"{metric} over seeds {sorted(int(s) for s in table['seed'].unique())}; the interval is the t-interval of the mean; "
-                "Δ is the paired difference to the reference over shared seeds (a CI that contains 0 is no difference).",
-                configurations_section(table, factors, reference, study.direction.name.lower())]
+                f"{metric} over seeds {sorted(int(s) for s in table['seed'].unique())}. The 95% interval is a t-interval; "
+                "its spread is pooled over configurations unless the Brown-Forsythe test says spreads differ. "
+                f"Δ is the paired difference to the reference over shared seeds, with p raw and Holm-adjusted over the "
+                f"table; the verdict is better, worse, equivalent (TOST within ±{margin:g}) or inconclusive. "
+                + ("test/acc is the best checkpoint (by val/acc) on the held-out test split. " if table[TEST].notna().any() else ""),
+                configurations_section(table, factors, reference, study.direction.name.lower(), margin, metric)]
+    if confirm_study is None:
+        sections.append(f"Not confirmed: the best configurations were chosen on the seeds that measure them, so their "
+                        f"estimates are biased upward. Confirm them on fresh seeds: "
+                        f"`dyt-lab study confirm {study.study_name} --top 3 --seeds 10..14`.")
+    else:
+        sections += confirmed_section(confirm_study, table, margin, metric)
     files = []
+    if (x := response_factor(table, factors)) is not None and table["seed"].nunique() >= 2:
+        files.append(response_plot(table, factors, x, reference, folder, metric))
+        sections += [f"## Response to {x}", f"`{files[-1].name}`: {metric} and the last training loss against {x}, "
+                     "mean and 95% interval over seeds, over the reference's band at the same other levels."]
     if len(factors) >= 1 and table["seed"].nunique() >= 2:
-        sections += ["## Factor effects", *effects_section(table, factors, reference)]
-        files.append(main_effects_plot(table, factors, folder, metric))
+        sections += ["## Factor effects", *effects_section(table, factors, reference, start)]
+        if is_full_factorial(table, factors):
+            files.append(main_effects_plot(table, factors, folder, metric))
     if reference and start:
         sections += ["## The gap, factor by factor",
                      "Shapley shares: each factor's average contribution over the orders in which the factors "
-                     "can be switched from gap_from to the reference (statistics.gap_attribution).",
+                     "can be switched from gap_from to the reference (factorial.gap_attribution); a share's interval "
+                     "is Fieller's, which carries the gap's own uncertainty.",
                      *attribution_section(table, factors, start, reference)]
     return sections, files

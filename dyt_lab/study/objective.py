@@ -29,6 +29,7 @@ from dyt_lab.study.protocol import (
     LAST_METRICS_ATTR,
     PRUNING_CALLBACK,
     RESULT_FILE,
+    TEST_METRICS_ATTR,
     TRIAL_ENV,
     objective_value,
     read_result,
@@ -53,7 +54,8 @@ def study_args(spec: StudySpec, number: int) -> list[str]:
     logger = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
               "init_args": {"save_dir": str(spec.folder), "name": "trials", "version": trial_dir_name(number),
                             "default_hp_metric": False}}
-    return [config_flag("trainer.logger", logger), f"--trainer.callbacks+={PRUNING_CALLBACK}"]
+    # Every trial tests its best checkpoint, so the report carries held-out test accuracy beside val/acc_best.
+    return [config_flag("trainer.logger", logger), f"--trainer.callbacks+={PRUNING_CALLBACK}", "--test_after_fit=true"]
 
 
 def trial_dir_name(number: int) -> str:
@@ -194,6 +196,8 @@ class TrialObjective:
         metrics = result.get("metrics") or {}
         if metrics:  # the last epoch's accuracy and losses, for the report's tables
             trial.set_user_attr(LAST_METRICS_ATTR, metrics[max(metrics, key=int)])
+        if result.get("test"):  # the best checkpoint on the held-out test split
+            trial.set_user_attr(TEST_METRICS_ATTR, result["test"])
         trial.set_user_attr("wall_time_s", round(seconds, 1))
         trial.set_user_attr("exit_code", code)
         if (run_dir / "config.yaml").is_file():

@@ -16,6 +16,7 @@ from pathlib import Path
 RESULT_FILE = "study_result.json"
 PRUNING_CALLBACK = "dyt_lab.study.pruning.StudyPruning"
 TRIAL_ENV = "DYT_LAB_STUDY_TRIAL"  # JSON: which trial of which study a fit process reports to
+TEST_METRICS_ATTR = "test"  # user attribute: the best checkpoint's test metrics (test/acc, test/loss)
 LAST_METRICS_ATTR = "last_epoch"  # user attribute: the last epoch's metrics (val/acc, train/loss_epoch, ...)
 
 

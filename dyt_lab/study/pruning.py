@@ -33,6 +33,7 @@ class StudyPruning(Callback):
         self.binding = json.loads(raw) if raw else None
         self.history: dict[int, float] = {}
         self.metrics: dict[int, dict[str, float]] = {}  # epoch -> the epoch's logged scalars, for the report
+        self.test: dict[str, float] = {}  # test/acc, test/loss of the best checkpoint, if the run tests it
         self._trial = None
         self.pruned = False
         self._fit_started: float | None = None  # what the study-overhead benchmark subtracts from a trial's time
@@ -64,7 +65,7 @@ class StudyPruning(Callback):
         b = self.binding
         return {"metric": b["metric"], "history": self.history, "epochs": epoch + 1,
                 "value": objective_value(self.history, b["direction"], b["value"]),
-                "metrics": self.metrics, "pruned": pruned, "error": error,
+                "metrics": self.metrics, "test": self.test, "pruned": pruned, "error": error,
                 "fit_seconds": round(time.monotonic() - self._fit_started, 3) if self._fit_started else None}
 
     def _decide(self, trainer: Trainer, epoch: int) -> dict:
@@ -104,6 +105,13 @@ class StudyPruning(Callback):
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._fit_started = time.monotonic()
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # The test pass of ``--test_after_fit`` (the best checkpoint on the held-out split).
+        if self.binding is None or not trainer.is_global_zero or not self.history:
+            return
+        self.test = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        write_result(self.binding["result"], self._result(max(self.history), pruned=self.pruned))
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # The epoch's training metrics are logged after its validation: add the last epoch's now.

@@ -14,10 +14,13 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from dyt_lab.errors import ConfigError
 from dyt_lab.study.comparison import replicated_sections
+from dyt_lab.study.confirm import SUFFIX
 from dyt_lab.study.markdown import markdown_table
 from dyt_lab.study.plots import mean_by, placement_and_variant, write_plots
 from dyt_lab.study.replicates import SEED_ATTR
+from dyt_lab.study.spec import DEFAULT_MARGIN, check_margin
 from dyt_lab.study.storage import find_storage, load_existing
 
 
@@ -85,7 +88,16 @@ def how_to_open(name: str, url: str, folder: Path) -> list[str]:
             f"tensorboard --logdir {folder / 'trials'}   (one run per trial; HParams tab compares them)"]
 
 
-def report(name: str, root: str = "studies", storage: str | None = None) -> Path:
+def linked_confirm(name: str, root: str, storage: str | None) -> optuna.Study | None:
+    """The confirm study ``NAME.confirm`` (``dyt-lab study confirm``), if one was started."""
+    confirm_name = f"{name}{SUFFIX}"
+    try:
+        return load_existing(confirm_name, find_storage(confirm_name, root, storage))
+    except ConfigError:
+        return None
+
+
+def report(name: str, root: str = "studies", storage: str | None = None, margin: float | None = None) -> Path:
     """Print the report of study ``name`` and write it into its folder; return report.md's path."""
     url = find_storage(name, root, storage)
     study = load_existing(name, url)
@@ -100,7 +112,12 @@ def report(name: str, root: str = "studies", storage: str | None = None) -> Path
     design = study.user_attrs.get("design") or {}
     replicated_files: list[Path] = []
     if design.get("seeds"):  # one configuration = several seed runs: compare means, not single runs
-        replicated, replicated_files = replicated_sections(study, design, folder, metric)
+        try:
+            margin = check_margin(design.get("margin", DEFAULT_MARGIN) if margin is None else margin)
+        except ValueError as err:
+            raise ConfigError(f"--margin: {err}") from None
+        confirm_study = None if name.endswith(SUFFIX) else linked_confirm(name, root, storage)
+        replicated, replicated_files = replicated_sections(study, design, folder, metric, margin, confirm_study)
         sections += replicated
     elif complete:
         best = study.best_trial

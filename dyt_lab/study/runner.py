@@ -35,7 +35,7 @@ from dyt_lab.study.launch import warm_up
 from dyt_lab.study.liveness import TrialHeartbeat, clean_retry, die_with_parent, reap_dead_trials
 from dyt_lab.study.objective import TrialObjective
 from dyt_lab.study.optuna_internals import in_optimize_loop, storage_of, trial_id
-from dyt_lab.study.replicates import configurations_counted, live_trials, queue_missing_seeds
+from dyt_lab.study.replicates import SEED_ATTR, configurations_counted, live_trials, queue_missing_seeds
 from dyt_lab.study.samplers import check_sampler, make_pruner, make_sampler
 from dyt_lab.study.space import SearchSpace
 from dyt_lab.study.spec import StudySpec
@@ -222,16 +222,34 @@ def _create(spec: StudySpec, url: str) -> optuna.Study:
         raise ConfigError(f"study '{spec.study_name}' exists with direction {study.direction.name.lower()}; "
                           f"objective.direction {spec.objective.direction} cannot change it")
     study.set_user_attr("objective", {"metric": spec.objective.metric, "value": spec.objective.value})
-    study.set_user_attr("design", {"seeds": spec.seeds, "reference": spec.reference, "gap_from": spec.gap_from})
+    study.set_user_attr("design", {"seeds": spec.seeds, "reference": spec.reference, "gap_from": spec.gap_from,
+                                   "margin": spec.margin})
     return study
 
 
-def run_study(spec: StudySpec) -> None:
-    """``dyt-lab study run``: prepare, run the workers, print where the report is."""
+def enqueue(spec: StudySpec, queue: list[dict], attrs: dict) -> None:
+    """Queue fixed configurations (first seed; the others follow) unless queued before, and set study attributes."""
+    study = optuna.load_study(study_name=spec.study_name, storage=open_storage(storage_url(spec.storage, spec.folder)))
+    for key, value in attrs.items():
+        study.set_user_attr(key, value)
+    first_seed = {SEED_ATTR: spec.seeds[0]} if spec.seeds else None
+    for params in queue:
+        study.enqueue_trial(params, user_attrs=first_seed, skip_if_exists=True)
+
+
+def run_study(spec: StudySpec, queue: list[dict] | None = None, attrs: dict | None = None) -> None:
+    """``dyt-lab study run``: prepare, run the workers, print where the report is.
+
+    ``queue`` holds configurations (Optuna params) to run first, ``attrs`` study attributes to record
+    (``dyt-lab study confirm`` uses both).
+    """
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial comes from TrialObjective
     if spec.workers == 1 and spec.isolation == "warm":
         warm_up()  # its imports run beside the checks below, on the other core
     space, gpus = prepare(spec)
+    if queue or attrs:
+        with disk_faults(storage_shown(storage_url(spec.storage, spec.folder))):
+            enqueue(spec, queue or [], attrs or {})
     if spec.workers == 1:
         code = work(spec, 0)
     else:

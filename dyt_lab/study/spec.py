@@ -18,6 +18,7 @@ a ``--key`` flag and ``--help`` text, and several ``--config`` files compose. A 
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +27,18 @@ from typing import Any, Literal
 from dyt_lab.errors import ConfigError
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+DEFAULT_MARGIN = 0.005  # equivalence margin of the report's verdicts: half a point of accuracy
+
+
+def check_margin(margin) -> float:
+    """An equivalence margin as a float >= 0, or a ValueError that names it."""
+    try:
+        m = float(margin)
+    except (TypeError, ValueError):
+        raise ValueError(f"equivalence margin {margin!r} is not a number; give e.g. 0.005 (0.5 points)") from None
+    if not math.isfinite(m) or m < 0:
+        raise ValueError(f"equivalence margin {margin!r} must be a finite number >= 0, e.g. 0.005 (0.5 points)")
+    return m
 
 
 @dataclass
@@ -137,6 +150,8 @@ class StudySpec:
             keys it leaves out are matched level by level (None: no comparison).
         gap_from: a second configuration, in the same form; the report splits the gap between it
             and ``reference`` into the share each differing factor explains (None: no attribution).
+        margin: equivalence margin of the report's verdicts, in the objective's units (0.005: half a
+            point of accuracy): a difference whose interval lies within +-margin is ``equivalent``.
         isolation: how a trial starts: ``warm`` forks it from a process that imported torch and
             Lightning once (about 1 s instead of 10), ``process`` starts a fresh Python (DDP trials
             always do).
@@ -160,6 +175,7 @@ class StudySpec:
     seeds: list[int] | None = None
     reference: dict[str, Any] | None = None
     gap_from: dict[str, Any] | None = None
+    margin: float = DEFAULT_MARGIN
     isolation: Literal["warm", "process"] = "warm"
 
     @property
@@ -256,6 +272,10 @@ def check_spec(spec: StudySpec) -> None:
     if spec.grace_period <= spec.heartbeat_interval:
         raise ConfigError(f"grace_period ({spec.grace_period}) must exceed heartbeat_interval "
                           f"({spec.heartbeat_interval})")
+    try:
+        spec.margin = check_margin(spec.margin)
+    except ValueError as err:
+        raise ConfigError(f"margin: {err}") from None
     if spec.max_retries < 0:
         raise ConfigError(f"max_retries must be >= 0, got {spec.max_retries}")
     if spec.seeds is not None:

@@ -1,25 +1,40 @@
-"""Replicated-seed statistics for factorial studies: summaries, paired differences, effects, gap attribution.
+"""Replicated-seed statistics: configuration summaries, paired comparisons and their verdicts.
 
 Every function takes a pandas DataFrame with one row per finished seed run: the factor columns (strings
 or numbers), a seed column (the same seeds for every configuration, so runs are paired by seed) and a
-value column. The models are statsmodels OLS fits with the seed as a block effect, which is what pairing
-means in a linear model; this module only writes formulas and contrast vectors and leaves the fitting,
-tests and intervals to statsmodels and scipy.
+value column. Factorial effects and the split of a gap are in ``factorial.py``.
+
+What a reviewer asks of these numbers, and where each is answered:
+
+- *An interval valid for the n you have.* A t-interval, never a normal one. A configuration's spread is
+  pooled over the study (more degrees of freedom) when the Brown-Forsythe test (scipy's ``levene`` with
+  median centring) finds no sign that the spreads differ; otherwise each configuration uses its own. An
+  interval that would have zero width (two seeds that agree exactly, and nothing to pool) is "too few
+  seeds", not an interval. Bounds never leave the metric's range (``bounds``, (0, 1) for accuracies).
+- *Equivalence is tested*, by two one-sided tests (TOST) against a margin ``m``, not read from an
+  interval that contains 0. A comparison is ``better``, ``worse``, ``equivalent`` (within +-m) or
+  ``inconclusive``.
+- *Many comparisons*: p-values are Holm-adjusted over the table's family (statsmodels' multipletests);
+  both the raw and the adjusted p are returned.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
 import pandas as pd
-import statsmodels.formula.api as smf
 from scipy import stats
-from statsmodels.stats.anova import anova_lm
+from statsmodels.stats.multitest import multipletests
+
+from dyt_lab.study.spec import DEFAULT_MARGIN, check_margin
+
+ALPHA = 0.05  # the level of every test and verdict; intervals are (1 - ALPHA)
+VERDICTS = ("better", "worse", "equivalent", "inconclusive", "too few seeds")
 
 
-def _check(table: pd.DataFrame, factors: list[str], value: str, seed: str) -> None:
+def check_table(table: pd.DataFrame, factors: list[str], value: str, seed: str) -> None:
+    """Raise a ValueError naming what is wrong with a seed-run table (missing columns, NaNs, repeats)."""
     missing = [c for c in [*factors, seed, value] if c not in table.columns]
     if missing:
         raise ValueError(f"columns {missing} are not in the table (it has {list(table.columns)})")
@@ -28,247 +43,150 @@ def _check(table: pd.DataFrame, factors: list[str], value: str, seed: str) -> No
         raise ValueError(f"{int(table[value].isna().sum())} rows have no {value!r}: drop or fill them first")
     dup = table.duplicated([*factors, seed])
     if dup.any():
-        first = _text(table.loc[dup, [*factors, seed]].iloc[0].to_dict())
+        first = text_of(table.loc[dup, [*factors, seed]].iloc[0].to_dict())
         raise ValueError(f"{int(dup.sum())} rows repeat a (configuration, seed) pair, first: {first}")
 
 
-def _text(config: dict) -> str:
+def text_of(config: dict) -> str:
+    """``center=batch, lr=0.002``: a configuration as people read it in an error or a table."""
     return ", ".join(f"{k}={v}" for k, v in config.items())
 
 
-def _t_half(std, n, confidence: float):
-    """Half width of the t-interval of a mean; NaN where n < 2."""
-    n = np.asarray(n, dtype=float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return stats.t.ppf((1 + confidence) / 2, n - 1) * np.asarray(std, dtype=float) / np.sqrt(n)
+def _spreads_differ(groups: list[np.ndarray]) -> bool:
+    """Brown-Forsythe: do these groups' spreads differ (p < ALPHA)? False where it cannot be tested."""
+    usable = [g for g in groups if len(g) >= 2]
+    if len(usable) < 2 or all(np.ptp(g) == 0 for g in usable):
+        return False
+    return bool(stats.levene(*usable, center="median").pvalue < ALPHA)
 
 
-def _levels(column: pd.Series) -> pd.Categorical:
-    """Levels as strings (so dict values match by text), ordered by value so that 0.001 < 0.01."""
-    values = column.unique()
-    try:
-        order = sorted(values)
-    except TypeError:
-        order = sorted(values, key=str)
-    return pd.Categorical(column.map(str), categories=list(dict.fromkeys(str(v) for v in order)))
+def _pool(groups: list[np.ndarray]) -> tuple[float, float]:
+    """Pooled variance of groups around their own means, and its degrees of freedom."""
+    df = sum(len(g) - 1 for g in groups)
+    ss = sum(float(((g - g.mean()) ** 2).sum()) for g in groups)
+    return (ss / df, df) if df > 0 else (math.nan, 0.0)
 
 
-def _check_estimable(model, what: str) -> None:
-    n_rows, n_params = model.exog.shape
-    if n_rows <= n_params:
-        raise ValueError(f"{what}: {n_rows} rows for {n_params} parameters leave no residual degrees of "
-                         "freedom: add seeds or drop interactions")
-    aliased = n_params - np.linalg.matrix_rank(model.exog)
-    if aliased:
-        raise ValueError(f"{what}: {aliased} model columns are aliased (cells of the design are missing): "
-                         "lower `interactions` or complete the design")
+def _spread(groups: list[np.ndarray]) -> list[tuple[float, float, str]]:
+    """Each group's (variance, degrees of freedom, how): pooled when the spreads agree, else its own."""
+    pooled_var, pooled_df = _pool(groups)
+    if pooled_df > 0 and len(groups) > 1 and not _spreads_differ(groups):
+        return [(pooled_var, pooled_df, "pooled")] * len(groups)
+    return [(float(g.var(ddof=1)), len(g) - 1.0, "own") if len(g) >= 2 else (math.nan, 0.0, "own") for g in groups]
 
 
-def _contrasts(results, rows: list[np.ndarray], confidence: float) -> pd.DataFrame:
-    """Estimate, std err, t-interval and p-value of each contrast row, by statsmodels' t_test."""
-    test = results.t_test(np.vstack(rows))
-    ci = np.asarray(test.conf_int(alpha=1 - confidence))
-    return pd.DataFrame({"estimate": np.ravel(test.effect), "std_err": np.ravel(test.sd),
-                         "ci_low": ci[:, 0], "ci_high": ci[:, 1], "p_value": np.ravel(test.pvalue)})
+def _clip(low, high, bounds):
+    return (low, high) if bounds is None else (np.clip(low, *bounds), np.clip(high, *bounds))
 
 
 def summarize(table: pd.DataFrame, factors: list[str], value: str = "value", seed: str = "seed",
-              confidence: float = 0.95) -> pd.DataFrame:
-    """Per configuration: seeds n, mean, std (ddof=1) and t-interval of the mean; best mean first."""
-    _check(table, factors, value, seed)
-    out = table.groupby(list(factors), sort=False)[value].agg(n="count", mean="mean", std="std").reset_index()
-    half = _t_half(out["std"], out["n"], confidence)
-    out["ci_low"], out["ci_high"] = out["mean"] - half, out["mean"] + half
+              confidence: float = 1 - ALPHA, bounds: tuple[float, float] | None = None) -> pd.DataFrame:
+    """Per configuration: n, mean, std (ddof=1), t-interval of the mean and how its spread was estimated.
+
+    ``interval`` is ``pooled`` (the study's pooled spread), ``own`` (this configuration's), or
+    ``too few seeds`` (no interval: one seed, or a zero spread with nothing to pool). Best mean first.
+    """
+    check_table(table, factors, value, seed)
+    grouped = table.groupby(list(factors), sort=False)[value]
+    out = grouped.agg(n="count", mean="mean", std="std").reset_index()
+    spreads = _spread([np.asarray(g, dtype=float) for _, g in grouped])
+    var = np.array([s[0] for s in spreads])
+    df = np.array([s[1] for s in spreads])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        half = stats.t.ppf((1 + confidence) / 2, df) * np.sqrt(var / out["n"].to_numpy())
+    usable = np.isfinite(half) & (half > 0)
+    out["ci_low"], out["ci_high"] = _clip(np.where(usable, out["mean"] - half, np.nan),
+                                          np.where(usable, out["mean"] + half, np.nan), bounds)
+    out["interval"] = np.where(usable, [s[2] for s in spreads], "too few seeds")
     return out.sort_values("mean", ascending=False, ignore_index=True)
 
 
+def verdicts(frame: pd.DataFrame, margin: float, higher_is_better: bool = True) -> pd.DataFrame:
+    """Holm-adjust ``p_diff`` and ``p_tost`` over the frame's rows and add each row's verdict.
+
+    ``frame`` has mean_diff, std_err, df, p_diff and p_tost per comparison (rows with NaN p are not in
+    the family). Equivalence wins over a difference: a significant gap smaller than the margin is
+    ``equivalent``, which is what a reader needs to know.
+    """
+    out = frame.copy()
+    for column in ("p_diff", "p_tost"):
+        valid = out[column].notna().to_numpy()
+        adjusted = np.full(len(out), np.nan)
+        if valid.any():
+            adjusted[valid] = multipletests(out.loc[valid, column], alpha=ALPHA, method="holm")[1]
+        out[f"{column}_holm"] = adjusted
+    gain = out["mean_diff"] if higher_is_better else -out["mean_diff"]
+    out["verdict"] = np.select(
+        [out["p_diff"].isna(), out["p_tost_holm"] < ALPHA, (out["p_diff_holm"] < ALPHA) & (gain > 0),
+         out["p_diff_holm"] < ALPHA], ["too few seeds", "equivalent", "better", "worse"], "inconclusive")
+    out["margin"] = margin
+    return out
+
+
+def t_tests(mean, se, df, margin: float, confidence: float = 1 - ALPHA) -> dict[str, np.ndarray]:
+    """Two-sided t-test of 0 and TOST of +-margin for estimates with standard error ``se`` and ``df``.
+
+    The same arithmetic as statsmodels' ``ttest_rel``/``ttost_paired`` (a test checks it), written once
+    here because the standard error may come from a pooled spread those functions cannot be given.
+    """
+    mean, se, df = (np.asarray(x, dtype=float) for x in (mean, se, df))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ok = (se > 0) & (df > 0)
+        t0 = np.where(ok, mean / se, np.nan)
+        p_diff = np.where(ok, 2 * stats.t.sf(np.abs(t0), df), np.nan)
+        p_low = stats.t.sf((mean + margin) / se, df)  # H0: difference <= -margin
+        p_high = stats.t.cdf((mean - margin) / se, df)  # H0: difference >= +margin
+        p_tost = np.where(ok, np.maximum(p_low, p_high), np.nan)
+        half = np.where(ok, stats.t.ppf((1 + confidence) / 2, df) * se, np.nan)
+    return {"p_diff": p_diff, "p_tost": p_tost, "ci_low": mean - half, "ci_high": mean + half}
+
+
+def compare_pairs(differences: list[np.ndarray], confidence: float = 1 - ALPHA, higher_is_better: bool = True,
+                  margin: float = DEFAULT_MARGIN, bounds: tuple[float, float] | None = None) -> pd.DataFrame:
+    """One family of comparisons, each given as its per-seed paired differences: estimates, tests, verdicts.
+
+    The spread of the differences is pooled over the family when Brown-Forsythe finds no sign that it
+    differs between comparisons (degrees of freedom: all pairs), else each uses its own (n_pairs - 1).
+    ``bounds`` is the metric's range: a difference then stays within +-(high - low).
+    """
+    margin = check_margin(margin)
+    groups = [np.asarray(d, dtype=float) for d in differences]
+    out = pd.DataFrame({"n_pairs": [len(g) for g in groups], "mean_diff": [g.mean() if len(g) else math.nan
+                                                                          for g in groups],
+                        "std_diff": [g.std(ddof=1) if len(g) > 1 else math.nan for g in groups]})
+    var, df, how = zip(*_spread(groups)) if groups else ((), (), ())
+    out["std_err"] = np.sqrt(np.array(var, dtype=float) / out["n_pairs"].to_numpy())
+    out["df"], out["interval"] = np.array(df, dtype=float), list(how)
+    tests = t_tests(out["mean_diff"], out["std_err"], out["df"], margin, confidence)
+    span = None if bounds is None else (bounds[0] - bounds[1], bounds[1] - bounds[0])
+    out["ci_low"], out["ci_high"] = _clip(tests["ci_low"], tests["ci_high"], span)
+    out["p_diff"], out["p_tost"] = tests["p_diff"], tests["p_tost"]
+    out.loc[out["p_diff"].isna(), "interval"] = "too few seeds"
+    return verdicts(out, margin, higher_is_better)
+
+
 def paired_differences(table: pd.DataFrame, factors: list[str], reference: dict, value: str = "value",
-                       seed: str = "seed", confidence: float = 0.95,
-                       higher_is_better: bool = True) -> pd.DataFrame:
-    """Per configuration: mean, std and t-interval of (config - reference) over shared seeds, and a verdict."""
-    _check(table, factors, value, seed)
+                       seed: str = "seed", confidence: float = 1 - ALPHA, higher_is_better: bool = True,
+                       margin: float = DEFAULT_MARGIN, bounds: tuple[float, float] | None = None) -> pd.DataFrame:
+    """Each configuration minus ``reference`` over their shared seeds, as one family (``compare_pairs``)."""
+    check_table(table, factors, value, seed)
     wide = table.set_index([*factors, seed])[value].unstack(seed)  # one row per configuration
     labels = [lab if isinstance(lab, tuple) else (lab,) for lab in wide.index]
     texts = [tuple(map(str, lab)) for lab in labels]
     wanted = tuple(str(reference.get(f)) for f in factors)
     if set(reference) != set(factors) or wanted not in texts:
-        valid = [_text(dict(zip(factors, lab))) for lab in labels]
+        valid = [text_of(dict(zip(factors, lab))) for lab in labels]
         more = f" (and {len(valid) - 4} more)" if len(valid) > 4 else ""
-        raise ValueError(f"reference {_text(reference)} is not a configuration of the table; "
+        raise ValueError(f"reference {text_of(reference)} is not a configuration of the table; "
                          f"valid ones: {'; '.join(valid[:4])}{more}")
     ref = wide.iloc[texts.index(wanted)]
-    diffs = wide.sub(ref, axis=1)  # NaN where a seed is missing on either side, so only pairs count
-    out = pd.DataFrame({"n_pairs": diffs.count(axis=1), "mean_diff": diffs.mean(axis=1),
-                        "std_diff": diffs.std(axis=1)})
-    half = _t_half(out["std_diff"], out["n_pairs"], confidence)
-    out["ci_low"], out["ci_high"] = out["mean_diff"] - half, out["mean_diff"] + half
+    others = wide.drop(index=wide.index[texts.index(wanted)])
+    diffs = others.sub(ref, axis=1)  # NaN where a seed is missing on either side, so only pairs count
+    out = compare_pairs([row.dropna().to_numpy() for _, row in diffs.iterrows()], confidence,
+                        higher_is_better, margin, bounds)
+    out.index = others.index
     out["ref_std"] = ref.std()  # the reference's seed spread, for judging a difference's size
-    gain = out["mean_diff"] if higher_is_better else -out["mean_diff"]
-    out["verdict"] = np.select(
-        [out["n_pairs"] < 2, (out["ci_low"] <= 0) & (out["ci_high"] >= 0), gain > 0],
-        ["too few pairs", "no difference", "better"], "worse")
-    out.loc[[t == wanted for t in texts], "verdict"] = "reference"
-    return out.reset_index().sort_values("mean_diff", ascending=False, ignore_index=True)
-
-
-def factorial_effects(table: pd.DataFrame, factors: list[str], value: str = "value", seed: str = "seed",
-                      interactions: int = 2, confidence: float = 0.95) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Sum-coded OLS effects (main, interactions, 2-level differences) and a type-II ANOVA table."""
-    _check(table, factors, value, seed)
-    # Safe names f0, f1, ... let any column name appear in a formula; labels are mapped back below.
-    data = pd.DataFrame({f"f{i}": _levels(table[f]) for i, f in enumerate(factors)})
-    data["block"], data["y"] = _levels(table[seed]), table[value].to_numpy(dtype=float)
-    levels = [list(data[f"f{i}"].cat.categories) for i in range(len(factors))]
-    for f, lv in zip(factors, levels):
-        if len(lv) < 2:
-            raise ValueError(f"factor {f!r} has a single level ({lv[0]}): it has no effect to estimate")
-    rhs = f"({' + '.join(f'C(f{i}, Sum)' for i in range(len(factors)))})**{interactions}"
-    if data["block"].nunique() > 1:
-        rhs += " + C(block)"
-    model = smf.ols(f"y ~ {rhs}", data=data)
-    _check_estimable(model, "factorial_effects")
-    results = model.fit()
-    names = list(results.params.index)
-
-    def weights(combo: tuple[int, ...], level_idx: tuple[int, ...]) -> np.ndarray:
-        # Sum coding keeps columns for all levels but the last; the last level's effect is minus the sum
-        # of the others. So every level's (interaction) effect is a product of coding-matrix entries.
-        w = np.zeros(len(names))
-        for coded in itertools.product(*[range(len(levels[i]) - 1) for i in combo]):
-            name = ":".join(f"C(f{i}, Sum)[S.{levels[i][a]}]" for i, a in zip(combo, coded))
-            w[names.index(name)] = math.prod(1.0 if lv == a else (-1.0 if lv == len(levels[i]) - 1 else 0.0)
-                                             for i, lv, a in zip(combo, level_idx, coded))
-        return w
-
-    labels, rows = [], []
-    for order in range(1, interactions + 1):
-        for combo in itertools.combinations(range(len(factors)), order):
-            for level_idx in itertools.product(*[range(len(levels[i])) for i in combo]):
-                labels.append((":".join(factors[i] for i in combo), "main" if order == 1 else "interaction",
-                               ":".join(levels[i][lv] for i, lv in zip(combo, level_idx))))
-                rows.append(weights(combo, level_idx))
-    for i, lv in enumerate(levels):  # the readable form for 2-level factors: mean(b) - mean(a)
-        if len(lv) == 2:
-            labels.append((factors[i], "difference", f"{lv[1]} - {lv[0]}"))
-            rows.append(weights((i,), (1,)) - weights((i,), (0,)))
-    effects = pd.concat([pd.DataFrame(labels, columns=["term", "kind", "level"]),
-                         _contrasts(results, rows, confidence)], axis=1)
-
-    aov = anova_lm(results, typ=2)
-    back = {f"C(f{i}, Sum)": f for i, f in enumerate(factors)} | {"C(block)": seed}
-    anova = pd.DataFrame({"term": [":".join(back.get(p, p) for p in t.split(":")) for t in aov.index],
-                          "sum_sq": aov["sum_sq"].to_numpy(), "df": aov["df"].to_numpy(),
-                          "F": aov["F"].to_numpy(), "p_value": aov["PR(>F)"].to_numpy()})
-    anova["eta_sq"] = anova["sum_sq"] / anova["sum_sq"].sum()  # share of all variance, residual included
-    return effects, anova
-
-
-def gap_attribution(table: pd.DataFrame, factors: list[str], start: dict, end: dict, at: dict | None = None,
-                    value: str = "value", seed: str = "seed", confidence: float = 0.95) -> pd.DataFrame:
-    """Shapley split of mean(end) - mean(start) over the factors that differ, as cell-mean contrasts."""
-    _check(table, factors, value, seed)
-    at = dict(at or {})
-    for name, config in (("start", start), ("end", end), ("at", at)):
-        if unknown := set(config) - set(factors):
-            raise ValueError(f"{name} names {sorted(unknown)}, which are not among the factors {factors}")
-    if set(start) != set(end):
-        raise ValueError(f"start and end must set the same factors: {sorted(start)} vs {sorted(end)}")
-    moved = [f for f in factors if f in start and str(start[f]) != str(end[f])]
-    if not moved:
-        raise ValueError("start and end are the same cell: there is no gap to attribute")
-    if clash := set(moved) & set(at):
-        raise ValueError(f"{sorted(clash)} differ between start and end, so `at` cannot hold them")
-    held = {f: start[f] for f in start if f not in moved} | at
-    averaged = [f for f in factors if f not in held and f not in moved]
-    avg_levels = [list(_levels(table[f]).categories) for f in averaged]
-
-    def corner(subset: frozenset) -> dict[tuple, float]:
-        # The sub-design cell with the factors in `subset` at their end level, the other moved ones at their
-        # start level, averaged with equal weights over the levels of the factors nobody fixed.
-        fixed = {f: str(end[f] if f in subset else start[f]) for f in moved} | {f: str(v) for f, v in held.items()}
-        combos = list(itertools.product(*avg_levels))
-        return {tuple({**fixed, **dict(zip(averaged, c))}[f] for f in factors): 1 / len(combos) for c in combos}
-
-    def contrast(*terms: tuple[float, frozenset]) -> dict[tuple, float]:
-        w: dict[tuple, float] = {}
-        for coef, subset in terms:
-            for cell, share in corner(subset).items():
-                w[cell] = w.get(cell, 0.0) + coef * share
-        return w
-
-    # Shapley value of factor i: the average over all orders of the change from switching i from its start
-    # level to its end level, i.e. sum over subsets S of the others of |S|!(k-|S|-1)!/k! * (v(S+i) - v(S)).
-    k, contrasts = len(moved), []
-    for f in moved:
-        terms = []
-        for size in range(k):
-            weight = math.factorial(size) * math.factorial(k - size - 1) / math.factorial(k)
-            for s in itertools.combinations([g for g in moved if g != f], size):
-                terms += [(weight, frozenset(s) | {f}), (-weight, frozenset(s))]
-        contrasts.append(contrast(*terms))
-    contrasts.append(contrast((1.0, frozenset(moved)), (-1.0, frozenset())))  # the gap itself, last
-
-    keys = list(zip(*(table[f].map(str) for f in factors)))
-    needed = set().union(*contrasts)
-    if missing := [c for c in sorted(needed) if c not in set(keys)]:
-        raise ValueError(f"cell {_text(dict(zip(factors, missing[0])))} is missing from the table "
-                         f"({len(missing)} of the {len(needed)} cells this attribution needs)")
-    # Fit only the cells the gap is made of: the cell means are free parameters, the seeds are blocks.
-    codes = {cell: f"c{j}" for j, cell in enumerate(sorted(needed))}
-    keep = np.array([key in needed for key in keys])
-    data = pd.DataFrame({"cell": [codes[key] for key in itertools.compress(keys, keep)],
-                         "block": _levels(table.loc[keep, seed]),
-                         "y": table.loc[keep, value].to_numpy(dtype=float)})
-    model = smf.ols("y ~ 0 + C(cell)" + (" + C(block)" if data["block"].nunique() > 1 else ""), data=data)
-    _check_estimable(model, "gap_attribution")
-    results = model.fit()
-    names = list(results.params.index)
-    rows = []
-    for w in contrasts:
-        row = np.zeros(len(names))
-        for cell, weight in w.items():
-            row[names.index(f"C(cell)[{codes[cell]}]")] = weight
-        rows.append(row)
-    est = _contrasts(results, rows, confidence)
-    g = est.iloc[-1]
-    out = est.iloc[:-1].rename(columns={"estimate": "shapley"})
-    out.insert(0, "factor", moved)
-    out.insert(1, "start", [start[f] for f in moved])
-    out.insert(2, "end", [end[f] for f in moved])
-    out["share"] = out["shapley"] / g["estimate"]
-    # The share's interval treats the gap as known: it is the Shapley interval in units of the gap.
-    bounds = np.sort(np.c_[out["ci_low"], out["ci_high"]] / g["estimate"], axis=1)
-    out["share_ci_low"], out["share_ci_high"] = bounds[:, 0], bounds[:, 1]
-    out["gap"], out["gap_ci_low"], out["gap_ci_high"] = g["estimate"], g["ci_low"], g["ci_high"]
-    out["confidence"] = confidence
-    return out.reset_index(drop=True)
-
-
-def attribution_sentences(attribution: pd.DataFrame, gap_label: str = "the gap",
-                          names: dict[str, str] | None = None) -> list[str]:
-    """Plain-words lines for a gap_attribution table: the gap, then each factor's share with its interval."""
-    names = names or {}
-
-    def pct(x: float) -> str:
-        return f"{100 * x:.0f}%".replace("-0%", "0%")  # no "-0%" for a tiny negative share
-
-    first = attribution.iloc[0]
-    ci = f"{100 * first['confidence']:.0f}% CI"
-    lines = [f"{gap_label}: {first['gap']:+.4g} ({ci} {first['gap_ci_low']:+.4g} to {first['gap_ci_high']:+.4g})"]
-    if first["gap_ci_low"] <= 0 <= first["gap_ci_high"]:
-        lines[0] += ": not clearly different from zero, so the shares below mean little"
-    unclear_gap = first["gap_ci_low"] <= 0 <= first["gap_ci_high"]
-    for _, r in attribution.iterrows():
-        move = f"{names.get(r['factor'], r['factor'])} ({r['start']} -> {r['end']})"
-        if unclear_gap:  # shares of a gap that may be zero are meaningless: give the contribution itself
-            lines.append(f"{move} contributes {r['shapley']:+.4g} ({ci} {r['ci_low']:+.4g} to {r['ci_high']:+.4g})")
-            continue
-        interval = f"({ci} {pct(r['share_ci_low'])} to {pct(r['share_ci_high'])})"
-        if r["share"] >= 0:
-            line = f"{move} closes {pct(r['share'])} of {gap_label} {interval}"
-        else:
-            line = f"{move} works against closing {gap_label}: {pct(r['share'])} {interval}"
-        if r["ci_low"] <= 0 <= r["ci_high"]:
-            line += ": no clear effect"
-        lines.append(line)
-    return lines
+    reference_row = pd.DataFrame({"verdict": ["reference"], "mean_diff": [0.0], "n_pairs": [ref.count()]},
+                                 index=wide.index[[texts.index(wanted)]])
+    return pd.concat([out, reference_row]).reset_index().sort_values("mean_diff", ascending=False,
+                                                                    ignore_index=True)

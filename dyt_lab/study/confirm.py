@@ -1,0 +1,125 @@
+"""``dyt-lab study confirm NAME --top K --seeds 10..14``: measure a study's winners on seeds that did not pick them.
+
+A search picks its best configurations on the seeds that also measure them, so their estimates are
+biased upward (the winner's curse). Confirming reruns the K best configurations and the study's best
+reference configuration on fresh seeds, as a study of its own, ``NAME.confirm``: a sibling folder with its
+own storage file (or, for a database, the same database under that name). It is an ordinary seeded
+study, so it resumes (run the same command again) and survives ``kill -9``; every run tests its best
+checkpoint on the held-out split, and ``dyt-lab study report NAME`` shows both stages side by side.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import optuna
+import yaml
+from optuna.trial import TrialState
+
+from dyt_lab.errors import ConfigError
+from dyt_lab.study.design import trial_levels
+from dyt_lab.study.replicates import SEED_ATTR, configuration
+from dyt_lab.study.spec import Pruner, Sampler, StudySpec, load_spec
+from dyt_lab.study.storage import find_storage, load_existing
+
+SUFFIX = ".confirm"
+CONFIRMS_ATTR = "confirms"  # study attribute of NAME.confirm: which study, which configurations, which seeds
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``10..14`` (inclusive) or ``10,11,12`` -> a list of distinct seeds, or a one-line ConfigError."""
+    try:
+        if ".." in text:
+            first, last = (int(part) for part in text.split("..", 1))
+            seeds = list(range(first, last + 1))
+        else:
+            seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--seeds '{text}': give a range like 10..14 or a list like 10,11,12") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds '{text}': give at least one seed, each once (e.g. 10..14)")
+    return seeds
+
+
+def matches(levels: dict, cell: dict | None) -> bool:
+    """Whether a configuration's factor levels are those of ``cell`` (compared as text)."""
+    return bool(cell) and all(str(levels.get(k)) == str(v) for k, v in cell.items())
+
+
+def ranked_configurations(study: optuna.Study) -> list[dict]:
+    """Completed configurations, best mean first: params, factor levels, seeds and mean of the objective."""
+    found: dict[str, dict] = {}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        entry = found.setdefault(configuration(trial), {"params": dict(trial.params), "levels": trial_levels(trial),
+                                                        "values": [], "seeds": []})
+        entry["values"].append(trial.value)
+        entry["seeds"].append(trial.user_attrs.get(SEED_ATTR))
+    for entry in found.values():
+        entry["mean"] = sum(entry["values"]) / len(entry["values"])
+    sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
+    return sorted(found.values(), key=lambda e: sign * e["mean"])
+
+
+def search_seeds(study: optuna.Study) -> set[int]:
+    """The seeds the search ran: its seed attributes, or the seed_everything of its runs' configs."""
+    seeds = set()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if trial.user_attrs.get(SEED_ATTR) is not None:
+            seeds.add(int(trial.user_attrs[SEED_ATTR]))
+        elif Path(str(trial.user_attrs.get("config"))).is_file():
+            seed = yaml.safe_load(Path(trial.user_attrs["config"]).read_text()).get("seed_everything")
+            seeds.update([int(seed)] if isinstance(seed, int) else [])
+    return seeds
+
+
+def choose(study: optuna.Study, top: int, reference: dict | None) -> list[dict]:
+    """The ``top`` best configurations that are not the reference, then the reference at its best."""
+    ranked = ranked_configurations(study)
+    if not ranked:
+        raise ConfigError(f"study '{study.study_name}' has no completed trial to confirm")
+    contenders = [e for e in ranked if not matches(e["levels"], reference)]
+    if not 1 <= top <= len(contenders):
+        raise ConfigError(f"--top {top}: study '{study.study_name}' has {len(contenders)} completed "
+                          f"configurations besides its reference; give --top 1..{len(contenders)}")
+    chosen = contenders[:top]
+    references = [e for e in ranked if matches(e["levels"], reference)]
+    return chosen + references[:1]
+
+
+def confirm_spec(parent: StudySpec, seeds: list[int], n_configurations: int, workers: int | None) -> StudySpec:
+    """The confirm study: the parent's runs and search space, its chosen configurations on fresh seeds.
+
+    Every trial is queued with fixed values, so the sampler never chooses one (random is the cheapest that
+    honours them); no pruning, since a confirmation measures each configuration to its end.
+    """
+    return replace(parent, study_name=f"{parent.study_name}{SUFFIX}", seeds=seeds, n_trials=n_configurations,
+                   sampler=Sampler(name="random", seed=0), pruner=Pruner(name="none"), gap_from=None,
+                   timeout=None, workers=workers or parent.workers)
+
+
+def confirm(name: str, top: int, seeds_text: str, root: str = "studies", storage: str | None = None,
+            workers: int | None = None) -> None:
+    """Check everything, then create (or resume) ``NAME.confirm`` and run it to its end."""
+    from dyt_lab.study.runner import SPEC_FILE, run_study
+
+    seeds = parse_seeds(seeds_text)
+    saved = Path(root) / name / SPEC_FILE
+    if not saved.is_file():
+        raise ConfigError(f"no study '{name}' to confirm: {saved} does not exist (run it first)")
+    parent = load_spec(["--config", str(saved)], prog="dyt-lab study confirm")
+    study = load_existing(name, find_storage(name, root, storage))
+    chosen = choose(study, top, parent.reference)
+    if overlap := sorted(set(seeds) & search_seeds(study)):
+        raise ConfigError(f"--seeds {seeds_text} overlaps the seeds the search ran ({overlap}); fresh seeds "
+                          f"must differ from {sorted(search_seeds(study))}")
+    spec = confirm_spec(parent, seeds, len(chosen), workers)
+    spec.root = root
+    if storage:
+        spec.storage = storage
+    queued = [{"params": e["params"], "levels": e["levels"], "search_mean": e["mean"], "search_seeds": e["seeds"]}
+              for e in chosen]
+    run_study(spec, queue=[q["params"] for q in queued],
+              attrs={CONFIRMS_ATTR: {"study": name, "top": top, "configurations": json.loads(json.dumps(queued,
+                                                                                                    default=str))}})
