@@ -29,7 +29,6 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from dyt_lab.data import ImageDataModule
 from dyt_lab.errors import EXIT_INTERRUPTED, ConfigError, check_int, check_writable
-from dyt_lab.models import format_placement
 from dyt_lab.parse_errors import condensed, unknown_hint
 from dyt_lab.training import ImageClassifier
 from dyt_lab.training.callbacks import DivergenceStop, LearningRateLog, RunOutcome
@@ -106,6 +105,9 @@ class DytLabCLI(LightningCLI):
         # `--ckpt_path last` would resume from the best epoch rather than the latest).
         for key, callback in OWN_CALLBACKS.items():
             parser.add_class_arguments(callback, key, fail_untyped=False, sub_configs=True)
+        # val/acc_best picks its epoch on the images it scores; the held-out test split is the honest number.
+        parser.add_argument("--test_after_fit", type=bool, default=False,
+                            help="fit: after training, test the best checkpoint (by val/acc) on the test split")
         parser.set_defaults({
             "checkpoint.monitor": "val/acc",
             "checkpoint.mode": "max",
@@ -220,20 +222,29 @@ class DytLabCLI(LightningCLI):
     def before_fit(self) -> None:
         self._check_checkpoint()
         self.outcome.watch_folder(self.trainer)
-        net = getattr(self.model, "net", None)
-        table = format_placement(net) if hasattr(net, "norm_sites") else None
+        table = self.model.placement_table()  # dyt_lab's models and any other network, converted or not
         # The instantiated modules' hparams hold the linked values (num_classes, ...), the config does not.
         config = self._own(self.config).clone().as_dict()
         config.update(model=dict(self.model.hparams), data=dict(getattr(self.datamodule, "hparams", {})))
         self.trainer.callbacks.append(RunRecord(run_hparams(config), table))
 
+    def _test_best(self) -> None:
+        """Test the best checkpoint by val/acc (the last weights if there is none) on the test split."""
+        best = next((cb.best_model_path for cb in self.trainer.checkpoint_callbacks
+                     if getattr(cb, "monitor", None) == "val/acc" and cb.best_model_path), None)
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best, verbose=False)
+
     def after_fit(self) -> None:
+        best = self.trainer.callback_metrics.get("val/acc_best")  # read before a test pass replaces them
+        if self._own(self.config).get("test_after_fit") and not self.trainer.interrupted:
+            self._test_best()
         logger = self.trainer.logger
         if not self.trainer.is_global_zero or logger is None or logger.log_dir is None:
             return
-        best = self.trainer.callback_metrics.get("val/acc_best")
         if best is not None:
             score = f"val/acc_best {float(best):.4f}"
+            if "test/acc" in self.trainer.callback_metrics:
+                score += f", test/acc {float(self.trainer.callback_metrics['test/acc']):.4f} (best checkpoint)"
         elif self.trainer.current_epoch >= (self.trainer.max_epochs or 0) > 0:
             score = "nothing to train (max_epochs already reached; raise --trainer.max_epochs to go on)"
         else:
