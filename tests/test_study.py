@@ -199,6 +199,20 @@ def test_search_space_labels_list_choices_and_maps_them_back():
     assert [label for label, _ in space.probes()["model.alpha_init"]] == [0.05, 5.0]
 
 
+def test_a_factorial_entry_is_every_combination_in_the_order_written_and_each_option_a_factor():
+    from dyt_lab.study.design import design_cells, varying_factors
+
+    space = SearchSpace({"model.rules": Distribution(type="categorical", factorial={
+        "downsample": ["batchnorm", "dyt"], "stem": ["batchnorm", "dyt"], "stage1": ["batchnorm", "dyt"]})})
+    values = [space.values({"model.rules": label})["model.rules"] for label in space.distributions["model.rules"].choices]
+    assert len(values) == 8 and all(list(v) == ["downsample", "stem", "stage1"] for v in values)
+    assert {tuple(v.values()) for v in values} == {(a, b, c) for a in ("batchnorm", "dyt") for b in ("batchnorm", "dyt")
+                                                   for c in ("batchnorm", "dyt")}
+    assert space.flags({"model.rules": space.distributions["model.rules"].choices[0]})[0].startswith(
+        '--model.rules={"downsample": ')  # the flag keeps the written order: the first rule matches first
+    assert varying_factors(design_cells(space)) == ["downsample", "stem", "stage1"]
+
+
 def test_study_file_keys_are_flags_and_override_flags_set_one_dotted_key(tmp_path):
     from dyt_lab.study.spec import load_spec
 
@@ -240,6 +254,8 @@ BAD = {
                                                        {"name": "factored", "center": "batch", "scale": "batch_std"}]},
                        "reference": {"center": "batch", "scale": "alpha"}},
                       "error: reference: no configuration of the design has center=batch, scale=alpha"),
+    "factorial_empty": ({"search_space": {"model.rules": {"factorial": {"stem": []}}}},
+                        "error: search_space 'model.rules': factorial maps each option to a non-empty list"),
     "margin_negative": ({"margin": -0.01}, "error: margin: equivalence margin -0.01 must be a finite number >= 0"),
     "margin_text": ({"margin": "half"}, "error: study file: "),
 }

@@ -7,6 +7,7 @@ under a readable label (``stage1+stage2``, or compact JSON) and mapped back to i
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from typing import Any
@@ -48,6 +49,13 @@ def to_distribution(key: str, entry: Distribution | list) -> tuple[BaseDistribut
     """One study-file entry -> (Optuna distribution, label -> value map for categoricals)."""
     if isinstance(entry, list):
         entry = Distribution(type="categorical", choices=entry)
+    if entry.factorial is not None:
+        if entry.choices or not entry.factorial or not all(isinstance(v, list) and v for v in entry.factorial.values()):
+            raise ConfigError(f"search_space '{key}': factorial maps each option to a non-empty list of levels, "
+                              "e.g. {stem: [batchnorm, dyt]}, and takes no choices")
+        options = list(entry.factorial)  # the written order: for placement rules, the first match wins
+        entry = Distribution(type="categorical", choices=[dict(zip(options, combo)) for combo in
+                                                          itertools.product(*entry.factorial.values())])
     if entry.type == "categorical":
         if not entry.choices:
             raise ConfigError(f"search_space '{key}': a categorical needs at least one choice, got none")

@@ -67,6 +67,9 @@ class Distribution:
         log: sample on a log scale (float, int; needs low > 0).
         step: spacing of the values (float, int; not with log). Needed by the grid sampler for numbers.
         choices: the values of a categorical; a value may be a list or a mapping (e.g. a placement list).
+        factorial: a two-or-more-level factorial written as option -> levels, e.g. ``{stem: [batchnorm, dyt],
+            stage1: [batchnorm, dyt]}``: a categorical whose choices are every combination as a mapping
+            (in the order written), so each option is a factor of the design.
     """
 
     type: Literal["float", "int", "categorical"] = "float"
@@ -75,6 +78,7 @@ class Distribution:
     log: bool = False
     step: int | float | None = None
     choices: list[Any] | None = None
+    factorial: dict[str, list[Any]] | None = None
 
 
 @dataclass
