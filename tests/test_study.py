@@ -381,6 +381,28 @@ def test_confirm_refuses_bad_input_in_one_line_and_writes_nothing(seeded_study, 
     assert sorted(p.name for p in (folder / "studies").iterdir()) == before
 
 
+def test_confirm_chooses_the_top_k_or_every_arm_at_its_best():
+    from optuna.distributions import CategoricalDistribution
+
+    from dyt_lab.errors import ConfigError
+    from dyt_lab.study.confirm import choose
+
+    study = optuna.create_study(direction="maximize")
+    dists = {"model.norm": CategoricalDistribution(["batchnorm", "dyt", "derf"]),
+             "model.optimizer.lr": CategoricalDistribution([0.002, 0.008])}
+    means = {("batchnorm", 0.002): 0.97, ("batchnorm", 0.008): 0.98, ("dyt", 0.002): 0.88, ("dyt", 0.008): 0.94,
+             ("derf", 0.002): 0.90, ("derf", 0.008): 0.93}
+    for (norm, lr), mean in means.items():
+        for seed, shift in ((0, -0.01), (1, 0.01)):
+            study.add_trial(optuna.trial.create_trial(params={"model.norm": norm, "model.optimizer.lr": lr},
+                                                      distributions=dists, value=mean + shift, user_attrs={"seed": seed}))
+    picked = lambda chosen: [(e["levels"]["model.norm"], e["levels"]["model.optimizer.lr"]) for e in chosen]  # noqa: E731
+    assert picked(choose(study, 2, {"model.norm": "batchnorm"})) == [("dyt", 0.008), ("derf", 0.008), ("batchnorm", 0.008)]
+    assert picked(choose(study, 1, None, per="model.norm")) == [("batchnorm", 0.008), ("dyt", 0.008), ("derf", 0.008)]
+    with pytest.raises(ConfigError, match="--per 'norm' is not a factor of study .*; factors: model.norm, model.optimizer.lr"):
+        choose(study, 1, None, per="norm")
+
+
 def test_confirm_of_a_study_with_no_finished_trial_is_one_line(tmp_path, capsys):
     folder = tmp_path / "studies" / "empty"
     folder.mkdir(parents=True)

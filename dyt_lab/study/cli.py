@@ -10,7 +10,7 @@ USAGE = """\
 usage: dyt-lab study run --config configs/study/NAME.yaml [--KEY VALUE ...] [--workers N]
        dyt-lab study resume NAME [--root studies] [--KEY VALUE ...]
        dyt-lab study report NAME [--root studies] [--storage URL] [--margin 0.005]
-       dyt-lab study confirm NAME --top K --seeds 10..14 [--root studies] [--workers N]
+       dyt-lab study confirm NAME --top K --seeds 10..14 [--per FACTOR] [--root studies] [--workers N]
 
   run      check the study file and its configs, then run trials until the study has n_trials;
            the same command again resumes it. Any key of the study file is a flag
@@ -64,6 +64,8 @@ def _confirm_args(argv: list[str]):
     parser.add_argument("--root", type=str, default="studies", help="folder holding one folder per study")
     parser.add_argument("--storage", type=str | None, default=None, help="the study's storage, if not its folder's file")
     parser.add_argument("--workers", type=int | None, default=None, help="processes (default: the study's)")
+    parser.add_argument("--per", type=str | None, default=None,
+                        help="a factor (e.g. name): confirm the top K of each of its levels, every arm at its best")
     try:
         return parser.parse_args(argv)
     except ArgumentError as err:
@@ -102,7 +104,8 @@ def main(argv: list[str]) -> None:
         from dyt_lab.study.confirm import confirm
 
         args = _confirm_args(rest)
-        confirm(args.name, args.top, args.seeds, root=args.root, storage=args.storage, workers=args.workers)
+        confirm(args.name, args.top, args.seeds, root=args.root, storage=args.storage, workers=args.workers,
+                per=args.per)
     elif command == "_worker":  # started by `run --workers N`, not by people
         from dyt_lab.study.runner import run_worker
 

@@ -1,8 +1,8 @@
-"""``dyt-lab study confirm NAME --top K --seeds 10..14``: measure a study's winners on seeds that did not pick them.
+"""``dyt-lab study confirm NAME --top K --seeds 10..14 [--per FACTOR]``: measure a study's winners on fresh seeds.
 
 A search picks its best configurations on the seeds that also measure them, so their estimates are
 biased upward (the winner's curse). Confirming reruns the K best configurations and the study's best
-reference configuration on fresh seeds, as a study of its own, ``NAME.confirm``: a sibling folder with its
+reference configuration (or, with ``--per name``, the K best of each norm: every arm at its best) on fresh seeds, as a study of its own, ``NAME.confirm``: a sibling folder with its
 own storage file (or, for a database, the same database under that name). It is an ordinary seeded
 study, so it resumes (run the same command again) and survives ``kill -9``; every run tests its best
 checkpoint on the held-out split, and ``dyt-lab study report NAME`` shows both stages side by side.
@@ -74,11 +74,26 @@ def search_seeds(study: optuna.Study) -> set[int]:
     return seeds
 
 
-def choose(study: optuna.Study, top: int, reference: dict | None) -> list[dict]:
-    """The ``top`` best configurations that are not the reference, then the reference at its best."""
+def choose(study: optuna.Study, top: int, reference: dict | None, per: str | None = None) -> list[dict]:
+    """The ``top`` best configurations that are not the reference, then the reference at its best.
+
+    With ``per`` (a factor, such as the norm's ``name``), the ``top`` best of each of its levels instead:
+    every arm at its own best, the reference's arm included.
+    """
     ranked = ranked_configurations(study)
     if not ranked:
         raise ConfigError(f"study '{study.study_name}' has no completed trial to confirm")
+    if per is not None:
+        factors = sorted({k for e in ranked for k in e["levels"]})
+        if per not in factors:
+            raise ConfigError(f"--per '{per}' is not a factor of study '{study.study_name}'; factors: "
+                              f"{', '.join(factors)}")
+        arms: dict[str, list[dict]] = {}
+        for entry in ranked:  # best first, so each arm's list is best first too
+            arms.setdefault(str(entry["levels"].get(per)), []).append(entry)
+        if top < 1:
+            raise ConfigError(f"--top {top}: give --top 1 or more")
+        return [e for entries in arms.values() for e in entries[:top]]
     contenders = [e for e in ranked if not matches(e["levels"], reference)]
     if not 1 <= top <= len(contenders):
         raise ConfigError(f"--top {top}: study '{study.study_name}' has {len(contenders)} completed "
@@ -100,7 +115,7 @@ def confirm_spec(parent: StudySpec, seeds: list[int], n_configurations: int, wor
 
 
 def confirm(name: str, top: int, seeds_text: str, root: str = "studies", storage: str | None = None,
-            workers: int | None = None) -> None:
+            workers: int | None = None, per: str | None = None) -> None:
     """Check everything, then create (or resume) ``NAME.confirm`` and run it to its end."""
     from dyt_lab.study.runner import SPEC_FILE, run_study
 
@@ -110,7 +125,7 @@ def confirm(name: str, top: int, seeds_text: str, root: str = "studies", storage
         raise ConfigError(f"no study '{name}' to confirm: {saved} does not exist (run it first)")
     parent = load_spec(["--config", str(saved)], prog="dyt-lab study confirm")
     study = load_existing(name, find_storage(name, root, storage))
-    chosen = choose(study, top, parent.reference)
+    chosen = choose(study, top, parent.reference, per)
     if overlap := sorted(set(seeds) & search_seeds(study)):
         raise ConfigError(f"--seeds {seeds_text} overlaps the seeds the search ran ({overlap}); fresh seeds "
                           f"must differ from {sorted(search_seeds(study))}")
