@@ -78,6 +78,18 @@ def test_summarize_uses_each_configurations_own_spread_when_they_differ():
         assert (r["ci_low"], r["ci_high"]) == pytest.approx((low, high))
 
 
+def test_one_wild_configuration_does_not_widen_the_others_with_three_seeds():
+    """Seed runs of the resnet_alpha0 study (val/acc_best): alpha0 = 0.05 spreads 10x more than the rest.
+    Pooling it into BatchNorm's interval made BN's [0.94, 1.00] and DyT's -3.9 points "inconclusive"."""
+    runs = {"bn": [0.984, 0.986, 0.974], "dyt_a0.05": [0.538, 0.408, 0.472], "dyt_a0.5": [0.942, 0.948, 0.938],
+            "dyt_a1": [0.926, 0.922, 0.936]}
+    table = pd.DataFrame([{"norm": k, "seed": s, "value": v} for k, vs in runs.items() for s, v in enumerate(vs)])
+    out = summarize(table, ["norm"], bounds=(0, 1)).set_index("norm")
+    assert set(out["interval"]) == {"own"} and out.loc["bn", "ci_low"] > 0.95
+    diff = paired_differences(table, ["norm"], {"norm": "bn"}).set_index("norm")
+    assert diff.loc["dyt_a0.5", "verdict"] == "worse" and diff.loc["dyt_a0.5", "ci_high"] < 0
+
+
 def test_two_seeds_that_agree_exactly_give_no_zero_width_interval():
     table = pd.DataFrame({"norm": ["bn", "bn"], "seed": [0, 1], "value": [0.796, 0.796]})
     out = summarize(table, ["norm"]).iloc[0]

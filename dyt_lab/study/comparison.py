@@ -336,7 +336,7 @@ def replicated_sections(study: optuna.Study, design: dict, folder: Path, metric:
     reference, start = design.get("reference"), design.get("gap_from")
     sections = ["## Configurations (mean over seeds)",
                 f"{metric} over seeds {sorted(int(s) for s in table['seed'].unique())}. The 95% interval is a t-interval; "
-                "its spread is pooled over configurations unless the Brown-Forsythe test says spreads differ. "
+                "its spread is pooled over configurations unless Bartlett's test says spreads differ. "
                 f"Δ is the paired difference to the reference over shared seeds, with p raw and Holm-adjusted over the "
                 f"table; the verdict is better, worse, equivalent (TOST within ±{margin:g}) or inconclusive. "
                 + ("test/acc is the best checkpoint (by val/acc) on the held-out test split. " if table[TEST].notna().any() else ""),
