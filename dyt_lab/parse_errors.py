@@ -104,7 +104,9 @@ def condensed(message: str, prefix: str = "--") -> str:
         text = re.sub(r"\. Got value: .*$", "", text)
         if text and not text.startswith(STRUCTURE) and not EXPECTED.match(text) and not KEY.search(text):
             reasons.append(text)
-    expected = [m.group(1) for m in (EXPECTED.match(line.strip()) for line in block) if m]
+    # "Expected a typing.Literal['a', 'b']. Got value: x" (a plain Literal, no Union) carries the value after it
+    expected = [re.sub(r"\. Got value: .*$", "", m.group(1))
+                for m in (EXPECTED.match(line.strip()) for line in block) if m]
     unknown = UNKNOWN_OPTION.search(message)
     if unknown:
         # the class is known only for its own arguments (--model.nrom), not for nested ones

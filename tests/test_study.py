@@ -223,6 +223,30 @@ def test_study_file_keys_are_flags_and_override_flags_set_one_dotted_key(tmp_pat
     assert spec.base.overrides == {"trainer.max_epochs": 2, "trainer.accelerator": "cpu", "trainer.precision": "32"}
 
 
+def test_an_override_that_swaps_a_class_acts_as_the_same_mapping_in_a_config_file(tmp_path):
+    """``data: {class_path: ...}`` in base.overrides stays data (it was built and JSON-encoded) and means
+    what it means in a config file listed under base.configs."""
+    from dyt_lab.runs import fit_parser
+    from dyt_lab.study.objective import base_args
+    from dyt_lab.study.space import SearchSpace
+    from dyt_lab.study.spec import load_spec
+    from dyt_lab.study.validate import validate
+
+    swap = {"class_path": "dyt_lab.data.MNIST5k", "init_args": {"batch_size": 32, "val_fraction": 0.2}}
+    callbacks = [{"class_path": "lightning.pytorch.callbacks.LearningRateMonitor"}]
+    path = write_study(tmp_path, "swap", base={"configs": [BASE], "overrides": {
+        **TINY, "data": swap, "trainer": {"callbacks": callbacks}}})
+    spec = load_spec(["--config", str(path)])
+    assert spec.base.overrides["data"] == swap and spec.base.overrides["trainer.callbacks"] == callbacks
+    validate(spec, SearchSpace(spec.search_space), gpus=0)  # the up-front check builds it
+
+    (tmp_path / "swap_data.yaml").write_text(yaml.safe_dump({"data": swap}))
+    parser = fit_parser()
+    from_overrides = parser.parse_args(base_args(spec)).data
+    from_file = parser.parse_args(["--config", BASE, "--config", str(tmp_path / "swap_data.yaml")]).data
+    assert from_overrides.class_path == "dyt_lab.data.MNIST5k" and from_overrides == from_file
+
+
 BAD = {
     "key": ({"search_space": {"model.alpah_init": [0.1]}},
             "error: search_space key 'model.alpah_init' is not a key of the base config (did you mean "
@@ -258,6 +282,10 @@ BAD = {
                         "error: search_space 'model.rules': factorial maps each option to a non-empty list"),
     "margin_negative": ({"margin": -0.01}, "error: margin: equivalence margin -0.01 must be a finite number >= 0"),
     "margin_text": ({"margin": "half"}, "error: study file: "),
+    "overrides_list": ({"base": {"configs": [BASE], "overrides": ["trainer.max_epochs", 2]}},
+                       "error: study file: --base.overrides: Not of type Overrides: expected a mapping of config keys"),
+    "override_class_unknown": ({"base": {"configs": [BASE], "overrides": {"data": {"class_path": "dyt_lab.data.Nope"}}}},
+                               "error: the base config is refused by the dyt-lab fit parser: --data "),
 }
 
 

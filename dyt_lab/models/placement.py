@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from torch import nn
 
 from dyt_lab.errors import ConfigError
+from dyt_lab.models.alpha_rules import RULE_TEXT
 from dyt_lab.norms import DYT_FAMILY, NormSpec, build_norm, norm_name
 from dyt_lab.norms import sites as site_patterns
 from dyt_lab.norms.registry import get_entry
@@ -146,10 +147,13 @@ def describe_placement(model: nn.Module) -> dict[str, str]:
 
 
 def format_placement(model: nn.Module) -> str:
-    """The site -> norm table as aligned text, one site a line, for the terminal and the run folder."""
+    """The site -> norm table as aligned text, one site a line, then the alpha0 rule unless it is constant."""
     table = describe_placement(model)
     layouts = model.norm_sites()
     width = max(len(site) for site in table)
     lines = [f"{'site':<{width}}  {'layout':<14}  norm", f"{'-' * width}  {'-' * 14}  {'-' * 20}"]
     lines += [f"{site:<{width}}  {layouts[site]:<14}  {label}" for site, label in table.items()]
+    # the rule is read from the sites (apply_alpha_rule tags them): a constant rule's table is what it always was
+    rules = dict.fromkeys(getattr(model.get_submodule(site), "alpha_rule", None) for site in table)
+    lines += [f"alpha0 rule: {rule}: {RULE_TEXT[rule]}" for rule in rules if rule is not None]
     return "\n".join(lines)

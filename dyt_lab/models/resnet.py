@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from dyt_lab.errors import ConfigError, check_int
+from dyt_lab.models.alpha_rules import AlphaRule, apply_alpha_rule
 from dyt_lab.models.arguments import check_preset, pick
 from dyt_lab.models.placement import NormPlacement, NormSitesMixin, Placement, Rules
 from dyt_lab.norms import NormSpec
@@ -144,6 +145,7 @@ class ResNet(NormSitesMixin, nn.Module):
         base_norm: NormSpec = "batchnorm",
         rules: Rules | None = None,
         alpha_init: float | None = None,
+        alpha_rule: AlphaRule = "constant",
     ) -> None:
         """Build a ResNet from a preset, with any preset value overridden.
 
@@ -161,6 +163,8 @@ class ResNet(NormSitesMixin, nn.Module):
             base_norm: the norm at every site not selected by placement.
             rules: {pattern: norm, ...} or [{pattern: norm}, ...], tried in order before placement; first match wins.
             alpha_init: alpha0 for every DyT-family site whose spec does not set its own.
+            alpha_rule: alpha0 per site: constant (alpha_init), depth (alpha_init / sqrt(k), k the site's block,
+                stem 1), data (alpha_init / std of the site's input on the first training batch).
         """
         super().__init__()
         check_preset("ResNet", preset, RESNET_PRESETS)
@@ -190,9 +194,23 @@ class ResNet(NormSitesMixin, nn.Module):
                 c_in = width * block_cls.expansion
             self.add_module(f"layer{s}", nn.Sequential(*blocks))
         self.num_stages = len(layers)
+        self.blocks_per_stage = layers
         self.head = nn.Linear(c_in, num_classes)
         self.placement.check_all_matched()
         self._init_weights(zero_init_residual)
+        self.alpha_rule = apply_alpha_rule(self, alpha_rule, self.site_depths())
+
+    def site_depths(self) -> dict[str, int]:
+        """Site -> k, the 1-based index of its residual block over all stages; the stem's site is 1.
+
+        The stem's output is the stream the first block reads, so both share k = 1 (alpha_rule depth).
+        """
+        first = [1 + sum(self.blocks_per_stage[:s]) for s in range(len(self.blocks_per_stage))]  # per stage
+        depths = {}
+        for site in self.norm_sites():
+            stage, block = site.split(".")[:2]  # 'layer2.1.norm1' -> 'layer2', '1'; 'stem.norm' -> stem
+            depths[site] = 1 if stage == "stem" else first[int(stage[len("layer"):]) - 1] + int(block)
+        return depths
 
     def _init_weights(self, zero_init_residual: bool) -> None:
         for m in self.modules():

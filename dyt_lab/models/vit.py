@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dyt_lab.errors import ConfigError, check_int
+from dyt_lab.models.alpha_rules import AlphaRule, apply_alpha_rule
 from dyt_lab.models.arguments import check_preset, pick
 from dyt_lab.models.placement import NormPlacement, NormSitesMixin, Placement, Rules
 from dyt_lab.norms import NormSpec
@@ -125,6 +126,7 @@ class ViT(NormSitesMixin, nn.Module):
         base_norm: NormSpec = "layernorm",
         rules: Rules | None = None,
         alpha_init: float | None = None,
+        alpha_rule: AlphaRule = "constant",
     ) -> None:
         """Build a ViT from a preset, with any preset value overridden.
 
@@ -146,6 +148,8 @@ class ViT(NormSitesMixin, nn.Module):
             base_norm: the norm at every site not selected by placement.
             rules: {pattern: norm, ...} or [{pattern: norm}, ...], tried in order before placement; first match wins.
             alpha_init: alpha0 for every DyT-family site whose spec does not set its own.
+            alpha_rule: alpha0 per site: constant (alpha_init), depth (alpha_init / sqrt(k), k the site's block,
+                the final norm k = depth), data (alpha_init / std of the site's input on the first training batch).
         """
         super().__init__()
         check_preset("ViT", preset, VIT_PRESETS)
@@ -180,6 +184,13 @@ class ViT(NormSitesMixin, nn.Module):
         self.head = nn.Linear(dim, num_classes)
         self.placement.check_all_matched()
         self._init_weights()
+        self.alpha_rule = apply_alpha_rule(self, alpha_rule, self.site_depths())
+
+    def site_depths(self) -> dict[str, int]:
+        """Site -> k, the 1-based index of its block; the final norm reads the last block's output: k = depth."""
+        depth = len(self.blocks)
+        return {site: int(site.split(".")[1]) + 1 if site.startswith("blocks.") else depth
+                for site in self.norm_sites()}
 
     def _init_weights(self) -> None:
         nn.init.trunc_normal_(self.pos_embed, std=0.02)

@@ -41,6 +41,27 @@ def check_margin(margin) -> float:
     return m
 
 
+class Overrides(dict):
+    """The type of ``base.overrides``: a mapping kept as written, so a ``class_path`` in it stays data."""
+
+
+def _not_a_mapping(value: object) -> Overrides:
+    raise ValueError(f"expected a mapping of config keys to values, got {value!r}")
+
+
+def register_overrides_type() -> None:
+    """Make jsonargparse keep ``base.overrides`` as plain data.
+
+    Under ``dict[str, Any]`` it turns every ``{class_path: ...}`` value into a namespace with the class's
+    defaults filled in (and ``instantiate`` builds it): such an override could not be written to a trial's
+    flags, and its defaults would replace the base config's arguments, which a config file's would not.
+    """
+    from jsonargparse.typing import register_type
+
+    register_type(Overrides, serializer=dict, deserializer=_not_a_mapping,
+                  type_check=lambda value, _: isinstance(value, dict))
+
+
 @dataclass
 class Base:
     """The ``dyt-lab fit`` configuration every trial starts from.
@@ -53,7 +74,7 @@ class Base:
     """
 
     configs: list[str] = field(default_factory=list)
-    overrides: dict[str, Any] = field(default_factory=dict)
+    overrides: Overrides = field(default_factory=dict)
 
 
 @dataclass
@@ -203,6 +224,7 @@ def spec_parser(prog: str = "dyt-lab study run"):
     """The study file parser: ``--config`` plus a flag for every StudySpec key."""
     from jsonargparse import ActionConfigFile, ArgumentParser
 
+    register_overrides_type()
     parser = ArgumentParser(prog=prog, exit_on_error=False, description=StudySpec.__doc__.splitlines()[0])
     parser.add_argument("-c", "--config", action=ActionConfigFile, help="a study YAML file (repeatable)")
     parser.add_class_arguments(StudySpec, fail_untyped=True, sub_configs=True)

@@ -21,8 +21,10 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from dyt_lab.errors import ConfigError
 from dyt_lab.models import ResNet, ViT
+from dyt_lab.models.alpha_rules import AlphaRule
 from dyt_lab.models.placement import Placement, Rules
 from dyt_lab.norms import NormSpec
+from dyt_lab.training.calibration import AlphaCalibration
 from dyt_lab.training.schedule import WarmupCosineLR
 
 
@@ -166,7 +168,7 @@ class ImageClassifier(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-class ViTClassifier(ImageClassifier):
+class ViTClassifier(AlphaCalibration, ImageClassifier):
     """ImageClassifier around a dyt_lab ViT; every ViT argument is a model argument."""
 
     def __init__(
@@ -188,6 +190,7 @@ class ViTClassifier(ImageClassifier):
         base_norm: NormSpec = "layernorm",
         rules: Rules | None = None,
         alpha_init: float | None = None,
+        alpha_rule: AlphaRule = "constant",
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable = WarmupCosineLR,
         label_smoothing: float = 0.0,
@@ -212,6 +215,8 @@ class ViTClassifier(ImageClassifier):
             base_norm: the norm at every site not selected by placement.
             rules: {pattern: norm, ...} or [{pattern: norm}, ...], tried in order before placement; first match wins.
             alpha_init: alpha0 for every DyT-family site whose spec does not set its own.
+            alpha_rule: alpha0 per site: constant (alpha_init), depth (alpha_init / sqrt(k), k the site's block),
+                data (alpha_init / std of the site's input on the first training batch of a fresh run).
             optimizer: optimizer class or callable taking parameter groups (AdamW by default).
             scheduler: learning-rate scheduler callable, stepped every optimizer step (warmup + cosine).
             label_smoothing: cross-entropy label smoothing.
@@ -219,12 +224,12 @@ class ViTClassifier(ImageClassifier):
         net = ViT(preset=preset, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
                   patch_size=patch_size, dim=dim, depth=depth, heads=heads, mlp_ratio=mlp_ratio, pool=pool,
                   drop_path=drop_path, dropout=dropout, norm=norm, placement=placement, base_norm=base_norm,
-                  rules=rules, alpha_init=alpha_init)
+                  rules=rules, alpha_init=alpha_init, alpha_rule=alpha_rule)
         super().__init__(net=net, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
                          optimizer=optimizer, scheduler=scheduler, label_smoothing=label_smoothing)
 
 
-class ResNetClassifier(ImageClassifier):
+class ResNetClassifier(AlphaCalibration, ImageClassifier):
     """ImageClassifier around a dyt_lab ResNet; every ResNet argument is a model argument."""
 
     def __init__(
@@ -242,6 +247,7 @@ class ResNetClassifier(ImageClassifier):
         base_norm: NormSpec = "batchnorm",
         rules: Rules | None = None,
         alpha_init: float | None = None,
+        alpha_rule: AlphaRule = "constant",
         image_size: int | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable = WarmupCosineLR,
@@ -263,6 +269,8 @@ class ResNetClassifier(ImageClassifier):
             base_norm: the norm at every site not selected by placement.
             rules: {pattern: norm, ...} or [{pattern: norm}, ...], tried in order before placement; first match wins.
             alpha_init: alpha0 for every DyT-family site whose spec does not set its own.
+            alpha_rule: alpha0 per site: constant (alpha_init), depth (alpha_init / sqrt(k), k the site's block),
+                data (alpha_init / std of the site's input on the first training batch of a fresh run).
             image_size: image side in pixels (linked from the data module; None: unknown).
             optimizer: optimizer class or callable taking parameter groups (AdamW by default).
             scheduler: learning-rate scheduler callable, stepped every optimizer step (warmup + cosine).
@@ -270,6 +278,6 @@ class ResNetClassifier(ImageClassifier):
         """
         net = ResNet(preset=preset, num_classes=num_classes, in_channels=in_channels, block=block, layers=layers,
                      widths=widths, stem=stem, zero_init_residual=zero_init_residual, norm=norm,
-                     placement=placement, base_norm=base_norm, rules=rules, alpha_init=alpha_init)
+                     placement=placement, base_norm=base_norm, rules=rules, alpha_init=alpha_init, alpha_rule=alpha_rule)
         super().__init__(net=net, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
                          optimizer=optimizer, scheduler=scheduler, label_smoothing=label_smoothing)
