@@ -17,6 +17,9 @@ import difflib
 import importlib
 import inspect
 import re
+from pathlib import Path
+
+from dyt_lab.errors import ConfigError
 
 KEY = re.compile(r'Parser key "([^"]+)"')
 NESTED = re.compile(r"NestedArg\(key='([^']+)', val='(.*)'\)")
@@ -133,3 +136,24 @@ def unknown_hint(message: str, keys: list[str], flags: list[str]) -> str:
         close = difflib.get_close_matches(unknown_flag.group(1), flags, n=1)
         return f" (did you mean {close[0]}?)" if close else "; see --help for the flags"
     return ""
+
+
+def check_config_files(args: list[str], what: str = "--config") -> None:
+    """A --config file that is not valid YAML: one line naming the file and the place, not jsonargparse's tree.
+
+    jsonargparse reads the file's text and names ``--`` (no file) and a line of that text.
+    """
+    import yaml
+
+    paths = [value for flag, value in zip(args, args[1:]) if flag in ("--config", "-c")]
+    paths += [arg.split("=", 1)[1] for arg in args if arg.startswith("--config=")]
+    for path in paths:
+        if not Path(path).is_file():
+            continue  # a missing file: the parser says so, naming it
+        try:
+            yaml.safe_load(Path(path).read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"{what} '{path}' is not valid YAML{where}: "
+                              f"{getattr(err, 'problem', None) or err}") from None

@@ -19,7 +19,6 @@ import warnings
 from pathlib import Path
 from typing import NamedTuple
 
-import yaml
 from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
@@ -29,7 +28,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from dyt_lab.data import ImageDataModule
 from dyt_lab.errors import EXIT_INTERRUPTED, ConfigError, check_int, check_writable
-from dyt_lab.parse_errors import condensed, unknown_hint
+from dyt_lab.parse_errors import check_config_files, condensed, unknown_hint
 from dyt_lab.training import ImageClassifier
 from dyt_lab.training.callbacks import DivergenceStop, LearningRateLog, RunOutcome
 from dyt_lab.training.checkpoints import (
@@ -285,22 +284,6 @@ class _ParserCLI(BuildCLI):
 
     def instantiate_classes(self) -> None:
         pass
-
-
-def check_config_files(args: list[str]) -> None:
-    """A --config file that is not valid YAML: one line naming the file and the place, not jsonargparse's tree."""
-    paths = [value for flag, value in zip(args, args[1:]) if flag in ("--config", "-c")]
-    paths += [arg.split("=", 1)[1] for arg in args if arg.startswith("--config=")]
-    for path in paths:
-        if not Path(path).is_file():
-            continue  # a missing file: the parser says so, naming it
-        try:
-            yaml.safe_load(Path(path).read_text())
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise ConfigError(f"--config '{path}' is not valid YAML{where}: "
-                              f"{getattr(err, 'problem', None) or err}") from None
 
 
 class LoadedRun(NamedTuple):

@@ -289,11 +289,16 @@ BAD = {
 }
 
 
-@pytest.mark.parametrize("case", [*BAD, "report"])
+@pytest.mark.parametrize("case", [*BAD, "report", "yaml_syntax"])
 def test_bad_input_is_refused_in_one_line_before_any_trial(tmp_path, capsys, case):
     if case == "report":
         args, expected = ["study", "report", "nosuch", "--root", str(tmp_path / "studies")], \
             "error: no study 'nosuch' under"
+    elif case == "yaml_syntax":  # a list left open on line 2, seen on line 3: the file and place, as fit says it
+        path = write_study(tmp_path, "bad")
+        path.write_text(path.read_text().replace("base:\n", "base:\n  configs: [a.yaml\n", 1))
+        args, expected = ["study", "run", "--config", str(path)], \
+            f"error: study file '{path}' is not valid YAML at line 3, column 10: "
     else:
         keys, expected = BAD[case]
         args = ["study", "run", "--config", str(write_study(tmp_path, "bad", **keys))]

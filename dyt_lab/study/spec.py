@@ -255,8 +255,11 @@ def load_spec(argv: list[str], prog: str = "dyt-lab study run") -> StudySpec:
     """Parse study files and flags into a checked StudySpec, or raise a one-line ConfigError."""
     from jsonargparse import ArgumentError
 
+    from dyt_lab.parse_errors import check_config_files
+
     parser = spec_parser(prog)
     argv, extra_overrides = pop_override_flags(argv)
+    check_config_files(argv, what="study file")
     try:
         cfg = parser.parse_args(argv)
     except ArgumentError as err:
