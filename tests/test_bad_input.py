@@ -112,6 +112,10 @@ CASES: dict[str, tuple[list[str], str]] = {
     "predict_ckpt_missing": (["predict", *FIT[1:], "--ckpt_path", "missing.ckpt"], "missing.ckpt"),
     "probe_ckpt_corrupt": (["probe", "--ckpt_path", "run/checkpoints/corrupt.ckpt"], "corrupt.ckpt"),
     "probe_config_missing": (["probe", "--config", "nope.yaml"], "nope.yaml"),
+    "probe_num_points_zero": (["probe", *FIT[1:], "--num_points", "0"], "--num_points must be at least 1, got 0"),
+    "probe_probe_size_not_a_number": (["probe", *FIT[1:], "--probe_size", "x"], "'x'"),
+    "probe_flag_unknown": (["probe", *FIT[1:], "--nope"], "--nope"),
+    "probe_nothing_to_probe": (["probe"], "give --config, --ckpt_path or both"),
     # studies
     "study_config_missing": (["study", "run", "--config", "nope.yaml"], "nope.yaml"),
     "study_key_unknown": (["study", "run", "--config", STUDY, "--n_trialz", "3"], "n_trialz"),

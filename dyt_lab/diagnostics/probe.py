@@ -37,9 +37,16 @@ class Run:
     probes: dict[str, SiteProbe]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that refuses a value in one ``error:`` line (exit 2), not its usage block."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{message}; see dyt-lab probe --help")
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """The probe command's arguments."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="dyt-lab probe", description="Norm diagnostics of one run, or two side by side: S curves, gain "
         "against 1/std and per-site statistics as PNG files, and stats.csv.")
     add = parser.add_argument
@@ -59,7 +66,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     for name in ("num_points", "probe_size", "max_sites"):
         if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1")
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     if not args.config and not args.ckpt_path:
         parser.error("give --config, --ckpt_path or both")
     return args
