@@ -94,7 +94,10 @@ def condensed(message: str, prefix: str = "--") -> str:
     elif len(keys) > 1:
         flag = ".".join(dict.fromkeys(keys))
     block = innermost_block(lines)
+    # "Given value: x" in a Union's tree; "Expected a typing.Literal['a', 'b']. Got value: x" for a plain Literal
     given = next((m.group(1) for m in (re.search(r"Given value: (.*)", line) for line in block) if m), None)
+    if given is None:
+        given = next((m.group(1) for m in (re.search(r"\. Got value: (.*)$", line) for line in block) if m), None)
     if given is None and nested:
         given = nested[-1][1]
     if given is not None:
@@ -107,7 +110,6 @@ def condensed(message: str, prefix: str = "--") -> str:
         text = re.sub(r"\. Got value: .*$", "", text)
         if text and not text.startswith(STRUCTURE) and not EXPECTED.match(text) and not KEY.search(text):
             reasons.append(text)
-    # "Expected a typing.Literal['a', 'b']. Got value: x" (a plain Literal, no Union) carries the value after it
     expected = [re.sub(r"\. Got value: .*$", "", m.group(1))
                 for m in (EXPECTED.match(line.strip()) for line in block) if m]
     unknown = UNKNOWN_OPTION.search(message)
