@@ -18,7 +18,7 @@ from statsmodels.stats.multitest import multipletests
 from dyt_lab.study import factorial, statistics
 from dyt_lab.study.design import trial_levels, varying_factors
 from dyt_lab.study.markdown import markdown_table
-from dyt_lab.study.plots import pyplot, save_figure
+from dyt_lab.study.plots import main_effects_plot, response_plot
 from dyt_lab.study.protocol import LAST_METRICS_ATTR, TEST_METRICS_ATTR
 from dyt_lab.study.replicates import SEED_ATTR
 
@@ -229,23 +229,6 @@ def attribution_section(table: pd.DataFrame, factors: list[str], start: dict, en
     return out
 
 
-def main_effects_plot(table: pd.DataFrame, factors: list[str], folder: Path, metric: str) -> Path:
-    """One panel per factor: the mean objective at each level, with the 95% interval over seeds."""
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(factors), figsize=(3.2 * len(factors), 3.2), sharey=True, squeeze=False)
-    for ax, factor in zip(axes.flat, factors):
-        # the level's mean per seed (over the other factors), then the t-interval over seeds
-        by_seed = table.assign(_level=table[factor].astype(str)).groupby(["_level", "seed"], as_index=False)["value"].mean()
-        per_level = statistics.summarize(by_seed, ["_level"])
-        per_level = per_level.sort_values("_level")
-        ax.errorbar(per_level["_level"], per_level["mean"], yerr=[per_level["mean"] - per_level["ci_low"],
-                    per_level["ci_high"] - per_level["mean"]], fmt="o-", capsize=4)
-        ax.set_title(factor)
-        ax.set_xlabel("level")
-    axes.flat[0].set_ylabel(metric)
-    return save_figure(axes, folder / "main_effects.png")
-
-
 def response_factor(table: pd.DataFrame, factors: list[str]) -> str | None:
     """A numeric factor with at least 4 levels (alpha_init, say): the study measures a response curve over it."""
     for f in factors:
@@ -253,40 +236,6 @@ def response_factor(table: pd.DataFrame, factors: list[str]) -> str | None:
         if len(levels) >= 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in levels):
             return f
     return None
-
-
-def response_plot(table: pd.DataFrame, factors: list[str], x: str, reference: dict | None, folder: Path,
-                  metric: str) -> Path:
-    """The objective and the last training loss against ``x``, mean and 95% interval per series (the other
-    factors), over the band (mean and interval) of the reference configuration at the same series levels."""
-    plt = pyplot()
-    series_by = [f for f in factors if f != x and table.loc[table[x].astype(str) != "-", f].astype(str).nunique() > 1]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), squeeze=False)
-    for ax, column, label in ((axes[0, 0], "value", metric), (axes[0, 1], EXTRA["train/loss_epoch"], "train loss (last epoch)")):
-        data = table.dropna(subset=[column])
-        for key, rows in (data.groupby(series_by) if series_by else [((), data)]):
-            key = key if isinstance(key, tuple) else (key,)
-            name = ", ".join(f"{f}={k}" for f, k in zip(series_by, key)) or "all"
-            curve = rows[rows[x].astype(str) != "-"].assign(_x=lambda d: d[x].astype(float))
-            stats_ = statistics.summarize(curve, ["_x"], value=column, bounds=metric_bounds(metric) if column == "value" else None)
-            stats_ = stats_.sort_values("_x")
-            line = ax.errorbar(stats_["_x"], stats_["mean"], fmt="o-", capsize=3, label=f"{name}",
-                               yerr=[(stats_["mean"] - stats_["ci_low"]).fillna(0), (stats_["ci_high"] - stats_["mean"]).fillna(0)])
-            ref_rows = rows[rows[x].astype(str) == "-"]
-            if reference is not None:
-                ref_rows = ref_rows[np.logical_and.reduce([ref_rows[k].astype(str) == str(v) for k, v in reference.items()
-                                                           if k in ref_rows])] if len(ref_rows) else ref_rows
-            if len(ref_rows) >= 2:
-                band = statistics.summarize(ref_rows.assign(_r="ref"), ["_r"], value=column).iloc[0]
-                low, high = (band["ci_low"], band["ci_high"]) if pd.notna(band["ci_low"]) else (band["mean"],) * 2
-                color = line[0].get_color()
-                ax.axhspan(low, high, color=color, alpha=0.15)
-                ax.axhline(band["mean"], color=color, ls="--", lw=1, label=f"reference, {name}")
-        ax.set_xscale("log")
-        ax.set_xlabel(x)
-        ax.set_ylabel(label)
-        ax.legend(fontsize=7)
-    return save_figure(axes, folder / f"{x.split('.')[-1]}_response.png")
 
 
 def confirmed_section(confirm_study: optuna.Study, search: pd.DataFrame, margin: float, metric: str) -> list[str]:
@@ -349,7 +298,7 @@ def replicated_sections(study: optuna.Study, design: dict, folder: Path, metric:
         sections += confirmed_section(confirm_study, table, margin, metric)
     files = []
     if (x := response_factor(table, factors)) is not None and table["seed"].nunique() >= 2:
-        files.append(response_plot(table, factors, x, reference, folder, metric))
+        files.append(response_plot(table, factors, x, reference, folder, metric, EXTRA["train/loss_epoch"]))
         sections += [f"## Response to {x}", f"`{files[-1].name}`: {metric} and the last training loss against {x}, "
                      "mean and 95% interval over seeds, over the reference's band at the same other levels."]
     if len(factors) >= 1 and table["seed"].nunique() >= 2:

@@ -1,4 +1,5 @@
-"""The report's PNGs: Optuna's own matplotlib plots, plus objective by placement x variant.
+"""The report's PNGs: Optuna's own matplotlib plots, objective by placement x variant, the factor
+effects of a seeded study, and a response curve over a numeric factor.
 
 Optuna plots history, each parameter (slice) and importances; it has no view of two categorical
 parameters against each other, which is the study's question (which BN sites, which DyT variant),
@@ -12,8 +13,12 @@ import re
 import warnings
 from pathlib import Path
 
+import numpy as np
 import optuna
+import pandas as pd
 from optuna.trial import TrialState
+
+from dyt_lab.study.statistics import summarize
 
 
 def pyplot():
@@ -107,3 +112,54 @@ def write_plots(study: optuna.Study, folder: Path, metric: str) -> tuple[list[Pa
     else:
         notes.append("no placement x variant plot: no searched key ends in 'placement' or 'norm'")
     return files, notes
+
+
+def main_effects_plot(table: pd.DataFrame, factors: list[str], folder: Path, metric: str) -> Path:
+    """One panel per factor: the mean objective at each level, with the 95% interval over seeds."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(factors), figsize=(3.2 * len(factors), 3.2), sharey=True, squeeze=False)
+    for ax, factor in zip(axes.flat, factors):
+        # the level's mean per seed (over the other factors), then the t-interval over seeds
+        by_seed = table.assign(_level=table[factor].astype(str)).groupby(["_level", "seed"], as_index=False)["value"].mean()
+        per_level = summarize(by_seed, ["_level"])
+        per_level = per_level.sort_values("_level")
+        ax.errorbar(per_level["_level"], per_level["mean"], yerr=[per_level["mean"] - per_level["ci_low"],
+                    per_level["ci_high"] - per_level["mean"]], fmt="o-", capsize=4)
+        ax.set_title(factor)
+        ax.set_xlabel("level")
+    axes.flat[0].set_ylabel(metric)
+    return save_figure(axes, folder / "main_effects.png")
+
+
+def response_plot(table: pd.DataFrame, factors: list[str], x: str, reference: dict | None, folder: Path,
+                  metric: str, loss_column: str) -> Path:
+    """The objective and the last training loss against ``x``, mean and 95% interval per series (the other
+    factors), over the band (mean and interval) of the reference configuration at the same series levels."""
+    plt = pyplot()
+    series_by = [f for f in factors if f != x and table.loc[table[x].astype(str) != "-", f].astype(str).nunique() > 1]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), squeeze=False)
+    for ax, column, label in ((axes[0, 0], "value", metric), (axes[0, 1], loss_column, "train loss (last epoch)")):
+        data = table.dropna(subset=[column])
+        for key, rows in (data.groupby(series_by) if series_by else [((), data)]):
+            key = key if isinstance(key, tuple) else (key,)
+            name = ", ".join(f"{f}={k}" for f, k in zip(series_by, key)) or "all"
+            curve = rows[rows[x].astype(str) != "-"].assign(_x=lambda d: d[x].astype(float))
+            stats_ = summarize(curve, ["_x"], value=column, bounds=(0.0, 1.0) if column == "value" and "acc" in metric else None)
+            stats_ = stats_.sort_values("_x")
+            line = ax.errorbar(stats_["_x"], stats_["mean"], fmt="o-", capsize=3, label=f"{name}",
+                               yerr=[(stats_["mean"] - stats_["ci_low"]).fillna(0), (stats_["ci_high"] - stats_["mean"]).fillna(0)])
+            ref_rows = rows[rows[x].astype(str) == "-"]
+            if reference is not None:
+                ref_rows = ref_rows[np.logical_and.reduce([ref_rows[k].astype(str) == str(v) for k, v in reference.items()
+                                                           if k in ref_rows])] if len(ref_rows) else ref_rows
+            if len(ref_rows) >= 2:
+                band = summarize(ref_rows.assign(_r="ref"), ["_r"], value=column).iloc[0]
+                low, high = (band["ci_low"], band["ci_high"]) if pd.notna(band["ci_low"]) else (band["mean"],) * 2
+                color = line[0].get_color()
+                ax.axhspan(low, high, color=color, alpha=0.15)
+                ax.axhline(band["mean"], color=color, ls="--", lw=1, label=f"reference, {name}")
+        ax.set_xscale("log")
+        ax.set_xlabel(x)
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+    return save_figure(axes, folder / f"{x.split('.')[-1]}_response.png")
