@@ -333,3 +333,19 @@ def test_share_intervals_cover_the_true_split_in_simulated_studies():
             hits[f].append(out.loc[f, "share_ci_low"] <= true <= out.loc[f, "share_ci_high"])
     rates = {f: np.mean(h) for f, h in hits.items()}
     assert all(0.90 <= r <= 0.99 for r in rates.values()), rates
+
+
+def test_a_numeric_factor_with_four_levels_gets_a_response_plot(tmp_path):
+    from dyt_lab.study.comparison import response_factor
+    from dyt_lab.study.plots import response_plot
+
+    rows = [{"name": "dyt", "alpha_init": a, "lr": lr, "seed": s, "value": 0.9 - abs(np.log10(a)) / 10 + s / 1000,
+             "loss": 0.1 + abs(np.log10(a))} for a in (0.1, 0.5, 1.0, 5.0) for lr in (0.002, 0.008) for s in range(3)]
+    rows += [{"name": "batchnorm", "alpha_init": "-", "lr": lr, "seed": s, "value": 0.98 + s / 1000, "loss": 0.01}
+             for lr in (0.002, 0.008) for s in range(3)]
+    table = pd.DataFrame(rows)
+    assert response_factor(table, ["name", "alpha_init", "lr"]) == "alpha_init"
+    assert response_factor(table[table["alpha_init"].isin(["-", 0.1, 0.5])], ["name", "alpha_init", "lr"]) is None
+    path = response_plot(table, ["name", "alpha_init", "lr"], "alpha_init", {"name": "batchnorm"}, tmp_path,
+                         "val/acc", "loss")
+    assert path == tmp_path / "alpha_init_response.png" and path.stat().st_size > 10_000
