@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 
 from dyt_lab.cli import main
 from dyt_lab.study.liveness import pid_alive
+from dyt_lab.study.objective import trial_dir_name
 from dyt_lab.study.protocol import RESULT_FILE
 from tests.helpers import free_port, last_line
 from tests.postgres_server import PostgresServer, ServerUnavailable
@@ -181,4 +182,4 @@ def test_two_machines_on_postgres_kill_9_one_and_rerun_it(postgres, tmp_path):
     if hosts["machine-a"]:  # two hostnames: both machines ran trials
         assert {t.user_attrs["worker"].split(":")[0] for t in study.trials} == {"machine-a", "machine-b"}
     trial_dirs = sorted(p.name for p in (tmp_path / "studies" / name / "trials").iterdir())
-    assert trial_dirs == [f"trial_{t.number:04d}" for t in study.trials]  # one run folder per trial, none shared
+    assert trial_dirs == [trial_dir_name(t) for t in study.trials]  # one run folder per trial, none shared

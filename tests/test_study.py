@@ -17,6 +17,7 @@ import yaml
 from optuna.trial import TrialState
 
 from dyt_lab.cli import main
+from dyt_lab.study.objective import trial_dir_name
 from dyt_lab.study.space import SearchSpace
 from dyt_lab.study.spec import Distribution
 from tests.helpers import ROOT, last_line, run_cli
@@ -139,9 +140,9 @@ def test_kill_9_then_resume_loses_no_trial_and_repeats_no_grid_point(tmp_path):
     command = [sys.executable, "-m", "dyt_lab", "study", "run", "--config", str(path)]
     proc = subprocess.Popen(command, cwd=tmp_path, env=_python_env(tmp_path), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    middle = tmp_path / "studies" / "killed" / "trials" / "trial_0001" / "study_result.json"
+    trials = tmp_path / "studies" / "killed" / "trials"
     deadline = time.monotonic() + 300
-    while not middle.is_file():  # trial 1 has finished an epoch: it is mid-run
+    while not list(trials.glob("trial_0001*/study_result.json")):  # trial 1 has finished an epoch: it is mid-run
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)
@@ -186,7 +187,7 @@ def test_two_workers_on_one_journal_lose_and_duplicate_no_trial(tmp_path):
     assert all(t.state == TrialState.COMPLETE for t in study.trials)
     assert len({t.user_attrs["worker"] for t in study.trials}) == 2  # both workers ran trials
     run_dirs = sorted(p.name for p in (tmp_path / "studies" / "pair" / "trials").iterdir())
-    assert run_dirs == ["trial_0000", "trial_0001", "trial_0002"]
+    assert run_dirs == [trial_dir_name(t) for t in study.trials]  # named by trial_dir_name, one folder per trial
     assert "[worker 0]" in result.stdout and "[worker 1]" in result.stdout
 
 
@@ -453,9 +454,9 @@ def test_killing_a_trial_fails_it_alone_and_the_study_goes_on(tmp_path):
                        base={"configs": [BASE], "overrides": {**TINY, "trainer.max_epochs": 6}})
     proc = subprocess.Popen([sys.executable, "-m", "dyt_lab", "study", "run", "--config", str(path)], cwd=tmp_path,
                             env=_python_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    first = tmp_path / "studies" / "trialkill" / "trials" / "trial_0000" / "study_result.json"
+    trials = tmp_path / "studies" / "trialkill" / "trials"
     deadline = time.monotonic() + 300
-    while not first.is_file():
+    while not list(trials.glob("trial_0000*/study_result.json")):
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.2)
     trial = next(t for t in load(tmp_path, "trialkill").trials if t.number == 0)

@@ -283,7 +283,7 @@ def test_a_trial_whose_process_met_a_full_disk_records_it_and_stops_the_study(st
         runner.work(spec, 0)
     (trial,) = trials_of(journal, name)
     reason = trial.user_attrs["fail_reason"]
-    run_dir = spec.folder / "trials" / "trial_0000"
+    run_dir = spec.folder / "trials" / objective_module.trial_dir_name(trial)
     assert trial.state == TrialState.FAIL and str(run_dir) in reason
     assert ("No space left on device" in reason) if said != "nothing" else reason.startswith(
         f"disk full: no space left under '{run_dir}' (exit code 1: no output)")
@@ -403,9 +403,9 @@ def test_a_study_on_a_full_disk_ends_in_one_line_and_leaves_no_trial_running(tmp
     result = run_cli(["study", "run", "--config", str(path)], cwd=tmp_path, timeout=200)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr and "Should not reach" not in result.stderr
-    run_dir = mount / "full" / "trials" / "trial_0000"
+    (trial,) = trials_of(str(mount / "full" / "journal.log"), "full")  # stopped after the first trial
+    run_dir = mount / "full" / "trials" / objective_module.trial_dir_name(trial)
     line = last_line(result.stderr)
     assert line.startswith("error: stopping the study, every trial would fail: disk full: ") and str(run_dir) in line
     assert "No space left on device" in line
-    (trial,) = trials_of(str(mount / "full" / "journal.log"), "full")  # stopped after the first trial
     assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"] in line

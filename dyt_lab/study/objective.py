@@ -3,8 +3,9 @@
 A process per trial isolates everything a trial can break: an out-of-memory trial's memory is
 freed when it exits, a DDP trial uses Lightning's own launcher, and ``kill -9`` means what it says.
 The process is forked from a warm one or started fresh (``launch.py``); ``command.txt`` re-runs it.
-The trial's run folder (``<study>/trials/trial_NNNN``) holds its TensorBoard events, the resolved
-config.yaml, checkpoints, stdout/stderr and the result file its StudyPruning callback writes.
+The trial's run folder (``<study>/trials/trial_NNNN-<its values>``, named by ``trial_dir_name``) holds
+its TensorBoard events, the resolved config.yaml, checkpoints, stdout/stderr and the result file its
+StudyPruning callback writes.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import errno
 import json
 import math
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -49,18 +51,54 @@ def base_args(spec: StudySpec) -> list[str]:
     return args + [config_flag(k, v) for k, v in flatten_overrides(spec.base.overrides).items()]
 
 
-def study_args(spec: StudySpec, number: int) -> list[str]:
-    """The fit arguments the study owns: the trial's TensorBoard run folder and the pruning callback."""
-    logger = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-              "init_args": {"save_dir": str(spec.folder), "name": "trials", "version": trial_dir_name(number),
-                            "default_hp_metric": False}}
+def study_args(spec: StudySpec, version: str | int) -> list[str]:
+    """The fit arguments the study owns: the trial's TensorBoard run ``trials/<version>``, the pruning callback.
+
+    Every trial's run marks the same columns as varied (the searched keys with more than one value,
+    and the seed), since TensorBoard takes the HParams experiment summary of whichever run it reads first.
+    """
+    varied = [key for key, dist in SearchSpace(spec.search_space).distributions.items() if not dist.single()]
+    varied += [SEED_KEY] if spec.seeds and len(spec.seeds) > 1 else []
+    metrics = list(dict.fromkeys([spec.objective.metric, "val/acc_best", "test/acc", "train/loss_epoch"]))
+    logger = {"class_path": "dyt_lab.training.records.HParamsLogger",
+              "init_args": {"save_dir": str(spec.folder), "name": "trials", "version": version,
+                            "default_hp_metric": False, "varied": varied, "metrics": metrics}}
     # Every trial tests its best checkpoint, so the report carries held-out test accuracy beside val/acc_best.
     return [config_flag("trainer.logger", logger), f"--trainer.callbacks+={PRUNING_CALLBACK}", "--test_after_fit=true"]
 
 
-def trial_dir_name(number: int) -> str:
-    """``trial_0007``: sorts in order in TensorBoard and in a file browser."""
-    return f"trial_{number:04d}"
+# Characters of a trial's folder name: one line in TensorBoard's run list, far below file name limits.
+TRIAL_NAME_LIMIT = 120
+
+
+def trial_dir_name(trial: optuna.Trial | optuna.trial.FrozenTrial) -> str:
+    """The trial's folder and TensorBoard run: ``trial_0007-alpha_init=0.5-lr=0.002-norm=dyt-seed=1``.
+
+    Its searched values that can vary, keys sorted and shortened to their last part where that is
+    unambiguous, and its seed; the number first, so folders sort in trial order; at most ``TRIAL_NAME_LIMIT``.
+    """
+    params = {key: value for key, value in trial.params.items() if not trial.distributions[key].single()}
+    short = {key: key.rsplit(".", 1)[-1] for key in params}
+    shown = [f"{short[key] if list(short.values()).count(short[key]) == 1 else key}={_shown(params[key])}"
+             for key in sorted(params)]
+    seed = trial.user_attrs.get(SEED_ATTR)
+    head, tail = f"trial_{trial.number:04d}", "" if seed is None else f"-seed={seed}"
+    middle = "".join(f"-{part}" for part in shown)[:TRIAL_NAME_LIMIT - len(head) - len(tail)]
+    return head + re.sub(r"[^A-Za-z0-9_.,+=-]", "_", middle) + tail
+
+
+def _shown(value) -> str:
+    """A searched value, short: floats to 3 digits, a mapping (stored as JSON) as ``k=v,k=v``, a list as ``a+b``."""
+    if isinstance(value, str) and value.startswith(("{", "[")):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            pass
+    if isinstance(value, dict):
+        return ",".join(f"{k}={_shown(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return "+".join(_shown(v) for v in value)
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def failure_reason(code: int, stderr: Path) -> str:
@@ -125,12 +163,12 @@ class TrialObjective:
         finally:
             if self.on_start is not None:
                 self.on_start()
-        number = trial.number
-        run_dir = spec.folder / "trials" / trial_dir_name(number)
+        number, seed = trial.number, trial.user_attrs.get(SEED_ATTR)
+        run_name = trial_dir_name(trial)
+        run_dir = spec.folder / "trials" / run_name
         trial.set_user_attr("run_dir", str(run_dir))
-        seed = trial.user_attrs.get(SEED_ATTR)
         fit_args = [*base_args(spec), *self.space.flags(trial.params),
-                    *([config_flag(SEED_KEY, seed)] if seed is not None else []), *study_args(spec, number)]
+                    *([config_flag(SEED_KEY, seed)] if seed is not None else []), *study_args(spec, run_name)]
         binding = {"storage": self.storage_url, "study_name": spec.study_name, "trial_id": trial_id(trial),
                    "pruner": {"name": spec.pruner.name, "kwargs": spec.pruner.kwargs},
                    "metric": spec.objective.metric, "direction": spec.objective.direction,

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
-# HParams metrics: TensorBoard shows the latest value each run logged under these tags.
-HPARAM_METRICS = ("val/acc_best", "val/acc", "val/loss", "train/loss")
+# The HParams tab's metric columns (it shows the first five, with each run's latest value): the
+# headline numbers first. test/acc exists when the run tests its best checkpoint (--test_after_fit);
+# train/loss_epoch is the final training loss (the last epoch's mean, as the study report shows it).
+HPARAM_METRICS = ("val/acc_best", "test/acc", "train/loss_epoch", "val/acc", "val/loss")
 # What the HParams tab shows: the model and data arguments and the trainer settings that change results.
 HPARAM_KEYS = ("model", "data", "seed_everything", "trainer.max_epochs", "trainer.max_steps", "trainer.precision",
                "trainer.devices", "trainer.num_nodes", "trainer.accumulate_grad_batches", "trainer.gradient_clip_val")
-# The tab's first columns, in this order: what a norm study varies, then the rest in config order.
+# A run's real arguments, in this order. TensorBoard sorts the columns by `differs` (marked first), then by
+# name, and ticks the first five, so a run marks these as differing unless its logger names what varied.
 HPARAM_FIRST = ("model.norm", "model.placement", "model.alpha_init", "model.optimizer.lr", "seed_everything")
 
 
@@ -48,22 +52,70 @@ def run_hparams(config: dict) -> dict[str, object]:
     return {**{k: shown[k] for k in HPARAM_FIRST if k in shown}, **shown}
 
 
+def config_column(key: str) -> str:
+    """A config key as the HParams tab names it: ``model.optimizer.init_args.lr`` -> ``model.optimizer.lr``."""
+    return ".".join(part for part in key.split(".") if part not in ("init_args", "dict_kwargs"))
+
+
+def experiment_summary(hparams: dict[str, object], varied, metrics):
+    """TensorBoard's HParams experiment summary: ``hparams``' columns, those under a ``varied`` key marked
+    as differing and listed first, and ``metrics`` as its metric columns, in this order."""
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2, summary_v2
+
+    prefixes = [config_column(key) for key in varied]  # a mapping's options are columns of their own
+    infos = []
+    for name, value in hparams.items():
+        info = api_pb2.HParamInfo(name=name, differs=any(name == p or name.startswith(f"{p}.") for p in prefixes))
+        if isinstance(value, bool):  # both values, so that the tab can filter on it
+            info.type = api_pb2.DATA_TYPE_BOOL
+            info.domain_discrete.extend([False, True])
+        else:  # no domain: the tab filters out runs whose value a discrete domain lacks
+            info.type = api_pb2.DATA_TYPE_STRING if isinstance(value, str) else api_pb2.DATA_TYPE_FLOAT64
+        infos.append(info)
+    infos.sort(key=lambda info: not info.differs)  # stable: the others keep their order
+    experiment = api_pb2.Experiment(hparam_infos=infos,
+                                    metric_infos=[summary_v2.Metric(tag).as_proto() for tag in metrics])
+    content = metadata.create_summary_metadata(plugin_data_pb2.HParamsPluginData(experiment=experiment))
+    summary = Summary()
+    summary.value.add(tag=metadata.EXPERIMENT_TAG, metadata=content, tensor=metadata.NULL_TENSOR)
+    return summary
+
+
+class HParamsLogger(TensorBoardLogger):
+    """TensorBoardLogger that names the config keys its runs vary and the metrics the HParams tab shows.
+
+    TensorBoard uses the experiment summary of the first run it reads that has one, so the runs
+    beside this one (a study's other trials) should name the same ``varied`` keys. By default it
+    marks a run's real arguments (``HPARAM_FIRST``) and shows ``HPARAM_METRICS``, as a plain
+    TensorBoardLogger's runs do.
+    """
+
+    def __init__(self, *args, varied: list[str] | None = None, metrics: list[str] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.varied = list(HPARAM_FIRST if varied is None else varied)
+        self.metrics = list(HPARAM_METRICS if metrics is None else metrics)
+
+
 def log_hparams_to_tensorboard(trainer: Trainer, hparams: dict[str, object]) -> None:
-    """Write the run's real hyperparameters into the HParams tab, tied to ``HPARAM_METRICS``.
+    """Write the run's real hyperparameters into the HParams tab, with what varied and the metrics to show.
 
     Lightning's own path would also log a placeholder metric value (``hp_metric=-1``), and
-    ``SummaryWriter.add_hparams`` writes into a new sub-run with the metrics as constants; writing
-    the three HParams summaries into the run's own event file declares the metrics without
-    inventing a value for them. TensorBoard shows the columns in ``hparams``' order.
+    ``SummaryWriter.add_hparams`` writes into a new sub-run with the metrics as constants and marks
+    nothing as differing; TensorBoard's experiment and session-start summaries, written into the
+    run's own event file, declare the metrics without inventing a value for them. The session has
+    no group name, so TensorBoard names its row by the run's folder.
     """
-    from torch.utils.tensorboard.summary import hparams as hparams_summaries
+    from tensorboard.plugins.hparams import summary_v2
 
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
+            own = isinstance(logger, HParamsLogger)
+            varied, metrics = (logger.varied, logger.metrics) if own else (HPARAM_FIRST, HPARAM_METRICS)
             logger.log_hyperparams(hparams)  # hparams.yaml; no summary since default_hp_metric=False
             writer = logger.experiment.file_writer  # SummaryWriter's public FileWriter, as add_hparams uses it
-            for summary in hparams_summaries(hparams, dict.fromkeys(HPARAM_METRICS, 0.0)):
-                writer.add_summary(summary)
+            writer.add_summary(experiment_summary(hparams, varied, metrics))
+            writer.add_summary(summary_v2.hparams_pb(hparams, trial_id="", start_time_secs=time.time()))
             writer.flush()
 
 

@@ -1,0 +1,129 @@
+"""TensorBoard's HParams tab shows what varied: read back through TensorBoard's own hparams backend.
+
+The backend takes the experiment summary of the first run it reads, sorts its columns by
+``differs`` and then by name, and the tab ticks the first five; these tests ask the backend what
+it would serve for a tiny study's ``trials/`` folder and for a single fit's ``runs/`` folder.
+"""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from dyt_lab.study.objective import TRIAL_NAME_LIMIT, trial_dir_name
+from dyt_lab.training.records import HPARAM_FIRST, HPARAM_METRICS, experiment_summary
+from tests.helpers import fit_args, run_cli
+from tests.test_study import BASE, TINY, load, write_study
+
+
+def served(logdir):
+    """What TensorBoard's hparams backend serves for ``logdir``: the experiment and the session groups."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import api_pb2, backend_context, get_experiment, list_session_groups
+
+    multiplexer = plugin_event_multiplexer.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(logdir))
+    multiplexer.Reload()
+    provider = data_provider.MultiplexerDataProvider(multiplexer, str(logdir))
+    backend = backend_context.Context(base_plugin.TBContext(data_provider=provider, logdir=str(logdir)))
+    request = context.RequestContext()
+    experiment = get_experiment.Handler(request, backend, "", api_pb2.GetExperimentRequest(hparams_limit=1000)).run()
+    query = api_pb2.ListSessionGroupsRequest(start_index=0, slice_size=100, allowed_statuses=list(range(4)))
+    groups = list_session_groups.Handler(request, backend, "", query).run().session_groups
+    return experiment, groups
+
+
+def ticked(experiment) -> list[str]:
+    """The columns the HParams tab ticks: the first five, differing ones first (its stable sort)."""
+    infos = sorted(experiment.hparam_infos, key=lambda info: not info.differs)
+    return [info.name for info in infos[:5]]
+
+
+def frozen(number: int, params: dict, seed: int | None = None, fixed: tuple = ()):
+    """A finished Optuna trial with ``params``, each searched over its value and another, but ``fixed`` keys."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    dists = {key: CategoricalDistribution([value] if key in fixed else [value, "other"]) for key, value in params.items()}
+    trial = optuna.trial.create_trial(params=params, distributions=dists, value=0.5,
+                                      user_attrs={} if seed is None else {"seed": seed})
+    trial.number = number
+    return trial
+
+
+def test_trial_names_show_the_searched_values_that_vary_and_the_seed_short_and_safe():
+    trial = frozen(7, {"model.norm": "dyt", "model.alpha_init": 0.48329, "model.optimizer.lr": 0.002,
+                       "data.batch_size": 64}, seed=1, fixed=("data.batch_size",))  # it cannot vary: not shown
+    assert trial_dir_name(trial) == "trial_0007-alpha_init=0.483-norm=dyt-lr=0.002-seed=1"
+    assert trial_dir_name(frozen(12, {})) == "trial_0012"  # nothing searched, no seeds
+    spec = '{"center":"batch","name":"factored","scale":"batch_std","squash":"tanh"}'  # a mapping, as Optuna stores it
+    assert trial_dir_name(frozen(3, {"model.norm": spec}, seed=0)) == \
+        "trial_0003-norm=center=batch,name=factored,scale=batch_std,squash=tanh-seed=0"
+    # two keys that end alike keep their whole name; a list's label stays; odd characters become _
+    assert trial_dir_name(frozen(1, {"data.norm": "a b/c", "model.norm": "dyt", "model.placement": "stage1+stage2"})) \
+        == "trial_0001-data.norm=a_b_c-model.norm=dyt-placement=stage1+stage2"
+    long = trial_dir_name(frozen(2, {"model.rules": "x" * 300}, seed=4))
+    assert len(long) == TRIAL_NAME_LIMIT and long.startswith("trial_0002-rules=xxx") and long.endswith("-seed=4")
+
+
+def test_the_experiment_summary_marks_varied_keys_and_their_options_first():
+    from tensorboard.plugins.hparams import metadata
+
+    hparams = {"model.norm.center": "batch", "model.norm.scale": "alpha", "data.batch_size": 64,
+               "model.optimizer.lr": 0.002, "model.normalize": True, "seed_everything": 1}
+    summary = experiment_summary(hparams, ["model.norm", "model.optimizer.init_args.lr", "seed_everything"],
+                                 ["val/acc", "test/acc"])
+    (value,) = summary.value
+    assert value.tag == metadata.EXPERIMENT_TAG
+    experiment = metadata.parse_experiment_plugin_data(value.metadata.plugin_data.content)
+    names = [(info.name, info.differs) for info in experiment.hparam_infos]
+    assert names == [("model.norm.center", True), ("model.norm.scale", True), ("model.optimizer.lr", True),
+                     ("seed_everything", True), ("data.batch_size", False), ("model.normalize", False)]
+    assert [m.name.tag for m in experiment.metric_infos] == ["val/acc", "test/acc"]
+
+
+@pytest.mark.slow
+def test_a_studys_tensorboard_ticks_its_searched_keys_and_seed_and_names_runs_by_them(tmp_path):
+    path = write_study(tmp_path, "tb", n_trials=1, seeds=[0, 1], sampler={"name": "grid", "seed": 0},
+                       base={"configs": [BASE], "overrides": {**TINY, "trainer.max_epochs": 1,
+                                                              "trainer.limit_test_batches": 1}},
+                       search_space={"model.alpha_init": [0.5, 1.0], "model.optimizer.lr": [0.002, 0.004],
+                                     "data.batch_size": [64]})  # one choice: searched, but it does not vary
+    result = run_cli(["study", "run", "--config", str(path)], cwd=tmp_path, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = load(tmp_path, "tb").trials
+    assert len(trials) == 2
+    names = [trial_dir_name(t) for t in trials]
+    logdir = tmp_path / "studies" / "tb" / "trials"
+    assert sorted(p.name for p in logdir.iterdir()) == names
+    assert names[0].startswith("trial_0000-alpha_init=") and "-lr=" in names[0] and names[0].endswith("-seed=0")
+    assert "batch_size" not in names[0]
+
+    experiment, groups = served(logdir)
+    varied = ["model.alpha_init", "model.optimizer.lr", "seed_everything"]
+    assert [info.name for info in experiment.hparam_infos if info.differs] == varied
+    assert ticked(experiment)[:3] == varied
+    assert [m.name.tag for m in experiment.metric_infos] == ["val/acc", "val/acc_best", "test/acc", "train/loss_epoch"]
+    assert sorted(group.name for group in groups) == names  # each row is named by its run
+    for group in groups:
+        logged = {m.name.tag for m in group.metric_values}
+        assert {"val/acc", "val/acc_best", "test/acc", "train/loss_epoch"} <= logged  # each declared metric has a value
+    seeds = sorted(group.hparams["seed_everything"].number_value for group in groups)
+    assert seeds == [0, 1]
+
+
+@pytest.mark.slow
+def test_a_single_fits_tensorboard_ticks_its_real_arguments(tmp_path):
+    from dyt_lab.runs import run_lightning
+
+    run_lightning(fit_args(tmp_path / "runs", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+                           "--trainer.limit_val_batches=1", "--model.norm=dyt", config=BASE))
+    experiment, (group,) = served(tmp_path / "runs")
+    assert ticked(experiment) == sorted(HPARAM_FIRST)  # the tab sorts the differing columns by name
+    assert [info.name for info in experiment.hparam_infos if info.differs] == sorted(HPARAM_FIRST)
+    assert [m.name.tag for m in experiment.metric_infos] == list(HPARAM_METRICS)
+    assert group.name == "resnet_bn_vs_dyt_digits/version_0" and group.hparams["model.norm"].string_value == "dyt"
+    config = yaml.safe_load((tmp_path / "runs" / group.name / "hparams.yaml").read_text())
+    assert config["model.alpha_init"] == group.hparams["model.alpha_init"].number_value
