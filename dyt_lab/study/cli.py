@@ -32,44 +32,34 @@ def _option(argv: list[str], name: str, default: str | None) -> str | None:
     return default
 
 
-def _report_args(argv: list[str]):
+def _parse(command: str, description: str, argv: list[str], **options: dict):
+    """``dyt-lab study COMMAND NAME [--root] [--storage]`` plus ``options`` (flag -> add_argument kwargs)."""
     from jsonargparse import ArgumentError, ArgumentParser
 
     from dyt_lab.study.spec import one_line
 
-    parser = ArgumentParser(prog="dyt-lab study report", exit_on_error=False,
-                            description="Report a study: trials table, best trial, importances, plots.")
+    parser = ArgumentParser(prog=f"dyt-lab study {command}", exit_on_error=False, description=description)
     parser.add_argument("name", type=str, help="the study's name")
     parser.add_argument("--root", type=str, default="studies", help="folder holding one folder per study")
     parser.add_argument("--storage", type=str | None, default=None,
                         help="the study's storage (database URL or journal file); default: its folder's file")
-    parser.add_argument("--margin", type=float | None, default=None,
-                        help="equivalence margin in the metric's units (default: the study file's margin)")
+    for flag, kwargs in options.items():
+        parser.add_argument(f"--{flag}", **kwargs)
     try:
         return parser.parse_args(argv)
     except ArgumentError as err:
-        raise ConfigError(f"study report: {one_line(err)}") from None
+        raise ConfigError(f"study {command}: {one_line(err)}") from None
 
 
-def _confirm_args(argv: list[str]):
-    from jsonargparse import ArgumentError, ArgumentParser
-
-    from dyt_lab.study.spec import one_line
-
-    parser = ArgumentParser(prog="dyt-lab study confirm", exit_on_error=False,
-                            description="Rerun a finished study's best configurations and its reference on fresh seeds.")
-    parser.add_argument("name", type=str, help="the finished study's name")
-    parser.add_argument("--top", type=int, default=3, help="how many of its best configurations to confirm")
-    parser.add_argument("--seeds", type=str, default="10..14", help="fresh seeds: a range 10..14 or a list 10,11,12")
-    parser.add_argument("--root", type=str, default="studies", help="folder holding one folder per study")
-    parser.add_argument("--storage", type=str | None, default=None, help="the study's storage, if not its folder's file")
-    parser.add_argument("--workers", type=int | None, default=None, help="processes (default: the study's)")
-    parser.add_argument("--per", type=str | None, default=None,
-                        help="a factor (e.g. name): confirm the top K of each of its levels, every arm at its best")
-    try:
-        return parser.parse_args(argv)
-    except ArgumentError as err:
-        raise ConfigError(f"study confirm: {one_line(err)}") from None
+REPORT_OPTIONS = {"margin": {"type": float | None, "default": None,
+                             "help": "equivalence margin in the metric's units (default: the study file's margin)"}}
+CONFIRM_OPTIONS = {
+    "top": {"type": int, "default": 3, "help": "how many of its best configurations to confirm"},
+    "seeds": {"type": str, "default": "10..14", "help": "fresh seeds: a range 10..14 or a list 10,11,12"},
+    "workers": {"type": int | None, "default": None, "help": "processes (default: the study's)"},
+    "per": {"type": str | None, "default": None,
+            "help": "a factor (e.g. name): confirm the top K of each of its levels, every arm at its best"},
+}
 
 
 def main(argv: list[str]) -> None:
@@ -93,7 +83,7 @@ def main(argv: list[str]) -> None:
     elif command == "report":
         from dyt_lab.study.report import report
 
-        args = _report_args(rest)
+        args = _parse("report", "Report a study: trials table, best trial, importances, plots.", rest, **REPORT_OPTIONS)
         folder = Path(args.root) / args.name
         if folder.is_dir() or args.storage:  # else the report says there is no such study
             from dyt_lab.study.runner import check_writable
@@ -103,7 +93,8 @@ def main(argv: list[str]) -> None:
     elif command == "confirm":
         from dyt_lab.study.confirm import confirm
 
-        args = _confirm_args(rest)
+        args = _parse("confirm", "Rerun a finished study's best configurations and its reference on fresh seeds.",
+                      rest, **CONFIRM_OPTIONS)
         confirm(args.name, args.top, args.seeds, root=args.root, storage=args.storage, workers=args.workers,
                 per=args.per)
     elif command == "_worker":  # started by `run --workers N`, not by people

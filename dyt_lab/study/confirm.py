@@ -21,10 +21,9 @@ from optuna.trial import TrialState
 from dyt_lab.errors import ConfigError
 from dyt_lab.study.design import trial_levels
 from dyt_lab.study.replicates import SEED_ATTR, configuration
-from dyt_lab.study.spec import Pruner, Sampler, StudySpec, load_spec
+from dyt_lab.study.spec import CONFIRM_SUFFIX, Pruner, Sampler, StudySpec, load_spec
 from dyt_lab.study.storage import find_storage, load_existing
 
-SUFFIX = ".confirm"
 CONFIRMS_ATTR = "confirms"  # study attribute of NAME.confirm: which study, which configurations, which seeds
 
 
@@ -109,7 +108,7 @@ def confirm_spec(parent: StudySpec, seeds: list[int], n_configurations: int, wor
     Every trial is queued with fixed values, so the sampler never chooses one (random is the cheapest that
     honours them); no pruning, since a confirmation measures each configuration to its end.
     """
-    return replace(parent, study_name=f"{parent.study_name}{SUFFIX}", seeds=seeds, n_trials=n_configurations,
+    return replace(parent, study_name=f"{parent.study_name}{CONFIRM_SUFFIX}", seeds=seeds, n_trials=n_configurations,
                    sampler=Sampler(name="random", seed=0), pruner=Pruner(name="none"), gap_from=None,
                    timeout=None, workers=workers or parent.workers)
 

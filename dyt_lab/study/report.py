@@ -16,11 +16,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from dyt_lab.errors import ConfigError
 from dyt_lab.study.comparison import replicated_sections
-from dyt_lab.study.confirm import SUFFIX
 from dyt_lab.study.markdown import markdown_table
 from dyt_lab.study.plots import mean_by, placement_and_variant, write_plots
 from dyt_lab.study.replicates import SEED_ATTR
-from dyt_lab.study.spec import DEFAULT_MARGIN, check_margin
+from dyt_lab.study.spec import CONFIRM_SUFFIX, DEFAULT_MARGIN, check_margin
 from dyt_lab.study.storage import find_storage, load_existing
 
 
@@ -90,7 +89,7 @@ def how_to_open(name: str, url: str, folder: Path) -> list[str]:
 
 def linked_confirm(name: str, root: str, storage: str | None) -> optuna.Study | None:
     """The confirm study ``NAME.confirm`` (``dyt-lab study confirm``), if one was started."""
-    confirm_name = f"{name}{SUFFIX}"
+    confirm_name = f"{name}{CONFIRM_SUFFIX}"
     try:
         return load_existing(confirm_name, find_storage(confirm_name, root, storage))
     except ConfigError:
@@ -116,7 +115,7 @@ def report(name: str, root: str = "studies", storage: str | None = None, margin:
             margin = check_margin(design.get("margin", DEFAULT_MARGIN) if margin is None else margin)
         except ValueError as err:
             raise ConfigError(f"--margin: {err}") from None
-        confirm_study = None if name.endswith(SUFFIX) else linked_confirm(name, root, storage)
+        confirm_study = None if name.endswith(CONFIRM_SUFFIX) else linked_confirm(name, root, storage)
         replicated, replicated_files = replicated_sections(study, design, folder, metric, margin, confirm_study)
         sections += replicated
     elif complete:
