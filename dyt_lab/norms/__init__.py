@@ -8,6 +8,7 @@ from dyt_lab.norms.baselines import GroupNorm, Identity, LayerNorm2d, RMSNorm2d,
 from dyt_lab.norms.convert import convert_norms
 from dyt_lab.norms.dyt import DYT_FAMILY, CenteredDyT, ChannelAlphaDyT, ChannelShiftDyT, Derf, DyT, ShiftedDyT
 from dyt_lab.norms.factored import FactoredNorm
+from dyt_lab.norms.pointwise import PointwiseNorm
 from dyt_lab.norms.registry import (
     LAYOUTS,
     NORMS,
@@ -22,7 +23,7 @@ from dyt_lab.norms.registry import (
 
 __all__ = [
     "DYT_FAMILY", "LAYOUTS", "NORMS", "CenteredDyT", "ChannelAlphaDyT", "ChannelShiftDyT", "Derf", "DyT",
-    "FactoredNorm", "GroupNorm", "Identity", "LayerNorm2d", "Layout", "NormError", "NormSpec", "RMSNorm2d",
-    "ShiftedDyT", "TokenBatchNorm", "available_norms", "build_norm", "convert_norms", "norm_factory",
+    "FactoredNorm", "GroupNorm", "Identity", "LayerNorm2d", "Layout", "NormError", "NormSpec", "PointwiseNorm",
+    "RMSNorm2d", "ShiftedDyT", "TokenBatchNorm", "available_norms", "build_norm", "convert_norms", "norm_factory",
     "norm_name",
 ]

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from torch import nn
 
 from dyt_lab.errors import ConfigError
-from dyt_lab.norms import baselines, dyt, factored
+from dyt_lab.norms import baselines, dyt, factored, pointwise
 from dyt_lab.norms.dyt import check_num_features
 
 NormSpec = str | dict[str, Any]
@@ -105,6 +105,10 @@ _ENTRIES = [
     _dyt_entry("factored", factored.FactoredNorm,
                "w * squash(s * (x - m)) + b; m: batch/running mean or 0; s: 1/std, 1/running std, a, a_c or 1",
                "w, b: (C,); a: scalar or (C,) if scale is alpha*; running mean/var where used"),
+    # the point-wise family with each part an option; center 'sample' is batch-free, not point-wise
+    _dyt_entry("dyt_general", pointwise.PointwiseNorm,
+               "w * squash(a * (x - m) + s) + b; squash: tanh, erf or none; m: 0 or each sample's mean over H, W",
+               "a: scalar or (C,); s: none, scalar or (C,); w, b: (C,)"),
 ]
 NORMS: dict[str, NormEntry] = {e.name: e for e in _ENTRIES}
 _ALIASES: dict[str, str] = {alias: e.name for e in _ENTRIES for alias in e.aliases}
@@ -120,7 +124,7 @@ STANDARD_KINDS: dict[str, tuple[type, ...]] = {
 _TYPE_NAMES: dict[type, str] = {
     baselines.Identity: "identity", dyt.DyT: "dyt", dyt.ShiftedDyT: "dyt_shift",
     dyt.ChannelShiftDyT: "dyt_channel_shift", dyt.ChannelAlphaDyT: "dyt_channel_alpha", dyt.Derf: "derf",
-    dyt.CenteredDyT: "dyt_centered", factored.FactoredNorm: "factored",
+    dyt.CenteredDyT: "dyt_centered", factored.FactoredNorm: "factored", pointwise.PointwiseNorm: "dyt_general",
 }
 
 
