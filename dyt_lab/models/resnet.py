@@ -4,10 +4,18 @@ Laid out like torchvision's ``resnet.py`` (v1.5: the stride sits in the 3x3 conv
 Bottleneck), so ``resnet18/34/50`` have exactly its parameter counts with BatchNorm. Norm sites,
 all channels-first since they see feature maps ``(N, C, H, W)``:
 ``stem.norm``, ``layer{s}.{b}.norm{k}`` and ``layer{s}.{b}.downsample.norm``.
+
+Batch-free options (``dyt_lab.models.batch_free``; all off by default, so the default model is
+torchvision's): scaled weight standardisation of every conv, a learnable gain at the end of each
+residual branch (SkipInit), NF-ResNets' alpha/beta scaling of the branches, and named recipes that
+bundle them with a norm and an alpha0 rule.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -16,6 +24,15 @@ from torch import nn
 from dyt_lab.errors import ConfigError, check_int
 from dyt_lab.models.alpha_rules import AlphaRule, apply_alpha_rule
 from dyt_lab.models.arguments import check_preset, pick
+from dyt_lab.models.batch_free import (
+    BranchScale,
+    ScaledStdConv2d,
+    apply_recipe,
+    check_finite,
+    check_flag,
+    check_positive,
+    nf_next_std,
+)
 from dyt_lab.models.placement import NormPlacement, NormSitesMixin, Placement, Rules
 from dyt_lab.norms import NormSpec
 
@@ -31,17 +48,22 @@ RESNET_PRESETS: dict[str, tuple[str, list[int], list[int], str]] = {
 }
 
 
-def _conv(c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False)
+def _conv(c_in: int, c_out: int, kernel: int, stride: int = 1, standardized: bool = False) -> nn.Conv2d:
+    cls = ScaledStdConv2d if standardized else nn.Conv2d
+    return cls(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False)
+
+
+ConvFactory = Callable[..., nn.Conv2d]  # (c_in, c_out, kernel, stride) -> conv
 
 
 class Stem(nn.Module):
     """ImageNet stem (7x7/2 conv, norm, ReLU, 3x3/2 max-pool) or CIFAR stem (3x3 conv, norm, ReLU)."""
 
-    def __init__(self, in_channels: int, width: int, kind: str, placement: NormPlacement) -> None:
+    def __init__(self, in_channels: int, width: int, kind: str, placement: NormPlacement,
+                 conv: ConvFactory = _conv) -> None:
         super().__init__()
         imagenet = kind == "imagenet"
-        self.conv = _conv(in_channels, width, 7, 2) if imagenet else _conv(in_channels, width, 3)
+        self.conv = conv(in_channels, width, 7, 2) if imagenet else conv(in_channels, width, 3)
         self.norm = placement.build("stem.norm", width, "channels_first")
         self.pool = nn.MaxPool2d(3, stride=2, padding=1) if imagenet else nn.Identity()
 
@@ -52,65 +74,99 @@ class Stem(nn.Module):
 class Downsample(nn.Module):
     """Projection shortcut: 1x1 conv with stride, then a norm site."""
 
-    def __init__(self, name: str, c_in: int, c_out: int, stride: int, placement: NormPlacement) -> None:
+    def __init__(self, name: str, c_in: int, c_out: int, stride: int, placement: NormPlacement,
+                 conv: ConvFactory = _conv) -> None:
         super().__init__()
-        self.conv = _conv(c_in, c_out, 1, stride)
+        self.conv = conv(c_in, c_out, 1, stride)
         self.norm = placement.build(f"{name}.downsample.norm", c_out, "channels_first")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.conv(x))
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convs, each followed by a norm site: ``relu(x + norm2(conv2(relu(norm1(conv1(x))))))``."""
+class ResidualBlock(nn.Module):
+    """``relu(scale(branch(x / input_std)) + shortcut)``: what Basic and Bottleneck blocks share.
+
+    ``shortcut`` is ``x`` itself, or the projection of ``x / input_std``. ``input_std`` is 1 unless
+    NF scaling is on (NF-ResNets' beta is its reciprocal: the branch starts from unit variance);
+    ``scale`` (``BranchScale``: NF's alpha and the SkipInit gain) is None when both are off. With a
+    gain of 0 the block is ``relu(shortcut)``, which is ``x`` itself for an identity shortcut, since
+    ``x`` is the previous block's (or the stem's) ReLU output.
+    """
+
+    expansion = 1
+    downsample: Downsample | None
+
+    def __init__(self, input_std: float = 1.0, scale: BranchScale | None = None) -> None:
+        super().__init__()
+        self.input_std = input_std
+        self.scale = scale
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inp = x if self.input_std == 1.0 else x / self.input_std
+        out = self.branch(inp)
+        if self.scale is not None:
+            out = self.scale(out)
+        shortcut = x if self.downsample is None else self.downsample(inp)
+        return torch.relu(out + shortcut)
+
+
+class BasicBlock(ResidualBlock):
+    """Two 3x3 convs, each followed by a norm site: ``branch(x) = norm2(conv2(relu(norm1(conv1(x)))))``."""
 
     expansion = 1
 
-    def __init__(self, name: str, c_in: int, width: int, stride: int, placement: NormPlacement) -> None:
-        super().__init__()
-        self.conv1 = _conv(c_in, width, 3, stride)
+    def __init__(self, name: str, c_in: int, width: int, stride: int, placement: NormPlacement,
+                 conv: ConvFactory = _conv, input_std: float = 1.0, scale: BranchScale | None = None) -> None:
+        super().__init__(input_std, scale)
+        self.conv1 = conv(c_in, width, 3, stride)
         self.norm1 = placement.build(f"{name}.norm1", width, "channels_first")
-        self.conv2 = _conv(width, width, 3)
+        self.conv2 = conv(width, width, 3)
         self.norm2 = placement.build(f"{name}.norm2", width, "channels_first")
         needs_projection = stride != 1 or c_in != width
-        self.downsample = Downsample(name, c_in, width, stride, placement) if needs_projection else None
+        self.downsample = Downsample(name, c_in, width, stride, placement, conv) if needs_projection else None
 
     def last_norm(self) -> nn.Module:
         return self.norm2
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.norm1(self.conv1(x)))
-        out = self.norm2(self.conv2(out))
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return torch.relu(out + shortcut)
+        return self.norm2(self.conv2(out))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(ResidualBlock):
     """1x1 reduce, 3x3 (with the stride), 1x1 expand by 4, each followed by a norm site."""
 
     expansion = 4
 
-    def __init__(self, name: str, c_in: int, width: int, stride: int, placement: NormPlacement) -> None:
-        super().__init__()
+    def __init__(self, name: str, c_in: int, width: int, stride: int, placement: NormPlacement,
+                 conv: ConvFactory = _conv, input_std: float = 1.0, scale: BranchScale | None = None) -> None:
+        super().__init__(input_std, scale)
         c_out = width * self.expansion
-        self.conv1 = _conv(c_in, width, 1)
+        self.conv1 = conv(c_in, width, 1)
         self.norm1 = placement.build(f"{name}.norm1", width, "channels_first")
-        self.conv2 = _conv(width, width, 3, stride)
+        self.conv2 = conv(width, width, 3, stride)
         self.norm2 = placement.build(f"{name}.norm2", width, "channels_first")
-        self.conv3 = _conv(width, c_out, 1)
+        self.conv3 = conv(width, c_out, 1)
         self.norm3 = placement.build(f"{name}.norm3", c_out, "channels_first")
         needs_projection = stride != 1 or c_in != c_out
-        self.downsample = Downsample(name, c_in, c_out, stride, placement) if needs_projection else None
+        self.downsample = Downsample(name, c_in, c_out, stride, placement, conv) if needs_projection else None
 
     def last_norm(self) -> nn.Module:
         return self.norm3
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.norm1(self.conv1(x)))
         out = torch.relu(self.norm2(self.conv2(out)))
-        out = self.norm3(self.conv3(out))
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return torch.relu(out + shortcut)
+        return self.norm3(self.conv3(out))
+
+
+def _defaults() -> dict:
+    """ResNet's argument defaults: what a recipe may fill in."""
+    return {name: p.default for name, p in inspect.signature(ResNet.__init__).parameters.items()}
 
 
 def resnet_site_presets(block: str) -> dict[str, list[str]]:
@@ -146,6 +202,10 @@ class ResNet(NormSitesMixin, nn.Module):
         rules: Rules | None = None,
         alpha_init: float | None = None,
         alpha_rule: AlphaRule = "constant",
+        recipe: str | None = None,
+        weight_standardization: bool | None = None,
+        branch_gain: float | None = None,
+        nf_alpha: float | None = None,
     ) -> None:
         """Build a ResNet from a preset, with any preset value overridden.
 
@@ -165,9 +225,25 @@ class ResNet(NormSitesMixin, nn.Module):
             alpha_init: alpha0 for every DyT-family site whose spec does not set its own.
             alpha_rule: alpha0 per site: constant (alpha_init), depth (alpha_init / sqrt(k), k the site's block,
                 stem 1), data (alpha_init / std of the site's input on the first training batch).
+            recipe: a named bundle of options (bn_free: weight_standardization, branch_gain 0, norm dyt, alpha_rule
+                data); it sets each option it names that is left at its default, an option set otherwise wins.
+            weight_standardization: scaled weight standardisation of every conv, W = gain * (W - mean) / (std *
+                sqrt(fan_in)) per output channel, learnable gain init 1 (NF-ResNets) (None: off, or the recipe's).
+            branch_gain: a learnable scalar at the end of each residual branch, starting at this value (0: SkipInit,
+                every block starts as relu(shortcut)) (None: no gain, or the recipe's).
+            nf_alpha: NF-ResNets' signal propagation: block = relu(nf_alpha * branch(x / beta) + shortcut), beta the
+                expected std of the block input, 1 after the stem and after each projection, growing as
+                sqrt(beta^2 + nf_alpha^2) (0.2 in NF-ResNets) (None: off, or the recipe's).
         """
         super().__init__()
         check_preset("ResNet", preset, RESNET_PRESETS)
+        options = apply_recipe(recipe, {"norm": norm, "alpha_rule": alpha_rule, "weight_standardization":
+                                        weight_standardization, "branch_gain": branch_gain, "nf_alpha": nf_alpha},
+                               _defaults())
+        norm, alpha_rule = options["norm"], options["alpha_rule"]
+        standardized = check_flag("ResNet weight_standardization", options["weight_standardization"])
+        branch_gain = check_finite("ResNet branch_gain", options["branch_gain"])
+        nf_alpha = check_positive("ResNet nf_alpha", options["nf_alpha"])
         p_block, p_layers, p_widths, p_stem = RESNET_PRESETS[preset]
         block, stem = pick(block, p_block), pick(stem, p_stem)
         layers, widths = list(pick(layers, p_layers)), list(pick(widths, p_widths))
@@ -184,13 +260,18 @@ class ResNet(NormSitesMixin, nn.Module):
         self.placement = NormPlacement("ResNet", resnet_site_presets(block), norm, placement,
                                        base_norm, rules, alpha_init)
         block_cls = BasicBlock if block == "basic" else Bottleneck
-        self.stem = Stem(in_channels, widths[0], stem, self.placement)
-        c_in = widths[0]
+        conv = functools.partial(_conv, standardized=standardized)
+        self.stem = Stem(in_channels, widths[0], stem, self.placement, conv)
+        c_in, input_std = widths[0], 1.0  # NF: the stem's output counts as unit std
         for s, (num_blocks, width) in enumerate(zip(layers, widths), start=1):
             blocks = []
             for b in range(num_blocks):
                 stride = 2 if s > 1 and b == 0 else 1
-                blocks.append(block_cls(f"layer{s}.{b}", c_in, width, stride, self.placement))
+                scale = None if nf_alpha is None and branch_gain is None else BranchScale(nf_alpha or 1.0, branch_gain)
+                blocks.append(block_cls(f"layer{s}.{b}", c_in, width, stride, self.placement, conv,
+                                        input_std, scale))
+                if nf_alpha is not None:
+                    input_std = nf_next_std(input_std, blocks[-1].downsample is not None, nf_alpha)
                 c_in = width * block_cls.expansion
             self.add_module(f"layer{s}", nn.Sequential(*blocks))
         self.num_stages = len(layers)
@@ -218,7 +299,7 @@ class ResNet(NormSitesMixin, nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         if zero_init_residual:
             for m in self.modules():
-                if isinstance(m, (BasicBlock, Bottleneck)) and getattr(m.last_norm(), "weight", None) is not None:
+                if isinstance(m, ResidualBlock) and getattr(m.last_norm(), "weight", None) is not None:
                     nn.init.zeros_(m.last_norm().weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
