@@ -92,6 +92,12 @@ class HParamsLogger(TensorBoardLogger):
     """
 
     def __init__(self, *args, varied: list[str] | None = None, metrics: list[str] | None = None, **kwargs) -> None:
+        """TensorBoardLogger's arguments, and:
+
+        Args:
+            varied: config keys (``model.optimizer.lr``) marked as differing; default ``HPARAM_FIRST``.
+            metrics: scalar tags shown as the HParams tab's metric columns; default ``HPARAM_METRICS``.
+        """
         super().__init__(*args, **kwargs)
         self.varied = list(HPARAM_FIRST if varied is None else varied)
         self.metrics = list(HPARAM_METRICS if metrics is None else metrics)
