@@ -24,6 +24,8 @@ REPO = Path(__file__).resolve().parent.parent
 QUICK = str(REPO / "configs" / "quickstart.yaml")
 RESNET = str(REPO / "configs" / "experiments" / "resnet_bn_vs_dyt_digits.yaml")
 STUDY = "configs/study/vit_alpha_init.yaml"  # its base configs are named from the repository root
+TIMM = [*["fit", "--config", str(REPO / "configs" / "quickstart.yaml")],
+        "--config", str(REPO / "configs" / "model" / "timm_resnet18.yaml")]  # timm's resnet18 by name, on digits
 FIT = ["fit", "--config", QUICK]
 # Lines Lightning or dyt_lab print on every start; they are not part of the error message.
 CHATTER = ("Seed set to", "GPU available", "TPU available", "HPU available", "💡 Tip", "Tip:", "Using default")
@@ -66,6 +68,21 @@ CASES: dict[str, tuple[list[str], str]] = {
     "heads_do_not_divide_dim": ([*FIT, "--model.dim", "30", "--model.heads", "4"], "30"),
     "resnet_norm_unknown": (["fit", "--config", RESNET, "--model.norm", "nope"], "'nope'"),
     "resnet_preset_unknown": (["fit", "--config", RESNET, "--model.preset", "resnet7"], "resnet7"),
+    # batch-free options: a model without such sites, a value that cannot work, an unknown name
+    "vit_weight_standardization": ([*FIT, "--model.weight_standardization", "true"],
+                                   "no such argument 'weight_standardization' for dyt_lab.training.ViTClassifier"),
+    "vit_branch_gain": ([*FIT, "--model.branch_gain", "0"], "no such argument 'branch_gain'"),
+    "recipe_unknown": (["fit", "--config", RESNET, "--model.recipe", "bn_fre"],
+                       "unknown recipe 'bn_fre'; valid recipes: bn_free"),
+    "nf_alpha_negative": (["fit", "--config", RESNET, "--model.nf_alpha", "-0.2"],
+                          "nf_alpha must be a finite number > 0"),
+    "agc_lambda_negative": (["fit", "--config", RESNET, "--trainer.callbacks+=dyt_lab.training.clipping."
+                             "AdaptiveGradientClipping", "--trainer.callbacks.clipping=-0.01"],
+                            "clipping (lambda) must be a finite number > 0"),
+    "resnet_alpha_rule_unknown": (["fit", "--config", RESNET, "--model.alpha_rule", "stage"],
+                                  "'stage': expected one of 'constant', 'depth', 'data'"),
+    "dyt_general_center_unknown": (["fit", "--config", RESNET, "--model.norm", "{name: dyt_general, center: batch}"],
+                                   "center must be one of none, sample; got 'batch'"),
     "batch_size_negative": ([*FIT, "--data.batch_size", "-1"], "-1"),
     "val_fraction_above_one": ([*FIT, "--data.val_fraction", "1.5"], "1.5"),
     "val_fraction_zero": ([*FIT, "--data.val_fraction", "0"], "0"),
@@ -126,6 +143,23 @@ CASES: dict[str, tuple[list[str], str]] = {
     "study_report_unknown": (["study", "report", "nope_study"], "nope_study"),
     "study_resume_unknown": (["study", "resume", "nope_study"], "nope_study"),
     "study_command_unknown": (["study", "runn"], "runn"),
+    # timm and torchvision models: a name, an argument, a conversion that does not fit the network
+    "timm_name_unknown": ([*TIMM, "--model.net.init_args.name", "resnet19"], "'resnet19' (did you mean 'resnet18'"),
+    "timm_argument_unknown": ([*TIMM, "--model.net.init_args.kwargs", "{drop_rat: 0.1}"],
+                              "'drop_rat'; did you mean 'drop_rate'?"),
+    "timm_image_too_small": ([*TIMM, "--model.net.init_args.name", "vit_tiny_patch16_224"],
+                             "cannot take the data's 1x8x8 images"),
+    "timm_class_norm_layer": ([*FIT, "--config", "timm_vit_class.yaml", "--model.net.init_args.norm_layer",
+                               "dyt_lab.norms.DyT"], "norm_layer: leave it out"),
+    "timm_class_block": ([*FIT, "--config", "timm_resnet_class.yaml"], "timm.models.resnet.BasicBlock"),
+    "convert_matches_no_norm": ([*TIMM, "--model.convert", "{to: dyt, kinds: [layernorm]}"],
+                                "no layernorm module in ResNet; nothing to replace; its norms: batchnorm (20)"),
+    "convert_site_unknown": ([*TIMM, "--model.convert", "{to: dyt, sites: [layer4.*, layer5.*]}"],
+                             "sites ['layer5.*'] in ResNet; its norm sites: bn1, layer1.*.bn1"),
+    "convert_kind_unknown": ([*TIMM, "--model.convert", "{to: dyt, kinds: [ln]}"],
+                             "unknown kind 'ln' for convert_norms; valid kinds: layernorm"),
+    "convert_norm_unknown": ([*TIMM, "--model.convert", "{to: dytt}"], "'dytt' (did you mean 'dyt'?)"),
+    "convert_key_misspelt": ([*TIMM, "--model.convert", "{to: dyt, site: [layer4.*]}"], "'site'"),
 }
 
 
@@ -135,6 +169,13 @@ def inputs(folder: Path) -> None:
     (folder / "unknown_key.yaml").write_text("trainer:\n  max_epochs: 1\nbogus: 3\n")
     (folder / "bad_syntax.yaml").write_text("trainer:\n  max_epochs: [1\n model: x\n")
     (folder / "wrong_type.yaml").write_text("trainer:\n  max_epochs: ten\n")
+    net = "model:\n  class_path: dyt_lab.training.ImageClassifier\n  init_args:\n    net:\n      class_path: "
+    (folder / "timm_vit_class.yaml").write_text(  # timm's own classes, injected by class path
+        f"{net}timm.models.vision_transformer.VisionTransformer\n      init_args: {{img_size: 8, patch_size: 2, "
+        "in_chans: 1, num_classes: 10, embed_dim: 32, depth: 1, num_heads: 2}\n")
+    (folder / "timm_resnet_class.yaml").write_text(
+        f"{net}timm.models.resnet.ResNet\n      init_args: {{block: timm.models.resnet.BasicBlock, "
+        "layers: [1, 1, 1, 1], in_chans: 1, num_classes: 10}\n")
     for name in ("a", "b"):
         (folder / "no_images" / "train" / name).mkdir(parents=True)
         (folder / "no_images" / "val" / name).mkdir(parents=True)
