@@ -27,7 +27,8 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from dyt_lab.data import ImageDataModule
-from dyt_lab.errors import EXIT_INTERRUPTED, ConfigError, check_int, check_writable
+from dyt_lab.errors import EXIT_INTERRUPTED, ConfigError, check_int, check_writable, expected_failure
+from dyt_lab.models.external import NAME_IT, net_build_failure
 from dyt_lab.parse_errors import check_config_files, condensed, unknown_hint
 from dyt_lab.training import ImageClassifier
 from dyt_lab.training.callbacks import DivergenceStop, LearningRateLog, RunOutcome
@@ -77,7 +78,10 @@ class OneLineParser(LightningArgumentParser):
         actions = parser._actions
         keys = sorted({a.dest.split(".")[0] for a in actions if a.dest not in ("help", "config", "print_config")})
         flags = [flag for a in actions for flag in a.option_strings]
-        raise ConfigError(condensed(message) + unknown_hint(message, keys, flags)) from None
+        line = condensed(message) + unknown_hint(message, keys, flags)
+        if line.startswith("--model.net.") and "does not correspond to a subclass" in line:  # timm's ResNet block
+            line += f"; {NAME_IT}"
+        raise ConfigError(line) from None
 
 
 class DytLabCLI(LightningCLI):
@@ -119,6 +123,17 @@ class DytLabCLI(LightningCLI):
     def _own(self, config: Namespace) -> Namespace:
         """The part of ``config`` for this subcommand (the whole of it with ``run=False``)."""
         return config[self.subcommand] if self.subcommand else config
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except Exception as err:  # an injected --model.net class that raised: one line, not jsonargparse's dump
+            model = self._own(self.config).get("model")
+            net = model.as_dict().get("init_args", {}).get("net") if isinstance(model, Namespace) else None
+            refused = None if expected_failure(err) else net_build_failure(net, err)
+            if refused is None:
+                raise
+            raise refused from err
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         """The trainer, with the user's callbacks first, then dyt_lab's that fit its settings, and atomic saves.

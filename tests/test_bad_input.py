@@ -24,9 +24,8 @@ REPO = Path(__file__).resolve().parent.parent
 QUICK = str(REPO / "configs" / "quickstart.yaml")
 RESNET = str(REPO / "configs" / "experiments" / "resnet_bn_vs_dyt_digits.yaml")
 STUDY = "configs/study/vit_alpha_init.yaml"  # its base configs are named from the repository root
-TIMM = [*["fit", "--config", str(REPO / "configs" / "quickstart.yaml")],
-        "--config", str(REPO / "configs" / "model" / "timm_resnet18.yaml")]  # timm's resnet18 by name, on digits
 FIT = ["fit", "--config", QUICK]
+TIMM = [*FIT, "--config", str(REPO / "configs" / "model" / "timm_resnet18.yaml")]  # timm's resnet18 by name
 # Lines Lightning or dyt_lab print on every start; they are not part of the error message.
 CHATTER = ("Seed set to", "GPU available", "TPU available", "HPU available", "💡 Tip", "Tip:", "Using default")
 

@@ -1,10 +1,12 @@
 """The LightningModules: ``ImageClassifier`` for any network, and the ViT/ResNet ones users pick by name.
 
 ``ImageClassifier`` takes a built ``net`` (dependency injection, as lightning-hydra-template does),
-so a timm or torchvision model trains the same way. ``ViTClassifier`` and ``ResNetClassifier``
-build a dyt_lab model from flat arguments, so ``--model.norm dyt --model.placement attn`` works
-on the command line. Their arguments are the model's and ImageClassifier's, written out here so
-that ``--help``, YAML and a reader all see the same list (a test checks it stays in step).
+so a timm or torchvision model trains the same way (or a builder that names one, ``TimmModel``), and
+``convert`` swaps that network's norms for a registry norm before the optimizer sees it.
+``ViTClassifier`` and ``ResNetClassifier`` build a dyt_lab model from flat arguments, so
+``--model.norm dyt --model.placement attn`` works on the command line. Their arguments are the
+model's and ImageClassifier's, written out here so that ``--help``, YAML and a reader all see the
+same list (a test checks it stays in step).
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from dyt_lab.errors import ConfigError
-from dyt_lab.models import ResNet, ViT
+from dyt_lab.models import NetBuilder, ResNet, ViT, site_table
 from dyt_lab.models.alpha_rules import AlphaRule
 from dyt_lab.models.placement import Placement, Rules
-from dyt_lab.norms import NormSpec
+from dyt_lab.norms import NormError, NormSpec
+from dyt_lab.norms.convert import NormConversion, find_norm_sites
 from dyt_lab.training.calibration import AlphaCalibration
 from dyt_lab.training.schedule import WarmupCosineLR
 
@@ -51,6 +54,8 @@ class ImageClassifier(LightningModule):
         num_classes: int = 10,
         in_channels: int | None = None,
         image_size: int | None = None,
+        convert: NormConversion | None = None,
+        alpha_init: float | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable = WarmupCosineLR,
         label_smoothing: float = 0.0,
@@ -58,16 +63,28 @@ class ImageClassifier(LightningModule):
         """Build the module.
 
         Args:
-            net: the network, images (N, in_channels, image_size, image_size) -> logits (N, num_classes).
+            net: the network, images (N, in_channels, image_size, image_size) -> logits (N, num_classes), or a
+                placeholder (dyt_lab.models.TimmModel, TorchvisionModel) built here with the three values below.
             num_classes: number of classes (linked from the data module).
             in_channels: image channels (linked from the data module; None: unknown).
             image_size: image side in pixels (linked from the data module; None: unknown).
+            convert: swap the network's norms for a registry norm ({to: dyt, kinds: [batchnorm], sites: [layer4.*]}).
+            alpha_init: alpha0 of the DyT-family norms that convert puts in, unless its spec sets its own.
             optimizer: optimizer class or callable taking parameter groups (AdamW by default).
             scheduler: learning-rate scheduler callable, stepped every optimizer step (warmup + cosine).
             label_smoothing: cross-entropy label smoothing.
         """
         super().__init__()
         self.save_hyperparameters(ignore=["net"], logger=False)  # the CLI logs the full config instead
+        if isinstance(net, NetBuilder):  # a network named by the user, sized by the data
+            self.hparams["net"] = net.config()  # plain values: checkpoints compare it, the HParams tab shows it
+            net = net.build(num_classes, in_channels, image_size)
+        # The sites are read before converting: a site converted to identity is still a site of the table.
+        self.norm_sites = net.norm_sites() if hasattr(net, "norm_sites") else find_norm_sites(net)
+        try:
+            self.converted = convert.apply(net, alpha_init) if convert is not None else []
+        except NormError as err:  # a kind or site the network does not have, a norm that cannot go there
+            raise ConfigError(f"--model.convert: {err}") from None
         self.net = net
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -101,6 +118,10 @@ class ImageClassifier(LightningModule):
             raise
         except (ValueError, TypeError) as err:
             raise ConfigError(f"--model.optimizer/--model.scheduler: {str(err).splitlines()[0]}") from None
+
+    def placement_table(self) -> str | None:
+        """The site -> layout -> norm table of the network, as built and converted (None: it has no norm)."""
+        return site_table(self.net, self.norm_sites)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``(N, C, H, W)`` -> logits ``(N, num_classes)``."""
@@ -191,6 +212,7 @@ class ViTClassifier(AlphaCalibration, ImageClassifier):
         rules: Rules | None = None,
         alpha_init: float | None = None,
         alpha_rule: AlphaRule = "constant",
+        convert: NormConversion | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable = WarmupCosineLR,
         label_smoothing: float = 0.0,
@@ -217,6 +239,7 @@ class ViTClassifier(AlphaCalibration, ImageClassifier):
             alpha_init: alpha0 for every DyT-family site whose spec does not set its own.
             alpha_rule: alpha0 per site: constant (alpha_init), depth (alpha_init / sqrt(k), k the site's block),
                 data (alpha_init / std of the site's input on the first training batch of a fresh run).
+            convert: after building, swap norms for a registry norm, as ImageClassifier does ({to: dyt, sites: [norm]}).
             optimizer: optimizer class or callable taking parameter groups (AdamW by default).
             scheduler: learning-rate scheduler callable, stepped every optimizer step (warmup + cosine).
             label_smoothing: cross-entropy label smoothing.
@@ -226,7 +249,8 @@ class ViTClassifier(AlphaCalibration, ImageClassifier):
                   drop_path=drop_path, dropout=dropout, norm=norm, placement=placement, base_norm=base_norm,
                   rules=rules, alpha_init=alpha_init, alpha_rule=alpha_rule)
         super().__init__(net=net, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
-                         optimizer=optimizer, scheduler=scheduler, label_smoothing=label_smoothing)
+                         convert=convert, alpha_init=alpha_init, optimizer=optimizer, scheduler=scheduler,
+                         label_smoothing=label_smoothing)
 
 
 class ResNetClassifier(AlphaCalibration, ImageClassifier):
@@ -248,6 +272,7 @@ class ResNetClassifier(AlphaCalibration, ImageClassifier):
         rules: Rules | None = None,
         alpha_init: float | None = None,
         alpha_rule: AlphaRule = "constant",
+        convert: NormConversion | None = None,
         image_size: int | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable = WarmupCosineLR,
@@ -271,6 +296,7 @@ class ResNetClassifier(AlphaCalibration, ImageClassifier):
             alpha_init: alpha0 for every DyT-family site whose spec does not set its own.
             alpha_rule: alpha0 per site: constant (alpha_init), depth (alpha_init / sqrt(k), k the site's block),
                 data (alpha_init / std of the site's input on the first training batch of a fresh run).
+            convert: after building, swap norms for a registry norm, as ImageClassifier does ({to: dyt, sites: [norm]}).
             image_size: image side in pixels (linked from the data module; None: unknown).
             optimizer: optimizer class or callable taking parameter groups (AdamW by default).
             scheduler: learning-rate scheduler callable, stepped every optimizer step (warmup + cosine).
@@ -280,4 +306,5 @@ class ResNetClassifier(AlphaCalibration, ImageClassifier):
                      widths=widths, stem=stem, zero_init_residual=zero_init_residual, norm=norm,
                      placement=placement, base_norm=base_norm, rules=rules, alpha_init=alpha_init, alpha_rule=alpha_rule)
         super().__init__(net=net, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
-                         optimizer=optimizer, scheduler=scheduler, label_smoothing=label_smoothing)
+                         convert=convert, alpha_init=alpha_init, optimizer=optimizer, scheduler=scheduler,
+                         label_smoothing=label_smoothing)
