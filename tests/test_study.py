@@ -450,8 +450,10 @@ def test_confirm_of_a_study_with_no_finished_trial_is_one_line(tmp_path, capsys)
 
 @pytest.mark.slow
 def test_killing_a_trial_fails_it_alone_and_the_study_goes_on(tmp_path):
+    # 40 tiny epochs: long enough that the trial is still running when its first epoch's result appears
+    # (with 6 it could end first on a loaded machine, and the kill found no process).
     path = write_study(tmp_path, "trialkill", n_trials=2,
-                       base={"configs": [BASE], "overrides": {**TINY, "trainer.max_epochs": 6}})
+                       base={"configs": [BASE], "overrides": {**TINY, "trainer.max_epochs": 40}})
     proc = subprocess.Popen([sys.executable, "-m", "dyt_lab", "study", "run", "--config", str(path)], cwd=tmp_path,
                             env=_python_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     trials = tmp_path / "studies" / "trialkill" / "trials"
