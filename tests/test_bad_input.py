@@ -78,6 +78,8 @@ CASES: dict[str, tuple[list[str], str]] = {
     "agc_lambda_negative": (["fit", "--config", RESNET, "--trainer.callbacks+=dyt_lab.training.clipping."
                              "AdaptiveGradientClipping", "--trainer.callbacks.clipping=-0.01"],
                             "clipping (lambda) must be a finite number > 0"),
+    "agc_negative": (["fit", "--config", RESNET, "--model.agc", "-1"],
+                     "agc (the clipping lambda) must be a finite number > 0"),
     "resnet_alpha_rule_unknown": (["fit", "--config", RESNET, "--model.alpha_rule", "stage"],
                                   "'stage': expected one of 'constant', 'depth', 'data'"),
     "dyt_general_center_unknown": (["fit", "--config", RESNET, "--model.norm", "{name: dyt_general, center: batch}"],

@@ -115,14 +115,13 @@ def check_finite(option: str, value: float | None) -> float | None:
     return value
 
 
-# name -> the options it sets. Model options (ResNet's arguments) and ``agc``, the lambda of the
-# adaptive gradient clipping the classifier adds as a callback (None: none). The search chooses the
-# final batch-free design; this is where it is written down.
+# name -> the ResNet options it sets (``agc``: the lambda of the adaptive gradient clipping that
+# ResNetClassifier adds as a callback). The search chooses the final batch-free design; this is
+# where it is written down.
 RECIPES: dict[str, dict[str, Any]] = {
     # weight standardisation + SkipInit gain at 0 + DyT whose alpha0 comes from the data; no AGC
     # (NF-ResNets need it for batches of 1024+ only; the search decides)
-    "bn_free": {"weight_standardization": True, "branch_gain": 0.0, "norm": "dyt", "alpha_rule": "data",
-                "agc": None},
+    "bn_free": {"weight_standardization": True, "branch_gain": 0.0, "norm": "dyt", "alpha_rule": "data"},
     # NF-ResNets' own recipe in this ResNet: no norm at all, signal propagation by weight standardisation
     # and alpha/beta scaling, skip gain 0 and AGC (without NF's activation gains: this ResNet has none)
     "nf_resnet": {"weight_standardization": True, "nf_alpha": 0.2, "branch_gain": 0.0, "norm": "identity",
@@ -143,10 +142,10 @@ def apply_recipe(recipe: str | None, given: Mapping[str, Any], defaults: Mapping
     """``given`` with every option the recipe names filled in where ``given`` holds its default.
 
     An option set to anything else wins over the recipe; an option left at (or set to) its
-    default takes the recipe's value. Options the recipe names that are not in ``given`` are left out.
+    default takes the recipe's value.
     """
     resolved = dict(given)
     for key, value in recipe_options(recipe).items():
-        if key in resolved and resolved[key] == defaults[key]:
+        if resolved[key] == defaults[key]:
             resolved[key] = value
     return resolved

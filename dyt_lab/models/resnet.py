@@ -206,6 +206,7 @@ class ResNet(NormSitesMixin, nn.Module):
         weight_standardization: bool | None = None,
         branch_gain: float | None = None,
         nf_alpha: float | None = None,
+        agc: float | None = None,
     ) -> None:
         """Build a ResNet from a preset, with any preset value overridden.
 
@@ -225,8 +226,9 @@ class ResNet(NormSitesMixin, nn.Module):
             alpha_init: alpha0 for every DyT-family site whose spec does not set its own.
             alpha_rule: alpha0 per site: constant (alpha_init), depth (alpha_init / sqrt(k), k the site's block,
                 stem 1), data (alpha_init / std of the site's input on the first training batch).
-            recipe: a named bundle of options (bn_free: weight_standardization, branch_gain 0, norm dyt, alpha_rule
-                data); it sets each option it names that is left at its default, an option set otherwise wins.
+            recipe: a named bundle of these options (bn_free: weight_standardization, branch_gain 0, norm dyt, alpha_rule
+                data; nf_resnet: weight_standardization, nf_alpha 0.2, branch_gain 0, norm identity, agc 0.01); it
+                sets each option it names that is left at its default, an option set otherwise wins.
             weight_standardization: scaled weight standardisation of every conv, W = gain * (W - mean) / (std *
                 sqrt(fan_in)) per output channel, learnable gain init 1 (NF-ResNets) (None: off, or the recipe's).
             branch_gain: a learnable scalar at the end of each residual branch, starting at this value (0: SkipInit,
@@ -234,16 +236,20 @@ class ResNet(NormSitesMixin, nn.Module):
             nf_alpha: NF-ResNets' signal propagation: block = relu(nf_alpha * branch(x / beta) + shortcut), beta the
                 expected std of the block input, 1 after the stem and after each projection, growing as
                 sqrt(beta^2 + nf_alpha^2) (0.2 in NF-ResNets) (None: off, or the recipe's).
+            agc: lambda of unit-wise adaptive gradient clipping, every parameter but the head's (NF-Nets); the model
+                only records it, ResNetClassifier's trainer applies it (None: off, or the recipe's).
         """
         super().__init__()
         check_preset("ResNet", preset, RESNET_PRESETS)
         options = apply_recipe(recipe, {"norm": norm, "alpha_rule": alpha_rule, "weight_standardization":
-                                        weight_standardization, "branch_gain": branch_gain, "nf_alpha": nf_alpha},
+                                        weight_standardization, "branch_gain": branch_gain, "nf_alpha": nf_alpha,
+                                        "agc": agc},
                                _defaults())
         norm, alpha_rule = options["norm"], options["alpha_rule"]
         standardized = check_flag("ResNet weight_standardization", options["weight_standardization"])
         branch_gain = check_finite("ResNet branch_gain", options["branch_gain"])
         nf_alpha = check_positive("ResNet nf_alpha", options["nf_alpha"])
+        self.agc = check_positive("ResNet agc (the clipping lambda)", options["agc"])  # a training option, kept here
         p_block, p_layers, p_widths, p_stem = RESNET_PRESETS[preset]
         block, stem = pick(block, p_block), pick(stem, p_stem)
         layers, widths = list(pick(layers, p_layers)), list(pick(widths, p_widths))

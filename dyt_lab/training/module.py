@@ -28,6 +28,7 @@ from dyt_lab.models.placement import Placement, Rules
 from dyt_lab.norms import NormError, NormSpec
 from dyt_lab.norms.convert import NormConversion, find_norm_sites
 from dyt_lab.training.calibration import AlphaCalibration
+from dyt_lab.training.clipping import AdaptiveGradientClipping
 from dyt_lab.training.schedule import WarmupCosineLR
 
 
@@ -272,6 +273,11 @@ class ResNetClassifier(AlphaCalibration, ImageClassifier):
         rules: Rules | None = None,
         alpha_init: float | None = None,
         alpha_rule: AlphaRule = "constant",
+        recipe: str | None = None,
+        weight_standardization: bool | None = None,
+        branch_gain: float | None = None,
+        nf_alpha: float | None = None,
+        agc: float | None = None,
         convert: NormConversion | None = None,
         image_size: int | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
@@ -296,6 +302,18 @@ class ResNetClassifier(AlphaCalibration, ImageClassifier):
             alpha_init: alpha0 for every DyT-family site whose spec does not set its own.
             alpha_rule: alpha0 per site: constant (alpha_init), depth (alpha_init / sqrt(k), k the site's block),
                 data (alpha_init / std of the site's input on the first training batch of a fresh run).
+            recipe: a named bundle of these options (bn_free: weight_standardization, branch_gain 0, norm dyt, alpha_rule
+                data; nf_resnet: weight_standardization, nf_alpha 0.2, branch_gain 0, norm identity, agc 0.01); it
+                sets each option it names that is left at its default, an option set otherwise wins.
+            weight_standardization: scaled weight standardisation of every conv, W = gain * (W - mean) / (std *
+                sqrt(fan_in)) per output channel, learnable gain init 1 (NF-ResNets) (None: off, or the recipe's).
+            branch_gain: a learnable scalar at the end of each residual branch, starting at this value (0: SkipInit,
+                every block starts as relu(shortcut)) (None: no gain, or the recipe's).
+            nf_alpha: NF-ResNets' signal propagation: block = relu(nf_alpha * branch(x / beta) + shortcut), beta the
+                expected std of the block input, 1 after the stem and after each projection, growing as
+                sqrt(beta^2 + nf_alpha^2) (0.2 in NF-ResNets) (None: off, or the recipe's).
+            agc: lambda of unit-wise adaptive gradient clipping of every parameter but the head's (NF-Nets): adds
+                dyt_lab.training.clipping.AdaptiveGradientClipping(agc) to the callbacks (None: off, or the recipe's).
             convert: after building, swap norms for a registry norm, as ImageClassifier does ({to: dyt, sites: [norm]}).
             image_size: image side in pixels (linked from the data module; None: unknown).
             optimizer: optimizer class or callable taking parameter groups (AdamW by default).
@@ -304,7 +322,14 @@ class ResNetClassifier(AlphaCalibration, ImageClassifier):
         """
         net = ResNet(preset=preset, num_classes=num_classes, in_channels=in_channels, block=block, layers=layers,
                      widths=widths, stem=stem, zero_init_residual=zero_init_residual, norm=norm,
-                     placement=placement, base_norm=base_norm, rules=rules, alpha_init=alpha_init, alpha_rule=alpha_rule)
+                     placement=placement, base_norm=base_norm, rules=rules, alpha_init=alpha_init, alpha_rule=alpha_rule,
+                     recipe=recipe, weight_standardization=weight_standardization, branch_gain=branch_gain,
+                     nf_alpha=nf_alpha, agc=agc)
         super().__init__(net=net, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
                          convert=convert, alpha_init=alpha_init, optimizer=optimizer, scheduler=scheduler,
                          label_smoothing=label_smoothing)
+
+    def configure_callbacks(self):
+        """Adaptive gradient clipping where ``agc`` (or the recipe) asks for it; it replaces a user's AGC callback."""
+        callbacks = list(super().configure_callbacks() or [])
+        return callbacks + ([AdaptiveGradientClipping(self.net.agc)] if self.net.agc is not None else [])
