@@ -119,8 +119,8 @@ def check_finite(option: str, value: float | None) -> float | None:
 # ResNetClassifier adds as a callback). The search chooses the final batch-free design; this is
 # where it is written down.
 RECIPES: dict[str, dict[str, Any]] = {
-    # weight standardisation + SkipInit gain at 0 + DyT whose alpha0 comes from the data; no AGC
-    # (NF-ResNets need it for batches of 1024+ only; the search decides)
+    # weight standardisation + SkipInit gain at 0 + DyT whose alpha0 comes from the data; no AGC (what
+    # let NF-Nets train at batch 4096; at batch 64 the search decides whether it helps)
     "bn_free": {"weight_standardization": True, "branch_gain": 0.0, "norm": "dyt", "alpha_rule": "data"},
     # NF-ResNets' own recipe in this ResNet: no norm at all, signal propagation by weight standardisation
     # and alpha/beta scaling, skip gain 0 and AGC (without NF's activation gains: this ResNet has none)
