@@ -14,7 +14,8 @@ import dyt_lab
 PACKAGE = Path(dyt_lab.__file__).parent
 # Lowest first. Layers on one rank (data, training) must not import each other either.
 LAYERS = {
-    "dyt_lab": 0, "dyt_lab.errors": 0, "dyt_lab.parse_errors": 0,
+    "dyt_lab": 0, "dyt_lab.errors": 0,
+    "dyt_lab.parse_errors": 0.5,  # reads jsonargparse's and YAML's messages into ConfigError lines
     "dyt_lab.norms": 1,
     "dyt_lab.models": 2,
     "dyt_lab.data": 3, "dyt_lab.training": 3,
