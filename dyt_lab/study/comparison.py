@@ -66,7 +66,7 @@ def _table(frame: pd.DataFrame) -> str:
 
 
 def differences_to(table: pd.DataFrame, factors: list[str], reference: dict, higher_is_better: bool,
-                   margin: float, value: str = "value") -> pd.DataFrame:
+                   margin: float, value: str = "value", bounds: tuple[float, float] | None = None) -> pd.DataFrame:
     """Each configuration's paired difference to its reference cell, as one Holm family.
 
     A configuration's reference cell is the one with ``reference``'s levels that shares the most of its
@@ -85,8 +85,7 @@ def differences_to(table: pd.DataFrame, factors: list[str], reference: dict, hig
             continue  # no reference cell, or no single closest one
         kept.append(config)
         diffs.append((seeds_of(config) - seeds_of(candidates[shared.index(max(shared))])).dropna().to_numpy())
-    out = statistics.compare_pairs(diffs, higher_is_better=higher_is_better, margin=margin,
-                                   bounds=metric_bounds("acc") if value == TEST else None)
+    out = statistics.compare_pairs(diffs, higher_is_better=higher_is_better, margin=margin, bounds=bounds)
     return pd.concat([pd.DataFrame(kept, columns=factors), out], axis=1)
 
 
@@ -108,7 +107,7 @@ def configurations_section(table: pd.DataFrame, factors: list[str], reference: d
     extras[factors] = extras[factors].astype(str)
     merged = summary.merge(extras, on=factors, how="left")
     if reference:
-        diffs = differences_to(table, factors, reference, direction == "maximize", margin)
+        diffs = differences_to(table, factors, reference, direction == "maximize", margin, bounds=metric_bounds(metric))
         diffs[factors] = diffs[factors].astype(str)
         merged = merged.merge(diffs, on=factors, how="left", suffixes=("", "_diff"))
     fixed = {c: table[c].iloc[0] for c in ("center", "scale", "squash") if c in table and c not in factors}
@@ -265,7 +264,8 @@ def confirmed_section(confirm_study: optuna.Study, search: pd.DataFrame, margin:
            _table(pd.DataFrame(rows))]
     reference = confirm_study.user_attrs.get("design", {}).get("reference")
     if reference:
-        diffs = differences_to(fresh, factors, reference, confirm_study.direction.name.lower() == "maximize", margin, value)
+        diffs = differences_to(fresh, factors, reference, confirm_study.direction.name.lower() == "maximize", margin,
+                               value, bounds=metric_bounds(value if use_test else metric))
         lines = [f"- {', '.join(f'{f}={d[f]}' for f in factors)}: {d['mean_diff']:+.4f} "
                  f"{_ci(d['ci_low'], d['ci_high'])}, p = {_p(d['p_diff'])} (Holm {_p(d['p_diff_holm'])}): **"
                  + (f"equivalent (±{margin:g})" if d["verdict"] == "equivalent" else d["verdict"]) + "**"
