@@ -7,9 +7,8 @@ from collections.abc import Sequence
 from torch import nn
 
 from dyt_lab.errors import ConfigError
-from dyt_lab.norms import DYT_FAMILY
 from dyt_lab.norms import sites as site_patterns
-from dyt_lab.norms.convert import KINDS, norm_layout
+from dyt_lab.norms.convert import find_norm_sites
 
 
 class SiteError(ConfigError):
@@ -30,13 +29,7 @@ def find_sites(net: nn.Module) -> dict[str, str]:
     """
     if hasattr(net, "norm_sites"):
         return dict(net.norm_sites())
-    sites = {}
-    for name, module in net.named_modules():
-        if isinstance(module, DYT_FAMILY):
-            sites[name] = "channels_last" if module.channels_last else "channels_first"
-        elif (layout := norm_layout(module, KINDS)) is not None:
-            sites[name] = layout
-    return sites
+    return find_norm_sites(net)
 
 
 def select_sites(sites: dict[str, str], patterns: Sequence[str] | None, strict: bool = True) -> dict[str, str]:

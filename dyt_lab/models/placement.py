@@ -23,7 +23,7 @@ from dyt_lab.errors import ConfigError
 from dyt_lab.models.alpha_rules import RULE_TEXT
 from dyt_lab.norms import DYT_FAMILY, NormSpec, build_norm, norm_name
 from dyt_lab.norms import sites as site_patterns
-from dyt_lab.norms.registry import get_entry
+from dyt_lab.norms.convert import with_alpha_init
 
 Placement = str | list[str]
 # Mapping first: jsonargparse tries a Union's types in order, and a YAML mapping keeps its key order.
@@ -32,18 +32,6 @@ Rules = dict[str, NormSpec] | list[dict[str, NormSpec]]
 
 class PlacementError(ConfigError):
     """A rule, preset or pattern that does not fit the model's sites."""
-
-
-def _with_alpha_init(spec: NormSpec, alpha_init: float | None) -> NormSpec:
-    """Give a DyT-family spec the model-wide ``alpha_init`` unless the spec sets its own."""
-    if alpha_init is None or not isinstance(spec, (str, Mapping)):
-        return spec
-    name = spec if isinstance(spec, str) else spec.get("name")
-    if "alpha_init" not in get_entry(name).options():
-        return spec
-    options = {"name": name} if isinstance(spec, str) else dict(spec)
-    options.setdefault("alpha_init", alpha_init)
-    return options
 
 
 def rule_pairs(rules: Rules | None) -> list[tuple[object, NormSpec]]:
@@ -78,15 +66,15 @@ class NormPlacement:
     ) -> None:
         self.family = family
         self.presets = dict(presets)
-        self.norm = _with_alpha_init(norm, alpha_init)
-        self.base_norm = _with_alpha_init(base_norm, alpha_init)
+        self.norm = with_alpha_init(norm, alpha_init)
+        self.base_norm = with_alpha_init(base_norm, alpha_init)
         self.placement_names = site_patterns.as_patterns(placement)
         for key in self.placement_names:
             self._check_pattern(key)
         self.rules: list[tuple[str, NormSpec]] = []  # (preset or glob, spec)
         for key, spec in rule_pairs(rules):
             self._check_pattern(key)
-            self.rules.append((key, _with_alpha_init(spec, alpha_init)))
+            self.rules.append((key, with_alpha_init(spec, alpha_init)))
         self.sites: dict[str, str] = {}  # site -> layout, in build order
         self._matched: set[str] = set()
 
