@@ -349,3 +349,18 @@ def test_a_numeric_factor_with_four_levels_gets_a_response_plot(tmp_path):
     path = response_plot(table, ["name", "alpha_init", "lr"], "alpha_init", {"name": "batchnorm"}, tmp_path,
                          "val/acc", "loss")
     assert path == tmp_path / "alpha_init_response.png" and path.stat().st_size > 10_000
+
+
+def test_the_report_of_a_study_with_one_configuration_summarizes_it(tmp_path):
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    from dyt_lab.study.comparison import replicated_sections
+
+    study = optuna.create_study(direction="maximize")
+    for seed, value in enumerate((0.97, 0.98, 0.975)):
+        study.add_trial(optuna.trial.create_trial(params={"model.norm": "batchnorm"}, value=value, user_attrs={"seed": seed},
+                                                  distributions={"model.norm": CategoricalDistribution(["batchnorm"])}))
+    sections, _ = replicated_sections(study, {"seeds": [0, 1, 2]}, tmp_path, "val/acc", margin=0.005)
+    table = next(s for s in sections if s.startswith("| configuration"))
+    assert "the only one" in table and "0.9750 ± 0.0050" in table

@@ -281,6 +281,8 @@ def replicated_sections(study: optuna.Study, design: dict, folder: Path, metric:
     if table.empty:
         return ["## Configurations", "No completed seed run yet."], []
     factors = varying_factors(table.drop(columns=NOT_FACTORS))
+    if not factors:  # one configuration (a reference study, a confirm of one): summarize it as such
+        table, factors = table.assign(configuration="the only one"), ["configuration"]
     table.to_csv(folder / "seed_runs.csv", index=False)
     reference, start = design.get("reference"), design.get("gap_from")
     sections = ["## Configurations (mean over seeds)",
