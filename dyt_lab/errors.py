@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -127,10 +129,22 @@ def one_line_errors() -> Iterator[None]:
         raise SystemExit(failure[1]) from None
 
 
+def stop_on_ctrl_c() -> None:
+    """Make SIGINT raise KeyboardInterrupt in this process even if it was started with SIGINT ignored.
+
+    A shell without job control (a script's ``cmd &``, ``make test &``) starts its background jobs with
+    SIGINT ignored, and Python then leaves it ignored: Ctrl-C, ``kill -INT`` and a study stopping its
+    trials would not stop a run, which would train on to its last epoch. SIGINT is how a run is asked
+    to stop and say how to resume, so it must arrive. A handler someone installed is left alone.
+    """
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 @contextmanager
 def interrupted_quietly() -> Iterator[None]:
     """Ctrl-C outside a run (while parsing, importing, building): one line and exit 130, not a traceback."""
+    stop_on_ctrl_c()
     try:
         yield
     except KeyboardInterrupt:

@@ -27,7 +27,14 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from dyt_lab.data import ImageDataModule
-from dyt_lab.errors import EXIT_INTERRUPTED, ConfigError, check_int, check_writable, expected_failure
+from dyt_lab.errors import (
+    EXIT_INTERRUPTED,
+    ConfigError,
+    check_int,
+    check_writable,
+    expected_failure,
+    stop_on_ctrl_c,
+)
 from dyt_lab.models.external import NAME_IT, net_build_failure
 from dyt_lab.parse_errors import check_config_files, condensed, unknown_hint
 from dyt_lab.training import ImageClassifier
@@ -360,6 +367,7 @@ def run_lightning(argv: list[str] | None = None) -> DytLabCLI:
     A run stopped by Ctrl-C says how to resume and exits 130; a run that failed before its first
     step leaves no run folder behind.
     """
+    stop_on_ctrl_c()  # a study's warm trial runs this without the CLI's entry point
     quiet_warnings()
     # sys.argv stays as typed: DDP's launcher re-runs it, and each rank maps it to the same args here.
     args = with_run_config(list(sys.argv[1:] if argv is None else argv))
