@@ -380,8 +380,11 @@ def run_lightning(argv: list[str] | None = None) -> DytLabCLI:
         raise ConfigError(str(err).strip().splitlines()[0]) from err
     except SystemExit as stop:
         if outcome.interrupted:  # Lightning caught Ctrl-C, saved nothing new, and exits 1
+            # without a last.ckpt of its own, --ckpt_path last would pick up an older run's or start over
             print("interrupted: continue this run with the same command plus --ckpt_path last "
-                  "(it resumes from the newest last.ckpt)", file=sys.stderr)
+                  "(it resumes from the newest last.ckpt)" if outcome.resumable else
+                  "interrupted before its first checkpoint: nothing to resume; run the same command to start "
+                  "again", file=sys.stderr)
             raise SystemExit(EXIT_INTERRUPTED) from None
         raise stop
     finally:

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch import Callback
 
+from dyt_lab.cli import main
 from dyt_lab.errors import EXIT_CONFIG_ERROR, EXIT_INTERRUPTED
 from dyt_lab.training.checkpoints import AtomicCheckpointIO
-from tests.helpers import fit_args, run_cli
+from tests.helpers import fit_args, last_line, run_cli
 
 
 def test_a_failed_checkpoint_write_keeps_the_previous_file_and_names_the_target(tmp_path, monkeypatch):
@@ -118,3 +120,23 @@ def test_ctrl_c_during_fit_says_how_to_resume_and_exits_130(tmp_path, inherited)
     assert run.returncode == EXIT_INTERRUPTED, err[-2000:]
     assert "--ckpt_path last" in err.strip().splitlines()[-1] and "Traceback" not in err
     assert "state_dict" in torch.load(last, weights_only=True)  # what the hint resumes from is whole
+
+
+class InterruptFirstStep(Callback):
+    """Ctrl-C at the first training step, before the run has written any checkpoint."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(tmp_path, capsys):
+    handler = signal.getsignal(signal.SIGINT)  # Lightning ignores Ctrl-C while it shuts down
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main(fit_args(tmp_path, "--trainer.callbacks+=tests.test_run_faults.InterruptFirstStep"))
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    line = last_line(capsys.readouterr().err)
+    assert exit_info.value.code == EXIT_INTERRUPTED
+    # --ckpt_path last would resume an older run's last.ckpt, or start over while saying it resumes
+    assert "before its first checkpoint" in line and "--ckpt_path last" not in line, line

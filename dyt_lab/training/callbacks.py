@@ -103,12 +103,14 @@ class RunOutcome(Callback):
     """What became of a run that stopped with an exception: interrupted, or failed before its first step.
 
     Lightning catches Ctrl-C inside ``fit`` and exits 1; the CLI reads ``interrupted`` afterwards to
-    say how to resume and exit 130 instead. A run that fails before training (data missing, a bad
-    folder) has nothing worth keeping: ``discard`` names the run folder this run created for nothing.
+    say how to resume (``resumable``: the run folder holds the last.ckpt ``--ckpt_path last`` finds)
+    and exit 130 instead. A run that fails before training (data missing, a bad folder) has nothing
+    worth keeping: ``discard`` names the run folder this run created for nothing.
     """
 
     def __init__(self) -> None:
         self.interrupted = False
+        self.resumable = False
         self.discard: Path | None = None
         self._new_folder: Path | None = None
 
@@ -126,6 +128,9 @@ class RunOutcome(Callback):
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         self.interrupted = isinstance(exception, KeyboardInterrupt)
+        # the checkpoint folders, not trainer.log_dir: that is a collective, and one rank alone may be here
+        self.resumable = any((Path(cb.dirpath) / "last.ckpt").is_file()
+                             for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None))
         folder = self._new_folder
         if not self.interrupted and trainer.global_step == 0 and folder is not None and folder.is_dir() \
                 and not any(folder.rglob("*.ckpt")):
