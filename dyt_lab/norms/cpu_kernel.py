@@ -9,6 +9,7 @@ Set ``DYT_LAB_NO_KERNEL=1`` to skip the kernel altogether.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -85,10 +86,13 @@ def _build() -> None:
     openmp = ["-fopenmp"] if "OpenMP" in torch.__config__.parallel_info() else []
     # torch rebuilds by itself when a source or a flag changes, but not when torch itself changes
     # under the same path: the name carries torch's version, and the capability so that machines
-    # sharing a home folder do not share binaries.
+    # sharing a home folder do not share binaries. It also carries the sources' folder: two
+    # checkouts (a clone beside a work tree) under one name rebuilt it in turn, 40-70 s each time,
+    # and every DyT process waited on the build lock meanwhile.
     torch_version = re.sub(r"\W", "_", torch.__version__)
+    checkout = hashlib.sha1(str(SOURCES[0].parent.resolve()).encode()).hexdigest()[:8]
     cpp_extension.load(
-        name=f"dyt_lab_squash_{capability.lower()}_torch{torch_version}",
+        name=f"dyt_lab_squash_{capability.lower()}_torch{torch_version}_{checkout}",
         sources=[str(p) for p in SOURCES],
         extra_cflags=["-O3", *openmp, *flags],
         extra_ldflags=openmp,
