@@ -69,22 +69,27 @@ def differences_to(table: pd.DataFrame, factors: list[str], reference: dict, hig
                    margin: float, value: str = "value", bounds: tuple[float, float] | None = None) -> pd.DataFrame:
     """Each configuration's paired difference to its reference cell, as one Holm family.
 
-    A configuration's reference cell is the one with ``reference``'s levels that shares the most of its
-    other levels (the same lr, say); configurations with no single closest one are left out.
+    With one reference cell (a confirm study: the reference at its best), every configuration is compared
+    to it. With several (BatchNorm at each lr), a configuration's reference cell agrees with it on every
+    other factor both set (the same lr; BatchNorm sets no alpha_init, "-") and shares the most levels;
+    configurations with no such single cell are left out, rather than compared across learning rates.
     """
     text = table.assign(**{f: table[f].astype(str) for f in factors})
     configs = text[factors].drop_duplicates().to_dict("records")
     candidates = [c for c in configs if all(c[k] == str(v) for k, v in reference.items())]
     seeds_of = lambda c: text[(text[factors] == [c[f] for f in factors]).all(axis=1)].set_index("seed")[value]  # noqa: E731
+    others = [f for f in factors if f not in reference]
     kept, diffs = [], []
     for config in configs:
         if config in candidates:
             continue
-        shared = [sum(c[f] == config[f] for f in factors if f not in reference) for c in candidates]
+        agree = candidates if len(candidates) == 1 else [
+            c for c in candidates if all(c[f] == config[f] for f in others if "-" not in (c[f], config[f]))]
+        shared = [sum(c[f] == config[f] for f in others) for c in agree]
         if not shared or shared.count(max(shared)) > 1:
             continue  # no reference cell, or no single closest one
         kept.append(config)
-        diffs.append((seeds_of(config) - seeds_of(candidates[shared.index(max(shared))])).dropna().to_numpy())
+        diffs.append((seeds_of(config) - seeds_of(agree[shared.index(max(shared))])).dropna().to_numpy())
     out = statistics.compare_pairs(diffs, higher_is_better=higher_is_better, margin=margin, bounds=bounds)
     return pd.concat([pd.DataFrame(kept, columns=factors), out], axis=1)
 
