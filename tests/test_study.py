@@ -20,6 +20,7 @@ from dyt_lab.cli import main
 from dyt_lab.study.objective import trial_dir_name
 from dyt_lab.study.space import SearchSpace
 from dyt_lab.study.spec import Distribution
+from dyt_lab.study.storage import retried_trial_number, retry_history
 from tests.helpers import ROOT, last_line, run_cli
 
 BASE = str(ROOT / "configs" / "experiments" / "resnet_bn_vs_dyt_digits.yaml")
@@ -45,7 +46,7 @@ def load(folder: Path, name: str, file: str = "study.db") -> optuna.Study:
 
 
 def counted(study: optuna.Study) -> list:
-    retried = {n for t in study.trials for n in t.system_attrs.get("retry_history", [])}
+    retried = {n for t in study.trials for n in retry_history(t)}
     return [t for t in study.trials if t.number not in retried]
 
 
@@ -164,7 +165,7 @@ def test_kill_9_then_resume_loses_no_trial_and_repeats_no_grid_point(tmp_path):
     assert len(kept) == 3 and all(t.state == TrialState.COMPLETE for t in kept)
     assert study.trials[0] in kept  # the trial finished before the kill is kept, not re-run
     assert sorted(t.params["model.norm"] for t in kept) == ["derf", "dyt", "dyt_shift"]  # each grid point once
-    retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == 1)
+    retry = next(t for t in study.trials if retried_trial_number(t) == 1)
     assert retry.params == killed.params and retry.state == TrialState.COMPLETE
     assert retry.user_attrs["fail_reason"] is None  # the completed retry does not keep its predecessor's failure
     assert retry.user_attrs["worker"] != killed.user_attrs["worker"]
@@ -495,33 +496,51 @@ def test_missing_seed_runs_are_queued_once_and_a_retry_keeps_its_seed():
 
 
 def test_the_optuna_internals_we_use_still_exist():
-    from dyt_lab.study.optuna_internals import reopen_trial, storage_of, trial_id
+    """Each internal optuna_internals.py declares, used as the study uses it (stale_trial_ids: the next test)."""
+    from dyt_lab.study.optuna_internals import grid_point, reopen_trial
+    from dyt_lab.study.storage import trial_id
 
-    study = optuna.create_study()
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage)
     asked = study.ask()
-    storage = storage_of(study)
-    assert isinstance(storage, optuna.storages.BaseStorage)
-    assert storage.get_trial(trial_id(asked)).number == asked.number
-    again = reopen_trial(study, trial_id(asked))  # as a trial's own fit process does it
+    tid = trial_id(storage, study.study_name, asked.number)  # public: the storage's id by study and number
+    again = reopen_trial(study, tid)  # as a trial's own fit process does it
     again.report(0.5, step=0)
-    assert storage.get_trial(trial_id(asked)).intermediate_values == {0: 0.5}
-    assert trial_id(study.trials[0]) == trial_id(asked)  # a FrozenTrial carries the same id
+    assert storage.get_trial(tid).intermediate_values == {0: 0.5} and storage.get_trial(tid).number == asked.number
+
+    # A seed run queued for a grid point keeps that point; the grid's other point is still the next one asked.
+    grid = optuna.create_study(sampler=optuna.samplers.GridSampler({"x": [0, 1]}, seed=0))
+    first = grid.ask()
+    first.suggest_categorical("x", [0, 1])
+    grid.tell(first, 1.0)
+    done = grid.trials[0]
+    assert set(grid_point(done)) == {"grid_id", "search_space"}
+    grid.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, params=done.params,
+                                             distributions=done.distributions, system_attrs=grid_point(done)))
+    seed_run = grid.ask()
+    assert seed_run.suggest_categorical("x", [0, 1]) == done.params["x"]
+    grid.tell(seed_run, 1.0)
+    assert not grid.sampler.is_exhausted(grid)
+    assert grid.ask().suggest_categorical("x", [0, 1]) == 1 - done.params["x"]
 
 
 def test_a_databases_stale_trials_are_found_by_optunas_own_test(tmp_path):
     import time
 
-    from dyt_lab.study.optuna_internals import stale_trial_ids, trial_id
-    from dyt_lab.study.storage import open_storage
+    from dyt_lab.study.optuna_internals import stale_trial_ids
+    from dyt_lab.study.storage import open_storage, trial_id
 
-    assert stale_trial_ids(optuna.create_study()) == []  # no heartbeat: nothing is ever stale
+    memory = optuna.storages.InMemoryStorage()
+    plain = optuna.create_study(storage=memory)
+    assert stale_trial_ids(memory, memory.get_study_id_from_name(plain.study_name)) == []  # no heartbeat: never stale
     storage = open_storage(f"sqlite:///{tmp_path / 'study.db'}", heartbeat_interval=1, grace_period=1)
     study = optuna.create_study(storage=storage)
+    study_id = storage.get_study_id_from_name(study.study_name)
     asked = study.ask()
-    storage.record_heartbeat(trial_id(asked))
-    assert stale_trial_ids(study) == []
+    storage.record_heartbeat(trial_id(storage, study.study_name, asked.number))
+    assert stale_trial_ids(storage, study_id) == []
     time.sleep(2.2)  # past the grace period, without a beat
-    assert stale_trial_ids(study) == [trial_id(asked)]
+    assert stale_trial_ids(storage, study_id) == [trial_id(storage, study.study_name, asked.number)]
 
 
 def test_trials_that_run_ddp_are_recognised_so_they_start_as_fresh_processes():

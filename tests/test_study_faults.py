@@ -32,11 +32,10 @@ from dyt_lab.errors import ConfigError, write_fault
 from dyt_lab.study import objective as objective_module
 from dyt_lab.study import runner
 from dyt_lab.study.liveness import HEARTBEAT_ATTR, fail_and_retry, reap_dead_trials, worker_tag
-from dyt_lab.study.optuna_internals import storage_of, trial_id
 from dyt_lab.study.protocol import RESULT_FILE
 from dyt_lab.study.space import SearchSpace
 from dyt_lab.study.spec import load_spec
-from dyt_lab.study.storage import make_retry, open_storage
+from dyt_lab.study.storage import make_retry, open_storage, retried_trial_number, trial_id
 from tests.helpers import ROOT, last_line, run_cli
 
 BASE = str(ROOT / "configs" / "experiments" / "resnet_bn_vs_dyt_digits.yaml")
@@ -141,7 +140,7 @@ def test_a_retry_is_not_failed_by_another_workers_reaper_while_it_starts(study_e
     else:  # a worker on another host (no process id to check), silent for an hour
         worker, beat = "another-host:4242", time.time() - 3600
     space = SearchSpace(spec.search_space)
-    storage = storage_of(other_worker(journal, name))  # the dead worker's trial, started an hour ago
+    storage = open_storage(journal)  # another process's: the dead worker's trial, started an hour ago
     storage.create_new_trial(storage.get_study_id_from_name(name), template_trial=optuna.trial.FrozenTrial(
         number=0, trial_id=0, state=TrialState.RUNNING, value=None, intermediate_values={},
         datetime_start=datetime.now() - timedelta(hours=1), datetime_complete=None,
@@ -158,9 +157,11 @@ def test_a_retry_is_not_failed_by_another_workers_reaper_while_it_starts(study_e
             b_lock = runner.AskLock(lock.path)
             b_lock.acquire()  # as worker B, blocked on the lock until now, would
             try:
-                study_b = other_worker(journal, name)
+                study_b_storage = open_storage(journal)
+                study_b = optuna.load_study(study_name=name, storage=study_b_storage)
                 running = study_b.get_trials(states=(TrialState.RUNNING,))
-                reaped = reap_dead_trials(study_b, make_retry(spec.max_retries), True, spec.grace_period)
+                reaped = reap_dead_trials(study_b, study_b_storage, make_retry(spec.max_retries), True,
+                                          spec.grace_period)
             finally:
                 release(b_lock)
             seen_by_b.append({"running": running, "reaped": reaped})
@@ -176,7 +177,7 @@ def test_a_retry_is_not_failed_by_another_workers_reaper_while_it_starts(study_e
     assert retry.params == first.params and retry.user_attrs["worker"] == worker_tag()
     assert "trial 1 COMPLETE" in out
     (running,) = seen_by_b[0]["running"]  # what B saw when it got the lock: A's retry, already A's own
-    assert running.number == 1 and running.system_attrs["failed_trial"] == 0
+    assert running.number == 1 and retried_trial_number(running) == 0
     assert running.user_attrs["worker"] == worker_tag() and running.user_attrs.get("fail_reason") is None
     # ... and nothing else of the dead run's liveness: its trial process, its heartbeat
     assert running.user_attrs.get("trial_pid") != 4243
@@ -193,9 +194,10 @@ def test_a_trial_failed_by_another_worker_meanwhile_is_one_line_and_the_worker_g
     reason = f"no heartbeat for {spec.grace_period} s: its worker died (killed?)"
 
     def remote_reaper_fails_trial_0():
-        study_b = other_worker(journal, name)
+        storage_b = open_storage(journal)
+        study_b = optuna.load_study(study_name=name, storage=storage_b)
         (trial,) = [t for t in study_b.trials if t.number == 0]
-        assert fail_and_retry(study_b, trial, reason, make_retry(spec.max_retries))
+        assert fail_and_retry(study_b, storage_b, trial, reason, make_retry(spec.max_retries))
 
     if when == "while_it_runs":
         study_env.trials = [{"at_end": remote_reaper_fails_trial_0}, {}]
@@ -241,8 +243,8 @@ def test_a_storage_on_a_full_disk_is_one_line_and_the_trial_stays_running_until_
     assert trial.state == TrialState.RUNNING
 
     monkeypatch.setattr(backend, "append_logs", append)  # space freed; the worker that wrote it has exited:
-    storage_of(other_worker(journal, name)).set_trial_user_attr(
-        trial_id(trial), "worker", f"{socket.gethostname()}:{dead_pid()}")
+    storage = open_storage(journal)
+    storage.set_trial_user_attr(trial_id(storage, name, trial.number), "worker", f"{socket.gethostname()}:{dead_pid()}")
     assert runner.work(spec, 0) == 0
     first, retry = trials_of(journal, name)
     assert first.state == TrialState.FAIL and "died" in first.user_attrs["fail_reason"]
@@ -302,17 +304,20 @@ def test_run_trial_beats_a_databases_heartbeat_as_optimize_does_without_its_warn
     from dyt_lab.study.liveness import TrialHeartbeat
 
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    study = optuna.create_study(storage=open_storage(url, heartbeat_interval=60, grace_period=120))
+    storage = open_storage(url, heartbeat_interval=60, grace_period=120)
+    study = optuna.create_study(storage=storage)
     beats = []
     monkeypatch.setattr(optuna.storages.RDBStorage, "record_heartbeat", lambda self, tid: beats.append(tid))
     with warnings.catch_warnings(record=True) as shown:
         warnings.simplefilter("always")
-        runner.run_trial(study, lambda trial: trial.suggest_float("x", 0, 1) * 0 + 0.25, url, 10, print)
+        runner.run_trial(study, storage, lambda trial: trial.suggest_float("x", 0, 1) * 0 + 0.25, url, 10, print)
     assert [str(w.message) for w in shown] == []
     (trial,) = study.trials
-    assert trial.state == TrialState.COMPLETE and trial.value == 0.25 and beats == [trial_id(trial)]
-    plain = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 'plain.db'}"))
-    assert not TrialHeartbeat(storage_of(plain), trial_id(plain.ask()), 10, journal=False).enabled
+    assert trial.state == TrialState.COMPLETE and trial.value == 0.25 and beats == [trial_id(storage, study.study_name, 0)]
+    plain_storage = open_storage(f"sqlite:///{tmp_path / 'plain.db'}")
+    plain = optuna.create_study(storage=plain_storage)
+    tid = trial_id(plain_storage, plain.study_name, plain.ask().number)
+    assert not TrialHeartbeat(plain_storage, tid, 10, journal=False).enabled
 
 
 def test_a_tell_as_in_optimize_lets_the_grid_sampler_stop():

@@ -28,7 +28,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from dyt_lab.study.optuna_internals import stale_trial_ids, storage_of, trial_id
+from dyt_lab.study.optuna_internals import stale_trial_ids
+from dyt_lab.study.storage import trial_id
 
 WORKER_ATTR = "worker"  # user attr "host:pid" of the worker process that runs the trial
 HEARTBEAT_ATTR = "dyt_lab:heartbeat"  # system attr: time.time() of the last journal heartbeat
@@ -155,35 +156,40 @@ class TrialHeartbeat:
             self._thread.join()
 
 
-def fail_and_retry(study: optuna.Study, trial: FrozenTrial, reason: str, retry) -> bool:
-    """Fail a running trial with ``reason`` and queue its configuration again; False if another did it."""
-    storage = storage_of(study)  # Optuna's public API can only tell trials this process asked for
+def fail_and_retry(study: optuna.Study, storage, trial: FrozenTrial, reason: str, retry) -> bool:
+    """Fail a running trial with ``reason`` and queue its configuration again; False if another did it.
+
+    Through ``storage`` (the study's): Optuna's public ``study.tell`` ends only trials this process asked for.
+    """
+    tid = trial_id(storage, study.study_name, trial.number)
     try:
-        storage.set_trial_user_attr(trial_id(trial), "fail_reason", reason)
-        if not storage.set_trial_state_values(trial_id(trial), state=TrialState.FAIL):
+        storage.set_trial_user_attr(tid, "fail_reason", reason)
+        if not storage.set_trial_state_values(tid, state=TrialState.FAIL):
             return False
     except optuna.exceptions.UpdateFinishedTrialError:
         return False
-    retry(study, storage.get_trial(trial_id(trial)))
+    retry(study, storage.get_trial(tid))
     return True
 
 
-def reap_dead_trials(study: optuna.Study, retry, journal: bool, grace_period: float) -> list[int]:
+def reap_dead_trials(study: optuna.Study, storage, retry, journal: bool, grace_period: float) -> list[int]:
     """Fail (and retry) every RUNNING trial whose worker is dead; return their numbers.
 
     Dead means: its worker process on this host is gone, or no heartbeat for ``grace_period``
     seconds (Optuna's own test for databases, ours for journals). Each is failed here, with its
     reason, rather than by Optuna's ``fail_stale_trials``, which records none.
     """
-    stale = set() if journal else set(stale_trial_ids(study))
+    study_id = storage.get_study_id_from_name(study.study_name)
+    stale = set() if journal else set(stale_trial_ids(storage, study_id))
     reaped = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if local_worker_dead(trial):
             reason = f"worker {trial.user_attrs[WORKER_ATTR]} died (killed?) while the trial ran"
-        elif trial_id(trial) in stale or (journal and heartbeat_stale(trial, grace_period)):
+        elif (journal and heartbeat_stale(trial, grace_period)) or (
+                stale and storage.get_trial_id_from_study_id_trial_number(study_id, trial.number) in stale):
             reason = f"no heartbeat for {grace_period:g} s: its worker died (killed?)"
         else:
             continue
-        if fail_and_retry(study, trial, reason, retry):
+        if fail_and_retry(study, storage, trial, reason, retry):
             reaped.append(trial.number)
     return reaped

@@ -26,7 +26,6 @@ import optuna
 from dyt_lab.errors import fault_line, write_fault
 from dyt_lab.study.launch import fit_command, start_trial
 from dyt_lab.study.liveness import WORKER_ATTR, worker_tag
-from dyt_lab.study.optuna_internals import storage_of, trial_id
 from dyt_lab.study.protocol import (
     LAST_METRICS_ATTR,
     PRUNING_CALLBACK,
@@ -39,6 +38,7 @@ from dyt_lab.study.protocol import (
 from dyt_lab.study.replicates import SEED_ATTR, SEED_KEY, first_free_seed, queue_missing_seeds
 from dyt_lab.study.space import SearchSpace, config_flag
 from dyt_lab.study.spec import StudySpec, flatten_overrides
+from dyt_lab.study.storage import trial_id
 
 # What a trial's stderr says when its disk is full or read-only (its error: line or a traceback's last line).
 FULL_DISK_WORDS = tuple(os.strerror(code) for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS))
@@ -139,8 +139,10 @@ def full_disk_reason(reason: str, run_dir: Path) -> str | None:
 class TrialObjective:
     """The Optuna objective: run one trial's fit process and turn its outcome into a value or a state."""
 
-    def __init__(self, spec: StudySpec, space: SearchSpace, storage_url: str, retry, log=print) -> None:
-        self.spec, self.space, self.storage_url, self.retry, self.log = spec, space, storage_url, retry, log
+    def __init__(self, spec: StudySpec, space: SearchSpace, storage_url: str, storage, retry, log=print) -> None:
+        """``storage``: the worker's own storage object (opened from ``storage_url``), which the study uses."""
+        self.spec, self.space, self.storage_url, self.storage = spec, space, storage_url, storage
+        self.retry, self.log = retry, log
         self.on_start = None  # called once the trial exists in the storage (the runner's ask lock)
         self.isolation = spec.isolation  # the runner may fall back to "process" (DDP trials)
         self.fatal: str | None = None  # set when every further trial would fail the same way
@@ -169,7 +171,7 @@ class TrialObjective:
         trial.set_user_attr("run_dir", str(run_dir))
         fit_args = [*base_args(spec), *self.space.flags(trial.params),
                     *([config_flag(SEED_KEY, seed)] if seed is not None else []), *study_args(spec, run_name)]
-        binding = {"storage": self.storage_url, "study_name": spec.study_name, "trial_id": trial_id(trial),
+        binding = {"storage": self.storage_url, "study_name": spec.study_name, "trial_id": self._trial_id(trial),
                    "pruner": {"name": spec.pruner.name, "kwargs": spec.pruner.kwargs},
                    "metric": spec.objective.metric, "direction": spec.objective.direction,
                    "value": spec.objective.value, "result": str(run_dir / RESULT_FILE), "parent_pid": os.getpid()}
@@ -185,6 +187,10 @@ class TrialObjective:
             return self._unwritable(trial, err, run_dir)
         code = self._wait(trial, proc, run_dir, started)
         return self._outcome(trial, code, run_dir, time.monotonic() - started)
+
+    def _trial_id(self, trial: optuna.Trial) -> int:
+        """The trial's storage id (what the trial process and the storage's methods take)."""
+        return trial_id(self.storage, self.spec.study_name, trial.number)
 
     def _unwritable(self, trial: optuna.Trial, err: OSError, run_dir: Path) -> float:
         """The trial folder cannot be written: fail the trial with that one line; every next trial would too."""
@@ -220,7 +226,7 @@ class TrialObjective:
         trial.set_user_attr("epochs", read_result(run_dir / RESULT_FILE).get("epochs", 0))
         trial.set_user_attr("wall_time_s", round(time.monotonic() - started, 1))
         trial.set_user_attr("fail_reason", "interrupted; its configuration runs again on resume")
-        self.retry(trial.study, storage_of(trial.study).get_trial(trial_id(trial)))
+        self.retry(trial.study, self.storage.get_trial(self._trial_id(trial)))
         self.log(f"trial {trial.number} interrupted")
 
     def _outcome(self, trial: optuna.Trial, code: int | None, run_dir: Path, seconds: float) -> float:

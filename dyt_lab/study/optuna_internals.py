@@ -1,19 +1,27 @@
-"""The four Optuna internals a study needs, in one place, because Optuna has no public API for them.
+"""The Optuna internals a study needs, in one place, each because Optuna has no public API for it.
 
-- A trial's storage id (``Trial._trial_id``): a trial process reports to its trial by id, and a
-  worker fails a dead worker's trial by id. Optuna's public ``study.tell`` works only for trials
-  the calling process asked for, and a trial's ``number`` is not what the storage methods take.
-- A study's storage (``Study._storage``): to fail another process's RUNNING trial and to write the
-  journal heartbeat, which Optuna itself does only for database storages.
-- Reopening a live trial by id in another process (``optuna.trial.Trial(study, trial_id)``): the
-  pruning callback runs inside the trial's own fit process, not in the worker that asked.
+Everything else goes through public API: a trial's storage id through
+``storage.get_trial_id_from_study_id_trial_number`` (``storage.trial_id``), the storage as the
+object the worker opened (never dug out of a study), retries through
+``RetryHeartbeatStaleTrialCallback``'s static methods (``storage.retry_history``).
+
+- Reopening a live trial by id in another process (``optuna.trial.Trial(study, trial_id)``, a
+  constructor Optuna documents as not for users): the pruning callback runs inside the trial's own
+  fit process, not in the worker that asked, and ``report``/``should_prune`` exist only on ``Trial``.
 - Asking and telling as ``study.optimize`` does (``Study._thread_local.in_optimize_loop``): the
   worker runs one trial by ``ask`` and ``tell`` (``runner.run_trial``), and inside a tell the
   GridSampler calls ``study.stop()`` once its grid is done, which Optuna refuses outside optimize.
+- A database's stale trials (``RDBStorage._get_stale_trial_ids``): the reaper fails them with a
+  reason, which Optuna's public ``fail_stale_trials`` does not record, on the database's own clock.
+- A grid trial's point (system attributes ``grid_id`` and ``search_space``): a seed run queued
+  for a grid configuration must carry its point, or ``GridSampler.before_trial`` gives it another
+  unvisited point, which then never runs. Optuna's public ``enqueue_trial`` avoids that, but its
+  WAITING trial has no params until it runs, so the queued seed runs could not be counted.
 
-``tests/test_study.py::test_the_optuna_internals_we_use_still_exist`` (and, for the last,
+``tests/test_study.py::test_the_optuna_internals_we_use_still_exist`` (and, for in_optimize_loop,
 ``tests/test_study_faults.py::test_a_tell_as_in_optimize_lets_the_grid_sampler_stop``) fails loudly
-if an Optuna release renames or changes any of them.
+if an Optuna release renames or changes any of them; ``pyproject.toml`` bounds Optuna to the releases
+that test has passed on.
 """
 
 from __future__ import annotations
@@ -22,16 +30,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import optuna
+from optuna.trial import FrozenTrial
 
-
-def trial_id(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
-    """The storage's id of a trial (not its number)."""
-    return trial._trial_id
-
-
-def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
-    """The storage behind a study."""
-    return study._storage
+GRID_POINT_ATTRS = ("grid_id", "search_space")  # what GridSampler.before_trial reads to keep a trial's point
 
 
 def reopen_trial(study: optuna.Study, trial_id: int) -> optuna.Trial:
@@ -52,11 +53,15 @@ def in_optimize_loop(study: optuna.Study) -> Iterator[None]:
         local.in_optimize_loop = before
 
 
-def stale_trial_ids(study: optuna.Study) -> list[int]:
+def stale_trial_ids(storage: optuna.storages.BaseStorage, study_id: int) -> list[int]:
     """Ids of a database study's RUNNING trials whose heartbeat is older than the storage's grace period:
     Optuna's own test (``RDBStorage._get_stale_trial_ids``, on the database's clock), which its
     ``fail_stale_trials`` runs before failing those trials without a reason. Empty without a heartbeat."""
-    storage = study._storage
     if getattr(storage, "get_heartbeat_interval", lambda: None)() is None:
         return []
-    return storage._get_stale_trial_ids(study._study_id)
+    return storage._get_stale_trial_ids(study_id)
+
+
+def grid_point(trial: FrozenTrial) -> dict:
+    """The system attributes that pin a trial to its GridSampler point (empty if it has none)."""
+    return {key: trial.system_attrs[key] for key in GRID_POINT_ATTRS if key in trial.system_attrs}

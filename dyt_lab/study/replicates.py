@@ -16,6 +16,9 @@ import json
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from dyt_lab.study.optuna_internals import grid_point
+from dyt_lab.study.storage import retry_history
+
 SEED_ATTR = "seed"  # user attribute: the seed_everything of this seed run
 SEED_KEY = "seed_everything"  # the fit flag it sets
 
@@ -28,7 +31,7 @@ def configuration(trial: FrozenTrial | optuna.Trial) -> str:
 def live_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Trials that stand for a seed run: all but failures whose configuration was queued again."""
     trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    retried = {n for t in trials for n in retry_history(t)}
     return [t for t in trials if t.number not in retried]
 
 
@@ -63,7 +66,7 @@ def queue_missing_seeds(study: optuna.Study, seeds: list[int]) -> int:
     """
     queued = 0
     for trial, present in seeds_by_configuration(study).values():
-        kept = {k: v for k, v in trial.system_attrs.items() if k in ("grid_id", "search_space")}
+        kept = grid_point(trial)
         for seed in seeds:
             if seed not in present:
                 study.add_trial(optuna.trial.create_trial(

@@ -20,7 +20,7 @@ from dyt_lab.study.markdown import markdown_table
 from dyt_lab.study.plots import mean_by, placement_and_variant, write_plots
 from dyt_lab.study.replicates import SEED_ATTR
 from dyt_lab.study.spec import CONFIRM_SUFFIX, DEFAULT_MARGIN, check_margin
-from dyt_lab.study.storage import find_storage, load_existing
+from dyt_lab.study.storage import find_storage, load_existing, retried_trial_number, retry_history
 
 
 def _number(value) -> str:
@@ -31,8 +31,8 @@ def _number(value) -> str:
 
 def _note(trial: FrozenTrial, retried_as: dict[int, int]) -> str:
     notes = []
-    if "failed_trial" in trial.system_attrs:
-        notes.append(f"retry of #{trial.system_attrs['failed_trial']}")
+    if retried_trial_number(trial) is not None:
+        notes.append(f"retry of #{retried_trial_number(trial)}")
     if trial.number in retried_as:
         notes.append(f"retried as #{retried_as[trial.number]}")
     if trial.state == TrialState.FAIL:
@@ -44,7 +44,7 @@ def trials_table(study: optuna.Study, metric: str) -> str:
     """One row per trial: number, state, objective, epochs, time, every parameter, and a note."""
     trials = study.get_trials(deepcopy=False)
     params = sorted({p for t in trials for p in t.params})
-    retried_as = {n: t.number for t in trials for n in t.system_attrs.get("retry_history", [])[-1:]}
+    retried_as = {n: t.number for t in trials for n in retry_history(t)[-1:]}
     rows = []
     for t in trials:
         seconds = t.user_attrs.get("wall_time_s")

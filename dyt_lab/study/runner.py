@@ -34,12 +34,12 @@ from dyt_lab.study.design import check_design
 from dyt_lab.study.launch import warm_up
 from dyt_lab.study.liveness import TrialHeartbeat, clean_retry, die_with_parent, reap_dead_trials
 from dyt_lab.study.objective import TrialObjective
-from dyt_lab.study.optuna_internals import in_optimize_loop, storage_of, trial_id
+from dyt_lab.study.optuna_internals import in_optimize_loop
 from dyt_lab.study.replicates import SEED_ATTR, configurations_counted, live_trials, queue_missing_seeds
 from dyt_lab.study.samplers import check_sampler, make_pruner, make_sampler
 from dyt_lab.study.space import SearchSpace
 from dyt_lab.study.spec import StudySpec
-from dyt_lab.study.storage import is_journal, make_retry, open_storage, shown, storage_url
+from dyt_lab.study.storage import is_journal, make_retry, open_storage, shown, storage_url, trial_id
 from dyt_lab.study.validate import validate, visible_gpus, worker_gpus
 
 SPEC_FILE = "study.yaml"  # the resolved study file, in the study folder: what `study resume` re-reads
@@ -113,27 +113,28 @@ def disk_faults(what: str) -> Iterator[None]:
         raise ConfigError(fault_line(fault, what)) from err
 
 
-def storage_fault(err: BaseException, url: str, study: optuna.Study | None = None,
-                  trial: optuna.Trial | None = None) -> ConfigError | None:
-    """One line for a storage (or its lock file) that cannot be written, and what became of ``trial``."""
+def storage_fault(err: BaseException, url: str, storage: optuna.storages.BaseStorage | None = None,
+                  tid: int | None = None, number: int | None = None) -> ConfigError | None:
+    """One line for a storage (or its lock file) that cannot be written, and what became of trial ``number``
+    (storage id ``tid``)."""
     fault = write_fault(err)
     if fault is None or isinstance(err, ConfigError):
         return None
     other_file = fault.filename and str(fault.filename) not in (url, url.removeprefix("sqlite:///"))
     line = fault_line(fault, f"'{fault.filename}'" if other_file else storage_shown(url))
-    if trial is not None and study is not None:
+    if storage is not None and tid is not None:
         try:
-            state = storage_of(study).get_trial(trial_id(trial)).state
+            state = storage.get_trial(tid).state
         except Exception:  # reading failed too: say nothing about the trial
             state = None
         if state == TrialState.RUNNING:
-            line += (f"; trial {trial.number} stays RUNNING in it: once the storage can be written, resuming "
+            line += (f"; trial {number} stays RUNNING in it: once the storage can be written, resuming "
                      "the study fails that trial and runs its configuration again")
     return ConfigError(line)
 
 
-def run_trial(study: optuna.Study, objective: TrialObjective, url: str, heartbeat_interval: float,
-              log) -> None:
+def run_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, objective: TrialObjective, url: str,
+              heartbeat_interval: float, log) -> None:
     """Ask for one trial, run it, tell its state: ``study.optimize(n_trials=1)`` without two of its traps.
 
     Optuna's ``optimize`` ends a worker with ``ValueError: Cannot tell a FAIL trial.`` when another
@@ -145,13 +146,13 @@ def run_trial(study: optuna.Study, objective: TrialObjective, url: str, heartbea
     sampler may call ``study.stop()`` (the GridSampler does once the grid is done; ``work`` stops then).
     """
     with in_optimize_loop(study):
-        _run_trial(study, objective, url, heartbeat_interval, log)
+        _run_trial(study, storage, objective, url, heartbeat_interval, log)
 
 
-def _run_trial(study: optuna.Study, objective: TrialObjective, url: str, heartbeat_interval: float,
-               log) -> None:
+def _run_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, objective: TrialObjective, url: str,
+               heartbeat_interval: float, log) -> None:
     trial = study.ask()
-    storage, tid = storage_of(study), trial_id(trial)
+    tid = trial_id(storage, study.study_name, trial.number)
     try:
         with TrialHeartbeat(storage, tid, heartbeat_interval, is_journal(url)):
             try:
@@ -173,7 +174,7 @@ def _run_trial(study: optuna.Study, objective: TrialObjective, url: str, heartbe
         if not storage.get_trial(tid).state.is_finished():
             raise
     except Exception as err:
-        fault = storage_fault(err, url, study, trial)
+        fault = storage_fault(err, url, storage, tid, trial.number)
         if fault is None:
             raise
         raise fault from err
@@ -312,21 +313,21 @@ def work(spec: StudySpec, index: int, workers: int = 1) -> int:
     existing = len(storage.get_all_trials(storage.get_study_id_from_name(spec.study_name), deepcopy=False))
     study = optuna.load_study(study_name=spec.study_name, storage=storage, pruner=make_pruner(spec.pruner),
                               sampler=make_sampler(spec.sampler, space, seed_offset=existing + 1000 * index))
-    objective = TrialObjective(spec, space, url, retry, log)
+    objective = TrialObjective(spec, space, url, storage, retry, log)
     lock = AskLock(spec.folder / ".ask.lock")
     deadline = None if spec.timeout is None else time.monotonic() + spec.timeout
     try:
         while deadline is None or time.monotonic() < deadline:
             lock.acquire()
             try:
-                for number in reap_dead_trials(study, retry, journal, spec.grace_period):
+                for number in reap_dead_trials(study, storage, retry, journal, spec.grace_period):
                     log(f"trial {number} FAILED: its worker died; its configuration is queued again")
                 if spec.seeds and queue_missing_seeds(study, spec.seeds):  # e.g. a study resumed mid-seeds
                     log("queued the missing seed runs of configurations already started")
                 if study_full(study, spec) or _grid_done(study):
                     return 0
                 objective.on_start = lock.release  # the new trial is RUNNING: others now count it
-                run_trial(study, objective, url, spec.heartbeat_interval, log)
+                run_trial(study, storage, objective, url, spec.heartbeat_interval, log)
             finally:
                 lock.release()
             if objective.fatal:

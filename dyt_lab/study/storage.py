@@ -11,6 +11,7 @@ from pathlib import Path
 import optuna
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial
 
 from dyt_lab.errors import ConfigError
 
@@ -50,6 +51,25 @@ def make_retry(max_retries: int) -> RetryHeartbeatStaleTrialCallback:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return RetryHeartbeatStaleTrialCallback(max_retry=max_retries)
+
+
+def retry_history(trial: FrozenTrial) -> list[int]:
+    """The numbers of the failed trials this one retries, oldest first; empty if it is no retry."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback.retry_history(trial)
+
+
+def retried_trial_number(trial: FrozenTrial) -> int | None:
+    """The number of the first failed trial this one retries, or None."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+
+
+def trial_id(storage: optuna.storages.BaseStorage, study_name: str, number: int) -> int:
+    """A trial's storage id, what the storage's methods take (Optuna's Trial keeps its own private)."""
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study_name), number)
 
 
 def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None,
