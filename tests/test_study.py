@@ -288,6 +288,13 @@ BAD = {
                        "error: study file: --base.overrides: Not of type Overrides: expected a mapping of config keys"),
     "override_class_unknown": ({"base": {"configs": [BASE], "overrides": {"data": {"class_path": "dyt_lab.data.Nope"}}}},
                                "error: the base config is refused by the dyt-lab fit parser: --data "),
+    # values the parser takes and only the Trainer refuses: the check builds it as fit does
+    "trainer_searched": ({"search_space": {"trainer.max_epochs": [2, -5]}},
+                         "error: search_space 'trainer.max_epochs' = -5: --trainer: `max_epochs` must be a "
+                         "non-negative integer or -1"),
+    "trainer_override": ({"base": {"configs": [BASE], "overrides": {**TINY, "trainer.accelerator": "tpuu"}}},
+                         "error: the base config: --trainer: You selected an invalid accelerator name: "
+                         "`accelerator='tpuu'`"),
 }
 
 
@@ -543,14 +550,24 @@ def test_a_databases_stale_trials_are_found_by_optunas_own_test(tmp_path):
     assert stale_trial_ids(storage, study_id) == [trial_id(storage, study.study_name, asked.number)]
 
 
-def test_trials_that_run_ddp_are_recognised_so_they_start_as_fresh_processes():
-    from types import SimpleNamespace
+def test_trials_that_run_ddp_are_recognised_so_they_start_as_fresh_processes(tmp_path):
+    """From the Trainers the up-front check builds: a strategy that starts processes, whatever flag asked for it."""
+    from lightning.pytorch import Trainer
 
-    from dyt_lab.study.validate import runs_ddp
+    from dyt_lab.study.spec import load_spec
+    from dyt_lab.study.validate import runs_ddp, validate
 
-    def trainer(devices=1, num_nodes=1, strategy="auto"):
-        return SimpleNamespace(devices=devices, num_nodes=num_nodes, strategy=strategy)
+    def trainer(**flags):
+        return Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, **{"devices": 1, **flags})
 
     assert not runs_ddp(trainer()) and not runs_ddp(trainer(devices="auto"))
-    assert runs_ddp(trainer(devices=2)) and runs_ddp(trainer(devices=[0, 1])) and runs_ddp(trainer(devices=-1))
-    assert runs_ddp(trainer(num_nodes=2)) and runs_ddp(trainer(strategy="ddp_spawn"))
+    assert runs_ddp(trainer(devices=2)) and runs_ddp(trainer(num_nodes=2))
+    assert runs_ddp(trainer(strategy="ddp_spawn")) and runs_ddp(trainer(strategy="ddp"))
+
+    def study_runs_ddp(search_space: dict) -> bool:
+        spec = load_spec(["--config", str(write_study(tmp_path, "ddp", search_space=search_space))])
+        return validate(spec, SearchSpace(spec.search_space), gpus=0)
+
+    assert not study_runs_ddp({"model.norm": ["dyt", "derf"]})
+    assert study_runs_ddp({"trainer.devices": [1, 2]})  # one value of several is enough
+    assert study_runs_ddp({"trainer.strategy": ["auto", "ddp_spawn"]})

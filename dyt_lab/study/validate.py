@@ -1,16 +1,21 @@
-"""Before the first trial: check the base configs and every sampled key with dyt-lab's own parser.
+"""Before the first trial: build the base config and every sampled key as ``dyt-lab fit`` builds them.
 
-Each key is parsed at representative values (low and high, every categorical choice) and the run is
-instantiated at each of them, so a typo, a value of the wrong type, or a placement preset that
-matches no site of this model costs seconds now rather than a night of failed trials.
+Each key is set to representative values (low and high, every categorical choice) and the run is
+built at each of them through ``BuildCLI``, Trainer included, so a typo, a value of the wrong type,
+a placement preset that matches no site of this model, or a trainer setting Lightning refuses costs
+seconds now rather than a night of failed trials. The built Trainers also say whether trials run DDP.
 """
 
 from __future__ import annotations
 
 import difflib
+import logging
 import os
+import warnings
+from argparse import ArgumentError
+from contextlib import contextmanager
 
-from dyt_lab.errors import ConfigError
+from dyt_lab.errors import ConfigError, cause_of_type
 from dyt_lab.study.objective import base_args, study_args
 from dyt_lab.study.space import SearchSpace, config_flag
 from dyt_lab.study.spec import StudySpec, one_line
@@ -44,61 +49,74 @@ def config_keys(config: dict, prefix: str = "") -> set[str]:
     return keys
 
 
-def _parse(parser, args: list[str], what: str):
+# No seeding: building a run draws no seed, and seed_everything would set PL_GLOBAL_SEED in this
+# process's environment, which worker and trial processes inherit (a trial with seed_everything: true
+# would then take 0 instead of a fresh seed). Last, so it wins over the base configs' value.
+NO_SEED = "--seed_everything=false"
+
+
+@contextmanager
+def _quiet():
+    """Hide Lightning's notes and warnings about each Trainer built here: once per value, they say nothing."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for logger in loggers:
+            logger.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
+
+
+def build(args: list[str], what: str):
+    """What ``dyt-lab fit`` builds from ``args``: model, data and Trainer (with its checks); or one ConfigError."""
+    from dyt_lab.runs import BuildCLI
+
     try:
-        return parser.parse_args(args)
-    except (Exception, SystemExit) as err:  # ArgumentError; SystemExit if a parser insists on exiting
+        with _quiet():
+            # exit_on_error=False: the parser raises ArgumentError, which tells its refusals from the build's
+            return BuildCLI([*args, NO_SEED], parser_kwargs={"exit_on_error": False})
+    except (ArgumentError, SystemExit) as err:  # SystemExit: a parser that insists on exiting
         raise ConfigError(f"{what} is refused by the dyt-lab fit parser: {one_line(err)}") from None
-
-
-def _instantiate(parser, cfg, what: str, prepare_data: bool = False) -> None:
-    from dyt_lab.errors import cause_of_type as _cause_of_type
-
-    try:
-        init = parser.instantiate(cfg)
-        if prepare_data:  # missing data fails here once, not in every trial; a download happens once
-            init.data.prepare_data()
     except Exception as err:
-        cause = _cause_of_type(err, (ConfigError,))
+        cause = cause_of_type(err, (ConfigError,))
         raise ConfigError(f"{what}: {cause if cause else one_line(err)}") from None
 
 
-def check_devices(trainer, gpus: int, workers: int, what: str) -> None:
-    """Refuse a trial that would wait forever for GPUs its worker does not have."""
-    accelerator, devices = str(trainer.accelerator), trainer.devices
-    if accelerator == "cpu" or (accelerator == "auto" and gpus == 0):
+def check_devices(cli, gpus: int, workers: int, what: str) -> None:
+    """Refuse a trial that asks for more GPUs than its worker gets.
+
+    The Trainer was built here, where every visible GPU counts; a worker of several sees only its share.
+    """
+    # Imported here: the runner imports Lightning while its fork server starts, not before
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    trainer = cli.trainer
+    if gpus == 0 or workers == 1 or isinstance(trainer.accelerator, CPUAccelerator):
         return
-    if gpus == 0:
-        raise ConfigError(f"{what}: trainer.accelerator={accelerator} but no GPU is visible here; "
-                          "use --base.overrides.trainer.accelerator=cpu or a machine with GPUs")
     per_worker = max(1, gpus // workers)
-    wanted = len(devices) if isinstance(devices, (list, tuple)) else devices
-    wanted = int(wanted) if str(wanted).lstrip("-").isdigit() else -1  # "auto", -1: all it has
-    if wanted > per_worker:
-        raise ConfigError(f"{what}: trainer.devices={devices} asks for {wanted} GPUs but each of the "
+    asked = cli.config.trainer.devices
+    if trainer.num_devices > per_worker and str(asked) not in ("auto", "-1"):  # these two take the share
+        raise ConfigError(f"{what}: trainer.devices={asked} asks for {trainer.num_devices} GPUs but each of the "
                           f"{workers} workers has {per_worker} ({gpus} visible); lower --workers or trainer.devices")
 
 
 def runs_ddp(trainer) -> bool:
-    """Whether a parsed trainer config starts several processes (several devices or nodes)."""
-    devices = trainer.devices
-    count = len(devices) if isinstance(devices, (list, tuple)) else devices
-    several = str(count).lstrip("-").isdigit() and (int(count) > 1 or int(count) == -1)
-    return several or int(trainer.num_nodes or 1) > 1 or "ddp" in str(trainer.strategy)
+    """Whether a built Trainer starts processes of its own: DDP over several devices or nodes, a spawn strategy."""
+    return trainer.strategy.launcher is not None
 
 
 def validate(spec: StudySpec, space: SearchSpace, gpus: int) -> bool:
-    """Raise a one-line ConfigError unless every trial this study can draw parses and builds.
+    """Raise a one-line ConfigError unless every trial this study can draw builds as ``dyt-lab fit`` builds it.
 
     Returns whether some trial runs DDP (so it must start as a fresh process).
     """
-    from dyt_lab.runs import fit_parser as make_parser
-
-    parser = make_parser()
-    parser.exit_on_error = False
     base = base_args(spec) + study_args(spec, 0)
-    cfg = _parse(parser, base, "the base config")
-    known = config_keys(cfg.as_dict())
+    run = build(base, "the base config")
+    known = config_keys(run.config.as_dict())
     for key in space:
         if key not in known:
             shorts = sorted(k for k in known if "init_args" not in k)
@@ -106,14 +124,17 @@ def validate(spec: StudySpec, space: SearchSpace, gpus: int) -> bool:
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"search_space key '{key}' is not a key of the base config{hint}; "
                               f"keys look like model.norm, model.optimizer.lr, data.batch_size")
-    check_devices(cfg.trainer, gpus, spec.workers, "the base config")
-    _instantiate(parser, cfg, "the base config", prepare_data=True)
-    ddp = runs_ddp(cfg.trainer)
+    try:  # missing data fails here once, not in every trial; a download happens once
+        run.datamodule.prepare_data()
+    except Exception as err:
+        cause = cause_of_type(err, (ConfigError,))
+        raise ConfigError(f"the base config: {cause if cause else one_line(err)}") from None
+    check_devices(run, gpus, spec.workers, "the base config")
+    ddp = runs_ddp(run.trainer)
     for key, probes in space.probes().items():
         for label, value in probes:
             what = f"search_space '{key}' = {label!r}"
-            probe = _parse(parser, base + [config_flag(key, value)], what)
-            _instantiate(parser, probe, what)
-            check_devices(probe.trainer, gpus, spec.workers, what)
+            probe = build(base + [config_flag(key, value)], what)
+            check_devices(probe, gpus, spec.workers, what)
             ddp = ddp or runs_ddp(probe.trainer)
     return ddp
