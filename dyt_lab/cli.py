@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 from dyt_lab.errors import interrupted_quietly, one_line_errors
+from dyt_lab.study.protocol import record_failure
 
 
 def main(args: list[str] | None = None) -> None:
@@ -16,7 +17,8 @@ def main(args: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if args is None else args)
     command = argv[0] if argv else None
     # A user mistake or a diverged run is an expected outcome: one line and a non-zero exit code.
-    with one_line_errors(), interrupted_quietly():
+    # In a study trial's fit, record_failure also leaves why it failed in the trial's result file.
+    with one_line_errors(record_failure), interrupted_quietly():
         if command == "norms":
             from dyt_lab.norms.table import norms_table
 

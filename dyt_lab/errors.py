@@ -8,7 +8,8 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+import traceback
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -47,6 +48,8 @@ def cause_of_type(err: BaseException | None, types: tuple[type, ...]) -> BaseExc
 # Faults of the place a run writes to, not bugs: each is one line naming the file.
 DISK_FAULTS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",
                errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
+# Faults no write on that disk escapes: the next run there meets them too (a permission may be one file's).
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 # SQLite says it in words (through SQLAlchemy and Optuna's StorageInternalError), without an errno.
 SQLITE_FAULTS = {"database or disk is full": errno.ENOSPC, "readonly database": errno.EROFS}
 
@@ -112,21 +115,40 @@ def expected_failure(err: BaseException) -> tuple[BaseException, int] | None:
     return cause, EXIT_CONFIG_ERROR if isinstance(cause, ConfigError) else EXIT_DIVERGED
 
 
+def failure_kind(err: BaseException) -> str:
+    """What ended a run with ``err``: ``disk`` (full or read-only), ``config``, ``diverged``, or ``crashed`` (a bug)."""
+    fault = write_fault(err)
+    if fault is not None and fault.errno in FULL_DISK:
+        return "disk"
+    if isinstance(cause_of_type(err, (ConfigError, DivergenceError)), DivergenceError):
+        return "diverged"
+    return "crashed" if expected_failure(err) is None else "config"
+
+
 @contextmanager
-def one_line_errors() -> Iterator[None]:
+def one_line_errors(record: Callable[[str, str], None] | None = None) -> Iterator[None]:
     """Turn a user mistake or divergence into one ``error:`` line on stderr and its exit code.
 
     Anything else (a bug) propagates with its traceback, and so does everything when the
-    environment sets ``DYT_LAB_DEBUG``.
+    environment sets ``DYT_LAB_DEBUG``. ``record(line, kind)`` is told how the run ended, if not
+    well: the ``error:`` line's text, or a bug's last traceback line, or ``interrupted``, and its
+    ``failure_kind`` (or ``interrupted``); a study's trial leaves that in its result file.
     """
     try:
         yield
     except Exception as err:
         failure = expected_failure(err)
+        if record is not None:
+            last = "".join(traceback.format_exception_only(type(err), err)).strip().splitlines()
+            record(str(failure[0]) if failure else (last[-1] if last else type(err).__name__), failure_kind(err))
         if failure is None or os.environ.get("DYT_LAB_DEBUG"):
             raise
         print(f"error: {failure[0]}", file=sys.stderr)
         raise SystemExit(failure[1]) from None
+    except (KeyboardInterrupt, SystemExit) as stop:  # Ctrl-C, and a run that said so and exits 130
+        if record is not None and (isinstance(stop, KeyboardInterrupt) or stop.code == EXIT_INTERRUPTED):
+            record("interrupted", "interrupted")
+        raise
 
 
 def stop_on_ctrl_c() -> None:

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -32,7 +33,7 @@ from dyt_lab.errors import ConfigError, write_fault
 from dyt_lab.study import objective as objective_module
 from dyt_lab.study import runner
 from dyt_lab.study.liveness import HEARTBEAT_ATTR, fail_and_retry, reap_dead_trials, worker_tag
-from dyt_lab.study.protocol import RESULT_FILE
+from dyt_lab.study.protocol import RESULT_FILE, TRIAL_ENV, record_failure
 from dyt_lab.study.space import SearchSpace
 from dyt_lab.study.spec import load_spec
 from dyt_lab.study.storage import make_retry, open_storage, retried_trial_number, trial_id
@@ -55,21 +56,42 @@ def write_study(folder: Path, name: str, root: Path | None = None, **keys) -> Pa
 
 
 class EndedTrial:
-    """A trial process that ends as soon as it is waited for: it leaves ``value`` in its result file
-    (or exits with ``code`` and ``stderr``), after ``at_end`` ran (another worker acting mid-trial)."""
+    """A trial process that ends as soon as it is waited for, after ``at_end`` ran (another worker acting
+    mid-trial): it leaves the value 0.5 in its result file; or it fails with ``raises`` as a fit process
+    ends (the real ``one_line_errors`` with ``record_failure``, in the trial's environment); or it exits
+    with ``code`` having written nothing (``result``, if given, is what it wrote)."""
 
-    def __init__(self, run_dir: Path, code: int = 0, stderr: str = "", at_end=None) -> None:
-        self.run_dir, self.code, self.stderr, self.at_end = run_dir, code, stderr, at_end
+    def __init__(self, run_dir: Path, env: dict, code: int = 0, raises: BaseException | None = None,
+                 result: dict | None = None, at_end=None) -> None:
+        self.run_dir, self.env, self.code, self.raises, self.result = run_dir, env, code, raises, result
+        self.at_end = at_end
         self.pid = os.getpid()
 
     def wait(self, timeout=None) -> int:
         if self.at_end is not None:
             self.at_end()
-        (self.run_dir / "stderr.log").write_text(self.stderr)
-        if self.code == 0:
-            (self.run_dir / RESULT_FILE).write_text(json.dumps(
-                {"history": {"0": 0.5}, "epochs": 1, "metrics": {}, "pruned": False, "error": None}))
-        return self.code
+        (self.run_dir / "stderr.log").write_text("")
+        if self.code == 0 and self.raises is None:
+            self.result = {"history": {"0": 0.5}, "epochs": 1, "metrics": {}, "pruned": False, "error": None}
+        if self.result is not None:
+            (self.run_dir / RESULT_FILE).write_text(json.dumps(self.result))
+        return self.code if self.raises is None else self._fail()
+
+    def _fail(self) -> int:
+        """The fit process's own ending with ``raises``; its exit code."""
+        before = os.environ.get(TRIAL_ENV)
+        os.environ[TRIAL_ENV] = self.env[TRIAL_ENV]
+        try:
+            with errors.one_line_errors(record_failure), errors.interrupted_quietly():
+                raise self.raises
+        except SystemExit as stop:
+            return stop.code
+        except BaseException:
+            return 1  # Python's exit code for an exception nobody catches (a bug's traceback)
+        finally:
+            os.environ.pop(TRIAL_ENV)
+            if before is not None:
+                os.environ[TRIAL_ENV] = before
 
     def send_signal(self, signum) -> None:
         pass
@@ -100,7 +122,7 @@ def study_env(tmp_path, monkeypatch):
         Env.started.append(run_dir)
         if isinstance(how, BaseException):
             raise how
-        return EndedTrial(run_dir, **how)
+        return EndedTrial(run_dir, env, **how)
 
     monkeypatch.setattr(objective_module, "start_trial", start_trial)
     sigterm = signal.getsignal(signal.SIGTERM)  # work() installs its own
@@ -265,19 +287,17 @@ def test_a_full_trial_folder_fails_the_trial_in_one_line_and_stops_the_study(stu
     assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"] == reason
 
 
-FULL_DISK_STDERR = {
-    "error_line": "error: disk full: a write failed (No space left on device); free space or choose another "
-                  "folder, then run the command again\n",
-    "traceback": "Traceback (most recent call last):\n  ...\nOSError: [Errno 28] No space left on device: "
-                 "'/x/last.ckpt'\n",
-    "nothing": "",  # the disk was too full for stderr itself; the disk has no space left now
+FULL_DISK = {  # what the trial's fit process met (and recorded), or nothing it could record
+    "os_error": {"raises": OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/x/last.ckpt")},
+    "sqlite_full": {"raises": sqlite3.OperationalError("database or disk is full")},
+    "nothing": {"code": 1},  # the disk was too full for the record itself; the disk has no space left now
 }
 
 
-@pytest.mark.parametrize("said", FULL_DISK_STDERR)
+@pytest.mark.parametrize("said", FULL_DISK)
 def test_a_trial_whose_process_met_a_full_disk_records_it_and_stops_the_study(study_env, monkeypatch, said):
     spec, journal, name = study_env.spec, study_env.journal, study_env.spec.study_name
-    study_env.trials = [{"code": 1, "stderr": FULL_DISK_STDERR[said]}]
+    study_env.trials = [FULL_DISK[said]]
     if said == "nothing":
         full = os.statvfs_result((4096, 4096, 100, 0, 0, 100, 0, 0, 0, 255))
         monkeypatch.setattr(objective_module.os, "statvfs", lambda path: full)
@@ -292,10 +312,76 @@ def test_a_trial_whose_process_met_a_full_disk_records_it_and_stops_the_study(st
 
 
 def test_a_trial_that_failed_otherwise_is_not_called_a_disk_fault(study_env):
-    study_env.trials = [{"code": 1, "stderr": "Traceback ...\nRuntimeError: something else\n"}]
+    study_env.trials = [{"raises": RuntimeError("something else")}]
     assert runner.work(study_env.spec, 0) == 0
     (trial,) = trials_of(study_env.journal, study_env.spec.study_name)
     assert trial.user_attrs["fail_reason"] == "exit code 1: RuntimeError: something else"
+
+
+def test_a_trial_reason_comes_from_its_result_file_not_its_stderr(study_env):
+    """A config error's line is recorded as printed; what stderr says besides (a warning) is not the reason."""
+    spec, journal, name = study_env.spec, study_env.journal, study_env.spec.study_name
+    study_env.trials = [{"raises": ConfigError("model.norm 'dtt' is not a norm")}, {"code": 1}]
+    spec.n_trials = 2
+    assert runner.work(spec, 0) == 0
+    first, second = trials_of(journal, name)
+    assert first.user_attrs["fail_reason"] == "model.norm 'dtt' is not a norm" and first.user_attrs["exit_code"] == 2
+    assert second.user_attrs["fail_reason"] == "exit code 1: no output"  # nothing recorded, disk not full
+
+
+def test_an_objective_no_trial_logs_stops_the_study_with_the_callbacks_line(study_env):
+    message = "objective metric 'val/acc' is not logged by this run; logged metrics: val/loss"
+    study_env.trials = [{"code": 2, "result": {"history": {}, "epochs": 1, "error": message, "kind": "config",
+                                               "every_trial": True}}]
+    with pytest.raises(ConfigError) as raised:
+        runner.work(study_env.spec, 0)
+    assert str(raised.value) == f"stopping the study, every trial would fail: {message}"
+
+
+DISK_LINE = "cannot write '/x/last.ckpt' ({}); free space or choose another folder, then run the command again"
+ENDINGS = {  # what a fit process raises -> the kind and line it records, and its exit code
+    "config": (ConfigError("model.norm 'dtt' is not a norm"), "config", "model.norm 'dtt' is not a norm", 2),
+    "diverged": (errors.DivergenceError("diverged at step 3: loss=nan"), "diverged", "diverged at step 3: loss=nan", 3),
+    "disk": (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/x/last.ckpt"), "disk",
+             "disk full: " + DISK_LINE.format(os.strerror(errno.ENOSPC)), 2),
+    "read_only": (OSError(errno.EROFS, os.strerror(errno.EROFS), "/x/last.ckpt"), "disk",
+                  "read-only file system: " + DISK_LINE.format(os.strerror(errno.EROFS)), 2),
+    "permission": (OSError(errno.EACCES, os.strerror(errno.EACCES), "/x/last.ckpt"), "config",
+                   "permission denied: " + DISK_LINE.format(os.strerror(errno.EACCES)), 2),
+    "bug": (RuntimeError("something else"), "crashed", "RuntimeError: something else", None),
+    "ctrl_c": (KeyboardInterrupt(), "interrupted", "interrupted", 130),
+}
+
+
+@pytest.mark.parametrize("ending", ENDINGS)
+def test_a_fit_process_records_its_error_line_and_kind_in_its_result_file(tmp_path, monkeypatch, capsys, ending):
+    """The one place a fit turns an exception into its ``error:`` line and exit code also records both,
+    keeping what the result file held; only with a trial binding, and only on rank 0."""
+    raised, kind, line, code = ENDINGS[ending]
+    result = tmp_path / RESULT_FILE
+    result.write_text(json.dumps({"history": {"0": 0.5}, "epochs": 1, "error": None}))
+
+    def end() -> int | None:
+        try:
+            with errors.one_line_errors(record_failure), errors.interrupted_quietly():
+                raise raised
+        except SystemExit as stop:
+            return stop.code
+        except BaseException as err:
+            assert err is raised  # a bug keeps its traceback
+            return None
+
+    monkeypatch.delenv(TRIAL_ENV, raising=False)
+    assert end() == code and json.loads(result.read_text())["error"] is None  # a plain fit: nothing recorded
+    monkeypatch.setenv(TRIAL_ENV, json.dumps({"result": str(result)}))
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert end() == code and json.loads(result.read_text())["error"] is None  # a DDP rank but the first
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    capsys.readouterr()
+    assert end() == code
+    assert json.loads(result.read_text()) == {"history": {"0": 0.5}, "epochs": 1, "error": line, "kind": kind}
+    if kind in ("config", "diverged", "disk"):  # the line recorded is the line the user sees
+        assert last_line(capsys.readouterr().err) == f"error: {line}"
 
 
 def test_run_trial_beats_a_databases_heartbeat_as_optimize_does_without_its_warning(tmp_path, monkeypatch):

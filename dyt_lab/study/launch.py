@@ -113,6 +113,7 @@ def _warm_fit(fit_args: list[str], env: dict[str, str], stdout: str, stderr: str
     sys.argv = ["dyt-lab", "fit", *fit_args]  # as a fresh `dyt-lab fit ...` would see it
     from dyt_lab.errors import one_line_errors
     from dyt_lab.runs import run_lightning
+    from dyt_lab.study.protocol import record_failure
 
-    with one_line_errors():  # as `dyt-lab fit` ends; SystemExit(code) becomes the process's exit code
+    with one_line_errors(record_failure):  # as `dyt-lab fit` ends; SystemExit(code) becomes the exit code
         run_lightning(["fit", *fit_args])

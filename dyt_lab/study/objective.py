@@ -10,7 +10,6 @@ StudyPruning callback writes.
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
@@ -27,7 +26,9 @@ from dyt_lab.errors import fault_line, write_fault
 from dyt_lab.study.launch import fit_command, start_trial
 from dyt_lab.study.liveness import WORKER_ATTR, worker_tag
 from dyt_lab.study.protocol import (
+    EVERY_TRIAL,
     LAST_METRICS_ATTR,
+    LINE_KINDS,
     PRUNING_CALLBACK,
     RESULT_FILE,
     TEST_METRICS_ATTR,
@@ -39,9 +40,6 @@ from dyt_lab.study.replicates import SEED_ATTR, SEED_KEY, first_free_seed, queue
 from dyt_lab.study.space import SearchSpace, config_flag
 from dyt_lab.study.spec import StudySpec, flatten_overrides
 from dyt_lab.study.storage import trial_id
-
-# What a trial's stderr says when its disk is full or read-only (its error: line or a traceback's last line).
-FULL_DISK_WORDS = tuple(os.strerror(code) for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS))
 
 
 def base_args(spec: StudySpec) -> list[str]:
@@ -101,39 +99,43 @@ def _shown(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def failure_reason(code: int, stderr: Path) -> str:
-    """One line for a failed trial: dyt-lab's own ``error:`` line (a config error, a divergence), else
-    the exit code and the last line it printed (an exception's message)."""
+def killed_reason(code: int) -> str:
+    """One line for a trial ended by signal ``-code``: it wrote nothing, its exit code says what happened."""
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    return f"killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
+
+
+def failure_reason(code: int, result: dict) -> str:
+    """One line for a failed trial, from what its fit process recorded (``protocol.record_failure``):
+    its ``error:`` line (a config error, a divergence, a full disk), else the exit code and what ended
+    it (a bug's traceback's last line); a process killed by a signal recorded nothing."""
     if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return f"killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
-    with open(stderr, "rb") as f:  # only the tail: a long run's stderr can be large
-        f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))
-        lines = [line.strip() for line in f.read().decode(errors="replace").splitlines() if line.strip()]
-    errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
-    if errors:
-        return errors[-1][:300]
-    return f"exit code {code}: {lines[-1][:300] if lines else 'no output'}"
+        return killed_reason(code)
+    error = (result.get("error") or "")[:300]
+    if error and result.get("kind") in LINE_KINDS:
+        return error
+    return f"exit code {code}: {error or 'no output'}"
 
 
-def full_disk_reason(reason: str, run_dir: Path) -> str | None:
+def disk_full_reason(reason: str, result: dict, run_dir: Path) -> str | None:
     """A failed trial's reason if its disk was full or read-only, naming its folder; None otherwise.
 
-    Its stderr says so (dyt-lab's ``error: disk full: ...`` line, or an OSError's message), or the
-    disk has no space left now: a full disk can also break the writes of stderr itself.
+    Its fit process said so (kind ``disk``), or the disk has no space left now: a full disk can
+    also refuse the write of that record itself.
     """
-    said = any(words in reason for words in FULL_DISK_WORDS)
-    if not said:
-        try:
-            if os.statvfs(run_dir).f_bavail > 0:
-                return None
-        except OSError:
+    if result.get("kind") == "disk":
+        return reason if str(run_dir) in reason else f"{reason} [trial folder '{run_dir}']"
+    if result.get("error"):
+        return None
+    try:
+        if os.statvfs(run_dir).f_bavail > 0:
             return None
-        return f"disk full: no space left under '{run_dir}' ({reason})"
-    return reason if str(run_dir) in reason else f"{reason} [trial folder '{run_dir}']"
+    except OSError:
+        return None
+    return f"disk full: no space left under '{run_dir}' ({reason})"
 
 
 class TrialObjective:
@@ -259,15 +261,15 @@ class TrialObjective:
         if code == 0 and not math.isnan(value):
             self.log(f"trial {trial.number} COMPLETE: {objective.metric}={value:.4g} ({objective.value}; {took})")
             return value
-        if result.get("error"):
+        if result.get(EVERY_TRIAL):  # e.g. the objective's metric is not logged
             reason = self.fatal = result["error"]
         elif code is None:
             reason = f"exceeded trial_timeout ({self.spec.trial_timeout:g} s)"
         elif code == 0:
             reason = f"objective {objective.metric} was never a finite number"
         else:
-            reason = failure_reason(code, run_dir / "stderr.log")
-            full = full_disk_reason(reason, run_dir)
+            reason = failure_reason(code, result)
+            full = disk_full_reason(reason, result, run_dir) if code > 0 else None
             if full is not None:  # every next trial writes to the same disk
                 reason = self.fatal = full
         trial.set_user_attr("fail_reason", reason)

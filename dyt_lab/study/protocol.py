@@ -2,8 +2,9 @@
 
 The worker passes the trial's identity in the ``DYT_LAB_STUDY_TRIAL`` environment variable (JSON);
 the trial's StudyPruning callback reports to the storage and leaves its epoch history in a JSON
-result file that the worker reads when the trial ends. Both sides import this module and nothing
-else of each other.
+result file that the worker reads when the trial ends. A fit that fails adds why to that file
+(``record_failure``: ``error``, its one line, and ``kind``), so the worker reads the reason
+instead of scraping the trial's stderr. Both sides import this module and nothing else of each other.
 """
 
 from __future__ import annotations
@@ -18,6 +19,16 @@ PRUNING_CALLBACK = "dyt_lab.study.pruning.StudyPruning"
 TRIAL_ENV = "DYT_LAB_STUDY_TRIAL"  # JSON: which trial of which study a fit process reports to
 TEST_METRICS_ATTR = "test"  # user attribute: the best checkpoint's test metrics (test/acc, test/loss)
 LAST_METRICS_ATTR = "last_epoch"  # user attribute: the last epoch's metrics (val/acc, train/loss_epoch, ...)
+# A failed fit's ``kind`` (dyt_lab.errors.failure_kind, or interrupted). The first three printed their
+# ``error`` as an ``error:`` line; a crash's is its traceback's last line, an interruption's "interrupted".
+LINE_KINDS = ("config", "disk", "diverged")
+KINDS = (*LINE_KINDS, "interrupted", "crashed")
+EVERY_TRIAL = "every_trial"  # result key: true when every trial of the study would fail the same way
+
+
+def is_rank_zero() -> bool:
+    """Whether this process is a fit's first (or only) rank: the one that reports and writes the result."""
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
 
 
 def objective_value(history: dict[int, float], direction: str, which: str) -> float:
@@ -38,6 +49,24 @@ def write_result(path: str | Path, result: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1))
     os.replace(tmp, path)
+
+
+def record_failure(error: str, kind: str) -> None:
+    """In a trial's fit process (rank 0): add ``error`` and its ``kind`` to the result file; elsewhere nothing.
+
+    Written in place, not through a temporary file: the run is over, so no reader waits, and on a full
+    disk the file's own space can still be rewritten. A write that fails anyway is left out; the
+    worker then finds no error, and checks the disk's free space itself.
+    """
+    raw = os.environ.get(TRIAL_ENV)
+    if not raw or not is_rank_zero():
+        return
+    path = Path(json.loads(raw)["result"])
+    try:
+        result = read_result(path)
+        path.write_text(json.dumps({**result, "error": error, "kind": kind}, indent=1))
+    except (OSError, ValueError):
+        pass
 
 
 def read_result(path: str | Path) -> dict:

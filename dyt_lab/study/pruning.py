@@ -20,7 +20,7 @@ import time
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from dyt_lab.errors import ConfigError
-from dyt_lab.study.protocol import TRIAL_ENV, objective_value, write_result
+from dyt_lab.study.protocol import EVERY_TRIAL, TRIAL_ENV, is_rank_zero, objective_value, write_result
 
 RECORDED = ("val/", "train/")  # the epoch's metrics kept in the result file: accuracy and loss, both splits
 
@@ -41,8 +41,7 @@ class StudyPruning(Callback):
             from dyt_lab.study.liveness import die_with_parent
 
             # Rank 0's parent is the study worker; other DDP ranks are children of rank 0.
-            is_rank_zero = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
-            die_with_parent(self.binding["parent_pid"] if is_rank_zero else None)
+            die_with_parent(self.binding["parent_pid"] if is_rank_zero() else None)
 
     def _connect(self):
         """The trial, reopened by study name and trial id from this process (rank 0 only)."""
@@ -66,6 +65,8 @@ class StudyPruning(Callback):
         return {"metric": b["metric"], "history": self.history, "epochs": epoch + 1,
                 "value": objective_value(self.history, b["direction"], b["value"]),
                 "metrics": self.metrics, "test": self.test, "pruned": pruned, "error": error,
+                # an objective this run does not log, no trial of the study logs: the study stops
+                "kind": "config" if error else None, EVERY_TRIAL: bool(error),
                 "fit_seconds": round(time.monotonic() - self._fit_started, 3) if self._fit_started else None}
 
     def _decide(self, trainer: Trainer, epoch: int) -> dict:
