@@ -7,7 +7,7 @@ default run folder, resume by ``--ckpt_path last``, the site -> norm table and t
 
     run_lightning(["fit", "--config", "configs/quickstart.yaml"])   # what ``dyt-lab fit`` does
     model, datamodule, trainer = load_run(["--config", "configs/quickstart.yaml"])   # probes
-    parser = fit_parser()   # validators (``dyt-lab study``) parse candidate flags with it
+    BuildCLI(args, parser=earlier.parser)   # the study check: every searched value built as fit builds it
 """
 
 from __future__ import annotations
@@ -277,10 +277,22 @@ class DytLabCLI(LightningCLI):
 
 
 class BuildCLI(DytLabCLI):
-    """DytLabCLI that builds what ``fit`` would build (``run=False``): no subcommand, no run folder."""
+    """DytLabCLI that builds what ``fit`` would build (``run=False``): no subcommand, no run folder.
 
-    def __init__(self, args: list[str] | None = None, **kwargs) -> None:
+    ``parser``: an earlier BuildCLI's parser, built with the same arguments, to parse with again.
+    """
+
+    def __init__(self, args: list[str] | None = None, parser: LightningArgumentParser | None = None,
+                 **kwargs) -> None:
+        self._reused_parser = parser
         super().__init__(args=args, run=False, save_config_callback=None, **kwargs)
+
+    def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
+        # Building the parser is a third of a build: a check that builds many runs (dyt-lab study) builds it once
+        if self._reused_parser is None:
+            super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        else:
+            self.parser = self._reused_parser
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         super().add_arguments_to_parser(parser)
@@ -336,8 +348,8 @@ def load_run(args: list[str]) -> LoadedRun:
 def fit_parser() -> LightningArgumentParser:
     """The parser ``dyt-lab fit`` builds on (arguments, links, defaults), without parsing anything.
 
-    For validators such as ``dyt-lab study``: they parse candidate flags with it, as
-    ``load_run`` would, and instantiate with ``parser.instantiate(cfg)``.
+    It parses only: ``parser.instantiate(cfg)`` builds no Trainer and skips instantiate_trainer's
+    checks, so a check of what a run will do builds through ``BuildCLI`` / ``load_run`` instead.
     """
     return _ParserCLI().parser
 

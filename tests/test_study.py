@@ -292,9 +292,10 @@ BAD = {
     "trainer_searched": ({"search_space": {"trainer.max_epochs": [2, -5]}},
                          "error: search_space 'trainer.max_epochs' = -5: --trainer: `max_epochs` must be a "
                          "non-negative integer or -1"),
-    "trainer_override": ({"base": {"configs": [BASE], "overrides": {**TINY, "trainer.accelerator": "tpuu"}}},
-                         "error: the base config: --trainer: You selected an invalid accelerator name: "
-                         "`accelerator='tpuu'`"),
+    "trainer_override": ({"base": {"configs": [BASE], "overrides": {**TINY, "trainer.accumulate_grad_batches": 0}}},
+                         "error: the base config: --trainer.accumulate_grad_batches must be a positive integer, got 0"),
+    "accelerator": ({"base": {"configs": [BASE], "overrides": {**TINY, "trainer.accelerator": "tpuu"}}},
+                    "error: the base config: --trainer: You selected an invalid accelerator name: `accelerator='tpuu'`"),
 }
 
 
