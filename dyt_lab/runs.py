@@ -303,23 +303,6 @@ class BuildCLI(DytLabCLI):
         pass
 
 
-class _ParserCLI(BuildCLI):
-    """BuildCLI that stops once its parser is built: it parses, seeds and builds nothing."""
-
-    def __init__(self) -> None:
-        # No instantiators: they exist for load_from_checkpoint and need the parsed config.
-        super().__init__(load_from_checkpoint_support=False)
-
-    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
-        # LightningCLI builds self.parser in __init__ and then parses; this public hook is where a
-        # subclass decides what parsing means. Here: none. seed_everything=False keeps the seeding
-        # step that follows from touching this process's random state.
-        self.config = Namespace(seed_everything=False)
-
-    def instantiate_classes(self) -> None:
-        pass
-
-
 class LoadedRun(NamedTuple):
     """A run's model, data module and trainer, built as ``fit`` builds them and not run."""
 
@@ -343,15 +326,6 @@ def load_run(args: list[str]) -> LoadedRun:
     quiet_warnings()
     cli = BuildCLI(args)
     return LoadedRun(cli.model, cli.datamodule, cli.trainer)
-
-
-def fit_parser() -> LightningArgumentParser:
-    """The parser ``dyt-lab fit`` builds on (arguments, links, defaults), without parsing anything.
-
-    It parses only: ``parser.instantiate(cfg)`` builds no Trainer and skips instantiate_trainer's
-    checks, so a check of what a run will do builds through ``BuildCLI`` / ``load_run`` instead.
-    """
-    return _ParserCLI().parser
 
 
 def with_run_config(argv: list[str]) -> list[str]:

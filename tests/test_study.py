@@ -228,7 +228,7 @@ def test_study_file_keys_are_flags_and_override_flags_set_one_dotted_key(tmp_pat
 def test_an_override_that_swaps_a_class_acts_as_the_same_mapping_in_a_config_file(tmp_path):
     """``data: {class_path: ...}`` in base.overrides stays data (it was built and JSON-encoded) and means
     what it means in a config file listed under base.configs."""
-    from dyt_lab.runs import fit_parser
+    from dyt_lab.runs import load_run
     from dyt_lab.study.objective import base_args
     from dyt_lab.study.space import SearchSpace
     from dyt_lab.study.spec import load_spec
@@ -243,10 +243,10 @@ def test_an_override_that_swaps_a_class_acts_as_the_same_mapping_in_a_config_fil
     validate(spec, SearchSpace(spec.search_space), gpus=0)  # the up-front check builds it
 
     (tmp_path / "swap_data.yaml").write_text(yaml.safe_dump({"data": swap}))
-    parser = fit_parser()
-    from_overrides = parser.parse_args(base_args(spec)).data
-    from_file = parser.parse_args(["--config", BASE, "--config", str(tmp_path / "swap_data.yaml")]).data
-    assert from_overrides.class_path == "dyt_lab.data.MNIST5k" and from_overrides == from_file
+    from_overrides = load_run(base_args(spec)).datamodule
+    from_file = load_run(["--config", BASE, "--config", str(tmp_path / "swap_data.yaml")]).datamodule
+    assert type(from_overrides).__name__ == "MNIST5k" and dict(from_overrides.hparams) == dict(from_file.hparams)
+    assert from_overrides.hparams["batch_size"] == 32 and from_overrides.hparams["val_fraction"] == 0.2
 
 
 BAD = {
