@@ -261,13 +261,14 @@ def confirmed_section(confirm_study: optuna.Study, search: pd.DataFrame, margin:
         before = search_stats[search_stats[factors].astype(str).apply(tuple, axis=1) == key]
         rows.append({**{f: str(r[f]) for f in factors}, "search (val, chosen)": f"{before['mean'].iloc[0]:.4f}" if len(before) else "-",
                      "seeds": r["n"], f"confirmed {value} mean": f"{r['mean']:.4f}", "95% CI": _ci(r["ci_low"], r["ci_high"])})
+    reference = confirm_study.user_attrs.get("design", {}).get("reference")
+    with_reference = " and its best reference configuration" if reference else ""
     out = ["## Confirmed on fresh seeds",
-           f"Study `{confirm_study.study_name}`: the {info.get('top', '?')} best configurations of the search and its best "
-           f"reference configuration, rerun on seeds {sorted(int(s) for s in fresh['seed'].unique())} that chose nothing. "
+           f"Study `{confirm_study.study_name}`: the {info.get('top', '?')} best configurations of the search{with_reference}, "
+           f"rerun on seeds {sorted(int(s) for s in fresh['seed'].unique())} that chose nothing. "
            f"{'Each run is its best checkpoint (by val/acc) on the held-out test split' if use_test else 'No test split: the objective'}; "
            "the search column is the val estimate on the seeds that picked it (biased upward).",
            _table(pd.DataFrame(rows))]
-    reference = confirm_study.user_attrs.get("design", {}).get("reference")
     if reference:
         diffs = differences_to(fresh, factors, reference, confirm_study.direction.name.lower() == "maximize", margin,
                                value, bounds=metric_bounds(value if use_test else metric))

@@ -15,7 +15,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from dyt_lab.errors import ConfigError
-from dyt_lab.study.comparison import replicated_sections
+from dyt_lab.study.comparison import confirmed_section, replicated_sections, seed_run_table
 from dyt_lab.study.markdown import markdown_table
 from dyt_lab.study.plots import mean_by, placement_and_variant, write_plots
 from dyt_lab.study.replicates import SEED_ATTR
@@ -110,12 +110,12 @@ def report(name: str, root: str = "studies", storage: str | None = None, margin:
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     design = study.user_attrs.get("design") or {}
     replicated_files: list[Path] = []
+    try:
+        margin = check_margin(design.get("margin", DEFAULT_MARGIN) if margin is None else margin)
+    except ValueError as err:
+        raise ConfigError(f"--margin: {err}") from None
+    confirm_study = None if name.endswith(CONFIRM_SUFFIX) else linked_confirm(name, root, storage)
     if design.get("seeds"):  # one configuration = several seed runs: compare means, not single runs
-        try:
-            margin = check_margin(design.get("margin", DEFAULT_MARGIN) if margin is None else margin)
-        except ValueError as err:
-            raise ConfigError(f"--margin: {err}") from None
-        confirm_study = None if name.endswith(CONFIRM_SUFFIX) else linked_confirm(name, root, storage)
         replicated, replicated_files = replicated_sections(study, design, folder, metric, margin, confirm_study)
         sections += replicated
     elif complete:
@@ -126,6 +126,8 @@ def report(name: str, root: str = "studies", storage: str | None = None, margin:
                      f"run folder `{best.user_attrs.get('run_dir')}`, config `{config}`.", params]
         if config and Path(config).is_file():
             sections.append(f"```yaml\n{Path(config).read_text().strip()}\n```")
+        if confirm_study is not None:  # single runs chose the winners; the confirm study measures them
+            sections += confirmed_section(confirm_study, seed_run_table(study), margin, metric)
     elif not design.get("seeds"):
         sections += ["## Best trial", "No completed trial yet."]
     grid = placement_variant_table(study)
