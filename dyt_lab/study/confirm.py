@@ -125,9 +125,10 @@ def confirm(name: str, top: int, seeds_text: str, root: str = "studies", storage
     parent = load_spec(["--config", str(saved)], prog="dyt-lab study confirm")
     study = load_existing(name, find_storage(name, root, storage))
     chosen = choose(study, top, parent.reference, per)
-    if overlap := sorted(set(seeds) & search_seeds(study)):
+    searched = search_seeds(study)  # reads each run's config where the study has no seed attributes: once
+    if overlap := sorted(set(seeds) & searched):
         raise ConfigError(f"--seeds {seeds_text} overlaps the seeds the search ran ({overlap}); fresh seeds "
-                          f"must differ from {sorted(search_seeds(study))}")
+                          f"must differ from {sorted(searched)}")
     spec = confirm_spec(parent, seeds, len(chosen), workers)
     spec.root = root
     if storage:
