@@ -22,6 +22,7 @@ from dyt_lab.cli import main
 from dyt_lab.study.liveness import pid_alive
 from dyt_lab.study.objective import trial_dir_name
 from dyt_lab.study.protocol import RESULT_FILE
+from dyt_lab.study.space import saved_space
 from tests.helpers import free_port, last_line
 from tests.postgres_server import PostgresServer, ServerUnavailable
 from tests.test_study import BASE, TINY, counted, write_study
@@ -182,4 +183,5 @@ def test_two_machines_on_postgres_kill_9_one_and_rerun_it(postgres, tmp_path):
     if hosts["machine-a"]:  # two hostnames: both machines ran trials
         assert {t.user_attrs["worker"].split(":")[0] for t in study.trials} == {"machine-a", "machine-b"}
     trial_dirs = sorted(p.name for p in (tmp_path / "studies" / name / "trials").iterdir())
-    assert trial_dirs == [trial_dir_name(t) for t in study.trials]  # one run folder per trial, none shared
+    space = saved_space(tmp_path / "studies" / name)
+    assert trial_dirs == [trial_dir_name(t, space.configuration(t.params)) for t in study.trials]  # one folder each

@@ -356,11 +356,13 @@ def test_the_report_of_a_study_with_one_configuration_summarizes_it(tmp_path):
     from optuna.distributions import CategoricalDistribution
 
     from dyt_lab.study.comparison import replicated_sections
+    from dyt_lab.study.space import SearchSpace
 
     study = optuna.create_study(direction="maximize")
     for seed, value in enumerate((0.97, 0.98, 0.975)):
         study.add_trial(optuna.trial.create_trial(params={"model.norm": "batchnorm"}, value=value, user_attrs={"seed": seed},
                                                   distributions={"model.norm": CategoricalDistribution(["batchnorm"])}))
-    sections, _ = replicated_sections(study, {"seeds": [0, 1, 2]}, tmp_path, "val/acc", margin=0.005)
+    space = SearchSpace({"model.norm": ["batchnorm"]})
+    sections, _ = replicated_sections(study, space, {"seeds": [0, 1, 2]}, tmp_path, "val/acc", margin=0.005)
     table = next(s for s in sections if s.startswith("| configuration"))
     assert "the only one" in table and "0.9750 ± 0.0050" in table

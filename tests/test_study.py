@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from dyt_lab.cli import main
 from dyt_lab.study.objective import trial_dir_name
-from dyt_lab.study.space import SearchSpace
+from dyt_lab.study.space import SearchSpace, saved_space
 from dyt_lab.study.spec import Distribution
 from dyt_lab.study.storage import retried_trial_number, retry_history
 from tests.helpers import ROOT, last_line, run_cli
@@ -188,7 +188,8 @@ def test_two_workers_on_one_journal_lose_and_duplicate_no_trial(tmp_path):
     assert all(t.state == TrialState.COMPLETE for t in study.trials)
     assert len({t.user_attrs["worker"] for t in study.trials}) == 2  # both workers ran trials
     run_dirs = sorted(p.name for p in (tmp_path / "studies" / "pair" / "trials").iterdir())
-    assert run_dirs == [trial_dir_name(t) for t in study.trials]  # named by trial_dir_name, one folder per trial
+    space = saved_space(tmp_path / "studies" / "pair")
+    assert run_dirs == [trial_dir_name(t, space.configuration(t.params)) for t in study.trials]  # one folder per trial
     assert "[worker 0]" in result.stdout and "[worker 1]" in result.stdout
 
 
@@ -196,7 +197,7 @@ def test_search_space_labels_list_choices_and_maps_them_back():
     space = SearchSpace({"model.placement": ["all", ["stage1", "stage2"]],
                          "model.alpha_init": Distribution(type="float", low=0.05, high=5.0, log=True)})
     assert space.distributions["model.placement"].choices == ("all", "stage1+stage2")
-    assert space.flags({"model.placement": "stage1+stage2", "model.alpha_init": 0.5}) == [
+    assert space.configuration({"model.placement": "stage1+stage2", "model.alpha_init": 0.5}).flags() == [
         '--model.placement=["stage1", "stage2"]', "--model.alpha_init=0.5"]
     assert [label for label, _ in space.probes()["model.alpha_init"]] == [0.05, 5.0]
 
@@ -206,11 +207,12 @@ def test_a_factorial_entry_is_every_combination_in_the_order_written_and_each_op
 
     space = SearchSpace({"model.rules": Distribution(type="categorical", factorial={
         "downsample": ["batchnorm", "dyt"], "stem": ["batchnorm", "dyt"], "stage1": ["batchnorm", "dyt"]})})
-    values = [space.values({"model.rules": label})["model.rules"] for label in space.distributions["model.rules"].choices]
+    values = [space.configuration({"model.rules": label}).values["model.rules"]
+              for label in space.distributions["model.rules"].choices]
     assert len(values) == 8 and all(list(v) == ["downsample", "stem", "stage1"] for v in values)
     assert {tuple(v.values()) for v in values} == {(a, b, c) for a in ("batchnorm", "dyt") for b in ("batchnorm", "dyt")
                                                    for c in ("batchnorm", "dyt")}
-    assert space.flags({"model.rules": space.distributions["model.rules"].choices[0]})[0].startswith(
+    assert space.configuration({"model.rules": space.distributions["model.rules"].choices[0]}).flags()[0].startswith(
         '--model.rules={"downsample": ')  # the flag keeps the written order: the first rule matches first
     assert varying_factors(design_cells(space)) == ["downsample", "stem", "stage1"]
 
@@ -425,14 +427,13 @@ def test_confirm_refuses_bad_input_in_one_line_and_writes_nothing(seeded_study, 
 
 
 def test_confirm_chooses_the_top_k_or_every_arm_at_its_best():
-    from optuna.distributions import CategoricalDistribution
 
     from dyt_lab.errors import ConfigError
     from dyt_lab.study.confirm import choose
 
     study = optuna.create_study(direction="maximize")
-    dists = {"model.norm": CategoricalDistribution(["batchnorm", "dyt", "derf"]),
-             "model.optimizer.lr": CategoricalDistribution([0.002, 0.008])}
+    space = SearchSpace({"model.norm": ["batchnorm", "dyt", "derf"], "model.optimizer.lr": [0.002, 0.008]})
+    dists = space.distributions
     means = {("batchnorm", 0.002): 0.97, ("batchnorm", 0.008): 0.98, ("dyt", 0.002): 0.88, ("dyt", 0.008): 0.94,
              ("derf", 0.002): 0.90, ("derf", 0.008): 0.93}
     for (norm, lr), mean in means.items():
@@ -440,10 +441,10 @@ def test_confirm_chooses_the_top_k_or_every_arm_at_its_best():
             study.add_trial(optuna.trial.create_trial(params={"model.norm": norm, "model.optimizer.lr": lr},
                                                       distributions=dists, value=mean + shift, user_attrs={"seed": seed}))
     picked = lambda chosen: [(e["levels"]["model.norm"], e["levels"]["model.optimizer.lr"]) for e in chosen]  # noqa: E731
-    assert picked(choose(study, 2, {"model.norm": "batchnorm"})) == [("dyt", 0.008), ("derf", 0.008), ("batchnorm", 0.008)]
-    assert picked(choose(study, 1, None, per="model.norm")) == [("batchnorm", 0.008), ("dyt", 0.008), ("derf", 0.008)]
+    assert picked(choose(study, space, 2, {"model.norm": "batchnorm"})) == [("dyt", 0.008), ("derf", 0.008), ("batchnorm", 0.008)]
+    assert picked(choose(study, space, 1, None, per="model.norm")) == [("batchnorm", 0.008), ("dyt", 0.008), ("derf", 0.008)]
     with pytest.raises(ConfigError, match="--per 'norm' is not a factor of study .*; factors: model.norm, model.optimizer.lr"):
-        choose(study, 1, None, per="norm")
+        choose(study, space, 1, None, per="norm")
 
 
 def test_confirm_of_a_study_with_no_finished_trial_is_one_line(tmp_path, capsys):

@@ -34,7 +34,7 @@ from dyt_lab.study import objective as objective_module
 from dyt_lab.study import runner
 from dyt_lab.study.liveness import HEARTBEAT_ATTR, fail_and_retry, reap_dead_trials, worker_tag
 from dyt_lab.study.protocol import RESULT_FILE, TRIAL_ENV, record_failure
-from dyt_lab.study.space import SearchSpace
+from dyt_lab.study.space import SearchSpace, saved_space
 from dyt_lab.study.spec import load_spec
 from dyt_lab.study.storage import make_retry, open_storage, retried_trial_number, trial_id
 from tests.helpers import ROOT, last_line, run_cli
@@ -305,7 +305,8 @@ def test_a_trial_whose_process_met_a_full_disk_records_it_and_stops_the_study(st
         runner.work(spec, 0)
     (trial,) = trials_of(journal, name)
     reason = trial.user_attrs["fail_reason"]
-    run_dir = spec.folder / "trials" / objective_module.trial_dir_name(trial)
+    run_dir = spec.folder / "trials" / objective_module.trial_dir_name(
+        trial, SearchSpace(spec.search_space).configuration(trial.params))
     assert trial.state == TrialState.FAIL and str(run_dir) in reason
     assert ("No space left on device" in reason) if said != "nothing" else reason.startswith(
         f"disk full: no space left under '{run_dir}' (exit code 1: no output)")
@@ -495,7 +496,8 @@ def test_a_study_on_a_full_disk_ends_in_one_line_and_leaves_no_trial_running(tmp
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr and "Should not reach" not in result.stderr
     (trial,) = trials_of(str(mount / "full" / "journal.log"), "full")  # stopped after the first trial
-    run_dir = mount / "full" / "trials" / objective_module.trial_dir_name(trial)
+    run_dir = mount / "full" / "trials" / objective_module.trial_dir_name(
+        trial, saved_space(mount / "full").configuration(trial.params))
     line = last_line(result.stderr)
     assert line.startswith("error: stopping the study, every trial would fail: disk full: ") and str(run_dir) in line
     assert "No space left on device" in line

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from dyt_lab.study.objective import TRIAL_NAME_LIMIT, trial_dir_name
+from dyt_lab.study.space import SearchSpace, choice_label, saved_space
 from dyt_lab.training.records import HPARAM_FIRST, HPARAM_METRICS, experiment_summary
 from tests.helpers import fit_args, run_cli
 from tests.test_study import BASE, TINY, load, write_study
@@ -41,30 +42,33 @@ def ticked(experiment) -> list[str]:
     return [info.name for info in infos[:5]]
 
 
-def frozen(number: int, params: dict, seed: int | None = None, fixed: tuple = ()):
-    """A finished Optuna trial with ``params``, each searched over its value and another, but ``fixed`` keys."""
-    import optuna
-    from optuna.distributions import CategoricalDistribution
+def named(number: int, values: dict, seed: int | None = None, fixed: tuple = ()) -> str:
+    """The folder name of trial ``number`` that ran ``values``, each searched over it and another but ``fixed`` keys.
 
-    dists = {key: CategoricalDistribution([value] if key in fixed else [value, "other"]) for key, value in params.items()}
-    trial = optuna.trial.create_trial(params=params, distributions=dists, value=0.5,
+    The trial is stored as Optuna stores it (labels), and decoded by the space that labelled it.
+    """
+    import optuna
+
+    space = SearchSpace({key: [value] if key in fixed else [value, "other"] for key, value in values.items()})
+    params = {key: choice_label(value) for key, value in values.items()}
+    trial = optuna.trial.create_trial(params=params, distributions=space.distributions, value=0.5,
                                       user_attrs={} if seed is None else {"seed": seed})
     trial.number = number
-    return trial
+    return trial_dir_name(trial, space.configuration(trial.params))
 
 
 def test_trial_names_show_the_searched_values_that_vary_and_the_seed_short_and_safe():
-    trial = frozen(7, {"model.norm": "dyt", "model.alpha_init": 0.48329, "model.optimizer.lr": 0.002,
-                       "data.batch_size": 64}, seed=1, fixed=("data.batch_size",))  # it cannot vary: not shown
-    assert trial_dir_name(trial) == "trial_0007-alpha_init=0.483-norm=dyt-lr=0.002-seed=1"
-    assert trial_dir_name(frozen(12, {})) == "trial_0012"  # nothing searched, no seeds
-    spec = '{"center":"batch","name":"factored","scale":"batch_std","squash":"tanh"}'  # a mapping, as Optuna stores it
-    assert trial_dir_name(frozen(3, {"model.norm": spec}, seed=0)) == \
+    assert named(7, {"model.norm": "dyt", "model.alpha_init": 0.48329, "model.optimizer.lr": 0.002,
+                     "data.batch_size": 64}, seed=1, fixed=("data.batch_size",)) \
+        == "trial_0007-alpha_init=0.483-norm=dyt-lr=0.002-seed=1"  # batch_size cannot vary: not shown
+    assert named(12, {}) == "trial_0012"  # nothing searched, no seeds
+    spec = {"name": "factored", "squash": "tanh", "center": "batch", "scale": "batch_std"}  # a mapping (stored as JSON)
+    assert named(3, {"model.norm": spec}, seed=0) == \
         "trial_0003-norm=center=batch,name=factored,scale=batch_std,squash=tanh-seed=0"
-    # two keys that end alike keep their whole name; a list's label stays; odd characters become _
-    assert trial_dir_name(frozen(1, {"data.norm": "a b/c", "model.norm": "dyt", "model.placement": "stage1+stage2"})) \
+    # two keys that end alike keep their whole name; a list shows as a+b; odd characters become _
+    assert named(1, {"data.norm": "a b/c", "model.norm": "dyt", "model.placement": ["stage1", "stage2"]}) \
         == "trial_0001-data.norm=a_b_c-model.norm=dyt-placement=stage1+stage2"
-    long = trial_dir_name(frozen(2, {"model.rules": "x" * 300}, seed=4))
+    long = named(2, {"model.rules": "x" * 300}, seed=4)
     assert len(long) == TRIAL_NAME_LIMIT and long.startswith("trial_0002-rules=xxx") and long.endswith("-seed=4")
 
 
@@ -95,7 +99,8 @@ def test_a_studys_tensorboard_ticks_its_searched_keys_and_seed_and_names_runs_by
     assert result.returncode == 0, result.stderr[-3000:]
     trials = load(tmp_path, "tb").trials
     assert len(trials) == 2
-    names = [trial_dir_name(t) for t in trials]
+    space = saved_space(tmp_path / "studies" / "tb")
+    names = [trial_dir_name(t, space.configuration(t.params)) for t in trials]
     logdir = tmp_path / "studies" / "tb" / "trials"
     assert sorted(p.name for p in logdir.iterdir()) == names
     assert names[0].startswith("trial_0000-alpha_init=") and "-lr=" in names[0] and names[0].endswith("-seed=0")

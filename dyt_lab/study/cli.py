@@ -71,8 +71,8 @@ def main(argv: list[str]) -> None:
 
         run_study(load_spec(rest))
     elif command == "resume":
-        from dyt_lab.study.runner import SPEC_FILE, run_study
-        from dyt_lab.study.spec import load_spec
+        from dyt_lab.study.runner import run_study
+        from dyt_lab.study.spec import SPEC_FILE, load_spec
 
         if not rest or rest[0].startswith("-"):
             raise ConfigError("study resume needs the study's name: dyt-lab study resume NAME")

@@ -21,6 +21,7 @@ from dyt_lab.study.markdown import markdown_table
 from dyt_lab.study.plots import main_effects_plot, response_plot
 from dyt_lab.study.protocol import LAST_METRICS_ATTR, TEST_METRICS_ATTR
 from dyt_lab.study.replicates import SEED_ATTR
+from dyt_lab.study.space import SearchSpace
 
 # Named points of the factored norm's (center, scale, squash) space, to label the table's rows.
 KNOWN_POINTS = {("batch", "batch_std", "none"): "BatchNorm", ("none", "alpha", "tanh"): "DyT",
@@ -38,12 +39,13 @@ def metric_bounds(metric: str) -> tuple[float, float] | None:
     return (0.0, 1.0) if "acc" in metric else None
 
 
-def seed_run_table(study: optuna.Study) -> pd.DataFrame:
-    """One row per completed seed run: its factor levels, seed, objective value and last-epoch metrics."""
+def seed_run_table(study: optuna.Study, space: SearchSpace) -> pd.DataFrame:
+    """One row per completed seed run: its factor levels (decoded by ``space``), seed, objective value and
+    last-epoch metrics."""
     rows, factors = [], set()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         last = trial.user_attrs.get(LAST_METRICS_ATTR) or {}
-        levels = trial_levels(trial)
+        levels = trial_levels(trial, space)
         factors.update(levels)
         rows.append({**levels, "seed": trial.user_attrs.get(SEED_ATTR, 0), "value": trial.value,
                      **{label: last.get(metric) for metric, label in EXTRA.items()},
@@ -242,11 +244,13 @@ def response_factor(table: pd.DataFrame, factors: list[str]) -> str | None:
     return None
 
 
-def confirmed_section(confirm_study: optuna.Study, search: pd.DataFrame, margin: float, metric: str) -> list[str]:
+def confirmed_section(confirm_study: optuna.Study, space: SearchSpace, search: pd.DataFrame, margin: float,
+                      metric: str) -> list[str]:
     """The confirm study's configurations: search-stage estimate beside the fresh-seed one, and the paired
-    test-split difference to the reference on the fresh seeds (one Holm family)."""
+    test-split difference to the reference on the fresh seeds (one Holm family). ``space``: the search's,
+    which the confirm study keeps."""
     info = confirm_study.user_attrs.get("confirms", {})
-    fresh = seed_run_table(confirm_study)
+    fresh = seed_run_table(confirm_study, space)
     if fresh.empty:
         return ["## Confirmed on fresh seeds", f"Study {confirm_study.study_name}: no completed run yet."]
     factors = [f for f in varying_factors(pd.concat([search, fresh]).drop(columns=NOT_FACTORS, errors="ignore"))]
@@ -280,10 +284,10 @@ def confirmed_section(confirm_study: optuna.Study, search: pd.DataFrame, margin:
     return out
 
 
-def replicated_sections(study: optuna.Study, design: dict, folder: Path, metric: str, margin: float,
-                        confirm_study: optuna.Study | None = None) -> tuple[list[str], list[Path]]:
-    """The report's sections for a study with seeds, and the plots they refer to."""
-    table = seed_run_table(study)
+def replicated_sections(study: optuna.Study, space: SearchSpace, design: dict, folder: Path, metric: str,
+                        margin: float, confirm_study: optuna.Study | None = None) -> tuple[list[str], list[Path]]:
+    """The report's sections for a study with seeds (its values decoded by ``space``), and the plots they refer to."""
+    table = seed_run_table(study, space)
     if table.empty:
         return ["## Configurations", "No completed seed run yet."], []
     factors = varying_factors(table.drop(columns=NOT_FACTORS))
@@ -303,7 +307,7 @@ def replicated_sections(study: optuna.Study, design: dict, folder: Path, metric:
                         f"estimates are biased upward. Confirm them on fresh seeds: "
                         f"`dyt-lab study confirm {study.study_name} --top 3 --seeds 10..14`.")
     else:
-        sections += confirmed_section(confirm_study, table, margin, metric)
+        sections += confirmed_section(confirm_study, space, table, margin, metric)
     files = []
     if (x := response_factor(table, factors)) is not None and table["seed"].nunique() >= 2:
         files.append(response_plot(table, factors, x, reference, folder, metric, EXTRA["train/loss_epoch"]))

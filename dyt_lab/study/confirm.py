@@ -20,8 +20,9 @@ from optuna.trial import TrialState
 
 from dyt_lab.errors import ConfigError
 from dyt_lab.study.design import trial_levels
-from dyt_lab.study.replicates import SEED_ATTR, configuration
-from dyt_lab.study.spec import CONFIRM_SUFFIX, Pruner, Sampler, StudySpec, load_spec
+from dyt_lab.study.replicates import SEED_ATTR, configuration_key
+from dyt_lab.study.space import SearchSpace
+from dyt_lab.study.spec import CONFIRM_SUFFIX, SPEC_FILE, Pruner, Sampler, StudySpec, load_spec
 from dyt_lab.study.storage import find_storage, load_existing
 
 CONFIRMS_ATTR = "confirms"  # study attribute of NAME.confirm: which study, which configurations, which seeds
@@ -47,12 +48,12 @@ def matches(levels: dict, cell: dict | None) -> bool:
     return bool(cell) and all(str(levels.get(k)) == str(v) for k, v in cell.items())
 
 
-def ranked_configurations(study: optuna.Study) -> list[dict]:
+def ranked_configurations(study: optuna.Study, space: SearchSpace) -> list[dict]:
     """Completed configurations, best mean first: params, factor levels, seeds and mean of the objective."""
     found: dict[str, dict] = {}
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        entry = found.setdefault(configuration(trial), {"params": dict(trial.params), "levels": trial_levels(trial),
-                                                        "values": [], "seeds": []})
+        entry = found.setdefault(configuration_key(trial), {"params": dict(trial.params), "values": [], "seeds": [],
+                                                            "levels": trial_levels(trial, space)})
         entry["values"].append(trial.value)
         entry["seeds"].append(trial.user_attrs.get(SEED_ATTR))
     for entry in found.values():
@@ -73,13 +74,13 @@ def search_seeds(study: optuna.Study) -> set[int]:
     return seeds
 
 
-def choose(study: optuna.Study, top: int, reference: dict | None, per: str | None = None) -> list[dict]:
+def choose(study: optuna.Study, space: SearchSpace, top: int, reference: dict | None, per: str | None = None) -> list[dict]:
     """The ``top`` best configurations that are not the reference, then the reference at its best.
 
     With ``per`` (a factor, such as the norm's ``name``), the ``top`` best of each of its levels instead:
     every arm at its own best, the reference's arm included.
     """
-    ranked = ranked_configurations(study)
+    ranked = ranked_configurations(study, space)
     if not ranked:
         raise ConfigError(f"study '{study.study_name}' has no completed trial to confirm")
     if per is not None:
@@ -116,7 +117,7 @@ def confirm_spec(parent: StudySpec, seeds: list[int], n_configurations: int, wor
 def confirm(name: str, top: int, seeds_text: str, root: str = "studies", storage: str | None = None,
             workers: int | None = None, per: str | None = None) -> None:
     """Check everything, then create (or resume) ``NAME.confirm`` and run it to its end."""
-    from dyt_lab.study.runner import SPEC_FILE, run_study
+    from dyt_lab.study.runner import run_study
 
     seeds = parse_seeds(seeds_text)
     saved = Path(root) / name / SPEC_FILE
@@ -124,7 +125,7 @@ def confirm(name: str, top: int, seeds_text: str, root: str = "studies", storage
         raise ConfigError(f"no study '{name}' to confirm: {saved} does not exist (run it first)")
     parent = load_spec(["--config", str(saved)], prog="dyt-lab study confirm")
     study = load_existing(name, find_storage(name, root, storage))
-    chosen = choose(study, top, parent.reference, per)
+    chosen = choose(study, SearchSpace(parent.search_space), top, parent.reference, per)
     searched = search_seeds(study)  # reads each run's config where the study has no seed attributes: once
     if overlap := sorted(set(seeds) & searched):
         raise ConfigError(f"--seeds {seeds_text} overlaps the seeds the search ran ({overlap}); fresh seeds "

@@ -10,7 +10,6 @@ cells of a factorial as norm specs is analysed as that factorial. The ``referenc
 from __future__ import annotations
 
 import itertools
-import json
 from typing import Any
 
 import pandas as pd
@@ -37,16 +36,15 @@ def _scalar(value: Any) -> Any:
     return value if isinstance(value, SCALARS) else choice_label(value)
 
 
-def trial_levels(trial: FrozenTrial) -> dict[str, Any]:
-    """A trial's factor levels, decoded from the labels Optuna stores (mappings are stored as JSON)."""
-    decoded = {k: json.loads(v) if isinstance(v, str) and v.startswith("{") else v for k, v in trial.params.items()}
-    return factor_levels(decoded)
+def trial_levels(trial: FrozenTrial, space: SearchSpace) -> dict[str, Any]:
+    """A trial's factor levels, its stored labels decoded by the search space that labelled them."""
+    return factor_levels(space.configuration(trial.params).values)
 
 
 def design_cells(space: SearchSpace) -> list[dict[str, Any]]:
     """Every combination of the categorical keys' choices, as factor levels (numbers ranges are not cells)."""
     keys = [k for k, d in space.distributions.items() if isinstance(d, CategoricalDistribution)]
-    choices = [[space.values({k: label})[k] for label in space.distributions[k].choices] for k in keys]
+    choices = [space.choices(k) for k in keys]
     return [factor_levels(dict(zip(keys, combo))) for combo in itertools.product(*choices)]
 
 

@@ -3,7 +3,7 @@
 A process per trial isolates everything a trial can break: an out-of-memory trial's memory is
 freed when it exits, a DDP trial uses Lightning's own launcher, and ``kill -9`` means what it says.
 The process is forked from a warm one or started fresh (``launch.py``); ``command.txt`` re-runs it.
-The trial's run folder (``<study>/trials/trial_NNNN-<its values>``, named by ``trial_dir_name``) holds
+The trial's run folder (``<study>/trials/trial_NNNN-<its values>``, named by ``trial_dir_name`` alone) holds
 its TensorBoard events, the resolved config.yaml, checkpoints, stdout/stderr and the result file its
 StudyPruning callback writes.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shlex
 import signal
 import subprocess
@@ -37,7 +36,7 @@ from dyt_lab.study.protocol import (
     read_result,
 )
 from dyt_lab.study.replicates import SEED_ATTR, SEED_KEY, first_free_seed, queue_missing_seeds
-from dyt_lab.study.space import SearchSpace, config_flag
+from dyt_lab.study.space import Configuration, SearchSpace, config_flag
 from dyt_lab.study.spec import StudySpec, flatten_overrides
 from dyt_lab.study.storage import trial_id
 
@@ -49,8 +48,11 @@ def base_args(spec: StudySpec) -> list[str]:
     return args + [config_flag(k, v) for k, v in flatten_overrides(spec.base.overrides).items()]
 
 
-def study_args(spec: StudySpec, version: str | int) -> list[str]:
-    """The fit arguments the study owns: the trial's TensorBoard run ``trials/<version>``, the pruning callback.
+TRIALS = "trials"  # the study folder's folder of trial runs: TensorBoard's logdir for the study
+
+
+def study_args(spec: StudySpec, run_dir: Path) -> list[str]:
+    """The fit arguments the study owns: the trial's TensorBoard run in ``run_dir``, the pruning callback.
 
     Every trial's run marks the same columns as varied (the searched keys with more than one value,
     and the seed), since TensorBoard takes the HParams experiment summary of whichever run it reads first.
@@ -59,8 +61,8 @@ def study_args(spec: StudySpec, version: str | int) -> list[str]:
     varied += [SEED_KEY] if spec.seeds and len(spec.seeds) > 1 else []
     metrics = list(dict.fromkeys([spec.objective.metric, "val/acc_best", "test/acc", "train/loss_epoch"]))
     logger = {"class_path": "dyt_lab.training.records.HParamsLogger",
-              "init_args": {"save_dir": str(spec.folder), "name": "trials", "version": version,
-                            "default_hp_metric": False, "varied": varied, "metrics": metrics}}
+              "init_args": {"save_dir": str(run_dir.parent.parent), "name": run_dir.parent.name,
+                            "version": run_dir.name, "default_hp_metric": False, "varied": varied, "metrics": metrics}}
     # Every trial tests its best checkpoint, so the report carries held-out test accuracy beside val/acc_best.
     return [config_flag("trainer.logger", logger), f"--trainer.callbacks+={PRUNING_CALLBACK}", "--test_after_fit=true"]
 
@@ -69,34 +71,16 @@ def study_args(spec: StudySpec, version: str | int) -> list[str]:
 TRIAL_NAME_LIMIT = 120
 
 
-def trial_dir_name(trial: optuna.Trial | optuna.trial.FrozenTrial) -> str:
+def trial_dir_name(trial: optuna.Trial | optuna.trial.FrozenTrial, configuration: Configuration) -> str:
     """The trial's folder and TensorBoard run: ``trial_0007-alpha_init=0.5-lr=0.002-norm=dyt-seed=1``.
 
-    Its searched values that can vary, keys sorted and shortened to their last part where that is
-    unambiguous, and its seed; the number first, so folders sort in trial order; at most ``TRIAL_NAME_LIMIT``.
+    The number first, so folders sort in trial order; its configuration's label; its seed; at most
+    ``TRIAL_NAME_LIMIT`` characters.
     """
-    params = {key: value for key, value in trial.params.items() if not trial.distributions[key].single()}
-    short = {key: key.rsplit(".", 1)[-1] for key in params}
-    shown = [f"{short[key] if list(short.values()).count(short[key]) == 1 else key}={_shown(params[key])}"
-             for key in sorted(params)]
     seed = trial.user_attrs.get(SEED_ATTR)
     head, tail = f"trial_{trial.number:04d}", "" if seed is None else f"-seed={seed}"
-    middle = "".join(f"-{part}" for part in shown)[:TRIAL_NAME_LIMIT - len(head) - len(tail)]
-    return head + re.sub(r"[^A-Za-z0-9_.,+=-]", "_", middle) + tail
-
-
-def _shown(value) -> str:
-    """A searched value, short: floats to 3 digits, a mapping (stored as JSON) as ``k=v,k=v``, a list as ``a+b``."""
-    if isinstance(value, str) and value.startswith(("{", "[")):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            pass
-    if isinstance(value, dict):
-        return ",".join(f"{k}={_shown(v)}" for k, v in value.items())
-    if isinstance(value, list):
-        return "+".join(_shown(v) for v in value)
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+    middle = f"-{configuration.label()}" if configuration.label() else ""
+    return head + middle[:TRIAL_NAME_LIMIT - len(head) - len(tail)] + tail
 
 
 def killed_reason(code: int) -> str:
@@ -157,7 +141,7 @@ class TrialObjective:
             # (GitHub issue 13; clean_retry queues retries without it now).
             trial.set_user_attr(WORKER_ATTR, worker_tag())
             trial.set_user_attr("fail_reason", None)  # nor does it keep its predecessor's failure
-            self.space.suggest(trial)
+            configuration = self.space.suggest(trial)
             if spec.seeds:  # this seed run's seed, and the configuration's other seeds queued next
                 trial.set_user_attr(SEED_ATTR, first_free_seed(trial.study, trial, spec.seeds))
                 queue_missing_seeds(trial.study, spec.seeds)
@@ -168,11 +152,10 @@ class TrialObjective:
             if self.on_start is not None:
                 self.on_start()
         number, seed = trial.number, trial.user_attrs.get(SEED_ATTR)
-        run_name = trial_dir_name(trial)
-        run_dir = spec.folder / "trials" / run_name
+        run_dir = spec.folder / TRIALS / trial_dir_name(trial, configuration)
         trial.set_user_attr("run_dir", str(run_dir))
-        fit_args = [*base_args(spec), *self.space.flags(trial.params),
-                    *([config_flag(SEED_KEY, seed)] if seed is not None else []), *study_args(spec, run_name)]
+        fit_args = [*base_args(spec), *configuration.flags(),
+                    *([config_flag(SEED_KEY, seed)] if seed is not None else []), *study_args(spec, run_dir)]
         binding = {"storage": self.storage_url, "study_name": spec.study_name, "trial_id": self._trial_id(trial),
                    "pruner": {"name": spec.pruner.name, "kwargs": spec.pruner.kwargs},
                    "metric": spec.objective.metric, "direction": spec.objective.direction,

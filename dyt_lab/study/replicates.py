@@ -23,7 +23,7 @@ SEED_ATTR = "seed"  # user attribute: the seed_everything of this seed run
 SEED_KEY = "seed_everything"  # the fit flag it sets
 
 
-def configuration(trial: FrozenTrial | optuna.Trial) -> str:
+def configuration_key(trial: FrozenTrial | optuna.Trial) -> str:
     """A configuration's identity: its parameters (or a queued trial's fixed ones) as sorted JSON."""
     return json.dumps(trial.params, sort_keys=True, default=str)
 
@@ -41,7 +41,7 @@ def seeds_by_configuration(study: optuna.Study) -> dict[str, tuple[FrozenTrial, 
     for trial in live_trials(study):
         if not trial.params:  # asked, not yet sampled: no configuration yet
             continue
-        _, seeds = found.setdefault(configuration(trial), (trial, set()))
+        _, seeds = found.setdefault(configuration_key(trial), (trial, set()))
         if trial.user_attrs.get(SEED_ATTR) is not None:
             seeds.add(int(trial.user_attrs[SEED_ATTR]))
     return found
@@ -52,9 +52,9 @@ def first_free_seed(study: optuna.Study, trial: optuna.Trial, seeds: list[int]) 
     queued = trial.user_attrs.get(SEED_ATTR)
     if queued is not None:
         return int(queued)
-    key = configuration(trial)
+    key = configuration_key(trial)
     taken = {int(t.user_attrs[SEED_ATTR]) for t in live_trials(study)
-             if t.number != trial.number and SEED_ATTR in t.user_attrs and configuration(t) == key}
+             if t.number != trial.number and SEED_ATTR in t.user_attrs and configuration_key(t) == key}
     return next((s for s in seeds if s not in taken), seeds[0])
 
 
@@ -78,4 +78,4 @@ def queue_missing_seeds(study: optuna.Study, seeds: list[int]) -> int:
 
 def configurations_counted(trials: list[FrozenTrial]) -> int:
     """How many configurations the counted trials cover (n_trials counts these when seeds are set)."""
-    return len({configuration(t) for t in trials if t.state != TrialState.WAITING})
+    return len({configuration_key(t) for t in trials if t.state != TrialState.WAITING})

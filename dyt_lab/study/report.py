@@ -19,6 +19,7 @@ from dyt_lab.study.comparison import confirmed_section, replicated_sections, see
 from dyt_lab.study.markdown import markdown_table
 from dyt_lab.study.plots import mean_by, placement_and_variant, write_plots
 from dyt_lab.study.replicates import SEED_ATTR
+from dyt_lab.study.space import saved_space
 from dyt_lab.study.spec import CONFIRM_SUFFIX, DEFAULT_MARGIN, check_margin
 from dyt_lab.study.storage import find_storage, load_existing, retried_trial_number, retry_history
 
@@ -101,7 +102,7 @@ def report(name: str, root: str = "studies", storage: str | None = None, margin:
     url = find_storage(name, root, storage)
     study = load_existing(name, url)
     folder = Path(root) / name
-    folder.mkdir(parents=True, exist_ok=True)
+    space = saved_space(folder)  # what decodes the labels Optuna stored
     objective = study.user_attrs.get("objective", {"metric": "value", "value": ""})
     metric = f"{objective['metric']} ({objective['value']})" if objective.get("value") else objective["metric"]
     direction = study.direction.name.lower()
@@ -116,7 +117,7 @@ def report(name: str, root: str = "studies", storage: str | None = None, margin:
         raise ConfigError(f"--margin: {err}") from None
     confirm_study = None if name.endswith(CONFIRM_SUFFIX) else linked_confirm(name, root, storage)
     if design.get("seeds"):  # one configuration = several seed runs: compare means, not single runs
-        replicated, replicated_files = replicated_sections(study, design, folder, metric, margin, confirm_study)
+        replicated, replicated_files = replicated_sections(study, space, design, folder, metric, margin, confirm_study)
         sections += replicated
     elif complete:
         best = study.best_trial
@@ -127,7 +128,7 @@ def report(name: str, root: str = "studies", storage: str | None = None, margin:
         if config and Path(config).is_file():
             sections.append(f"```yaml\n{Path(config).read_text().strip()}\n```")
         if confirm_study is not None:  # single runs chose the winners; the confirm study measures them
-            sections += confirmed_section(confirm_study, seed_run_table(study), margin, metric)
+            sections += confirmed_section(confirm_study, space, seed_run_table(study, space), margin, metric)
     elif not design.get("seeds"):
         sections += ["## Best trial", "No completed trial yet."]
     grid = placement_variant_table(study)

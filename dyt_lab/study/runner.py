@@ -38,11 +38,9 @@ from dyt_lab.study.optuna_internals import in_optimize_loop
 from dyt_lab.study.replicates import SEED_ATTR, configurations_counted, live_trials, queue_missing_seeds
 from dyt_lab.study.samplers import check_sampler, make_pruner, make_sampler
 from dyt_lab.study.space import SearchSpace
-from dyt_lab.study.spec import StudySpec
+from dyt_lab.study.spec import SPEC_FILE, StudySpec
 from dyt_lab.study.storage import is_journal, make_retry, open_storage, shown, storage_url, trial_id
 from dyt_lab.study.validate import validate, visible_gpus, worker_gpus
-
-SPEC_FILE = "study.yaml"  # the resolved study file, in the study folder: what `study resume` re-reads
 
 
 class AskLock:

@@ -1,8 +1,11 @@
-"""The search space: study-file entries -> Optuna distributions, and sampled values -> CLI flags.
+"""The search space: study-file entries -> Optuna distributions, and stored values -> a ``Configuration``.
 
 Optuna stores categorical choices as str/int/float/bool/None only, while a config value may be a
 list (a set of placement presets) or a mapping (a norm spec with options). Such a choice is stored
-under a readable label (``stage1+stage2``, or compact JSON) and mapped back to its value here.
+under a readable label (``stage1+stage2``, or compact JSON) and mapped back to its value here, by
+the space that labelled it: the worker's, or the report's, rebuilt from the study's saved study.yaml.
+A sampled value has one form past this module: a ``Configuration``, which gives the trial's flags and
+its folder's label.
 """
 
 from __future__ import annotations
@@ -10,12 +13,16 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import yaml
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from dyt_lab.errors import ConfigError
-from dyt_lab.study.spec import Distribution
+from dyt_lab.study.spec import SPEC_FILE, Distribution
 
 SCALARS = (str, int, float, bool, type(None))
 
@@ -33,6 +40,42 @@ def config_flag(key: str, value: Any) -> str:
     """A LightningCLI flag setting ``key`` to ``value``: strings as typed, anything else as JSON."""
     text = value if isinstance(value, str) else json.dumps(value)
     return f"--{key}={text}"
+
+
+def _shown(value: Any) -> str:
+    """A config value, short: floats to 3 digits, a mapping as ``k=v,k=v`` (keys sorted), a list as ``a+b``."""
+    if isinstance(value, dict):
+        return ",".join(f"{k}={_shown(value[k])}" for k in sorted(value))
+    if isinstance(value, list):
+        return "+".join(_shown(v) for v in value)
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """One sampled configuration: searched key -> config value (decoded), in the search space's order.
+
+    Args:
+        values: key -> the value the trial's fit runs with (a list or mapping as written in the study file).
+        varied: the keys whose distribution has more than one value: what tells two trials apart.
+    """
+
+    values: dict[str, Any]
+    varied: tuple[str, ...] = ()
+
+    def flags(self) -> list[str]:
+        """The LightningCLI flags that set these values."""
+        return [config_flag(key, value) for key, value in self.values.items()]
+
+    def label(self) -> str:
+        """The varied values, short and safe in a file name: ``alpha_init=0.483-lr=0.002-norm=dyt``.
+
+        Keys sorted and shortened to their last part where that is unambiguous.
+        """
+        keys = sorted(k for k in self.varied if k in self.values)
+        short = [key.rsplit(".", 1)[-1] for key in keys]
+        parts = [f"{s if short.count(s) == 1 else key}={_shown(self.values[key])}" for key, s in zip(keys, short)]
+        return re.sub(r"[^A-Za-z0-9_.,+=-]", "_", "-".join(parts))
 
 
 def _number(key: str, name: str, value: Any, integer: bool) -> int | float:
@@ -100,8 +143,8 @@ class SearchSpace:
     def __iter__(self):
         return iter(self.distributions)
 
-    def suggest(self, trial) -> dict[str, Any]:
-        """Sample every key in ``trial`` (Optuna records the params) and return key -> config value."""
+    def suggest(self, trial) -> Configuration:
+        """Sample every key in ``trial`` (Optuna records the params) and return the configuration it runs."""
         params = {}
         for key, dist in self.distributions.items():
             if isinstance(dist, CategoricalDistribution):
@@ -110,15 +153,20 @@ class SearchSpace:
                 params[key] = trial.suggest_int(key, dist.low, dist.high, step=dist.step, log=dist.log)
             else:
                 params[key] = trial.suggest_float(key, dist.low, dist.high, step=dist.step, log=dist.log)
-        return self.values(params)
+        return self.configuration(params)
 
-    def values(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Optuna params (labels for categoricals) -> config values."""
-        return {key: self._choices.get(key, {}).get(value, value) for key, value in params.items()}
+    def configuration(self, params: dict[str, Any]) -> Configuration:
+        """Optuna params (labels for categoricals) -> the configuration they stand for.
 
-    def flags(self, params: dict[str, Any]) -> list[str]:
-        """Optuna params -> the LightningCLI flags that set them."""
-        return [config_flag(key, value) for key, value in self.values(params).items()]
+        A label the space does not list (a trial of an earlier, edited search space) stays as stored.
+        """
+        values = {key: self._choices.get(key, {}).get(value, value) for key, value in params.items()}
+        varied = tuple(key for key, dist in self.distributions.items() if not dist.single())
+        return Configuration(values, varied)
+
+    def choices(self, key: str) -> list[Any]:
+        """A categorical key's config values, in the order of its choices."""
+        return list(self._choices[key].values())
 
     def grid(self) -> dict[str, list]:
         """Every key's values for GridSampler; numbers need a step (or use categorical choices)."""
@@ -141,7 +189,19 @@ class SearchSpace:
         probes = {}
         for key, dist in self.distributions.items():
             if isinstance(dist, CategoricalDistribution):
-                probes[key] = [(label, self.values({key: label})[key]) for label in dist.choices]
+                probes[key] = list(self._choices[key].items())
             else:
                 probes[key] = [(dist.low, dist.low), (dist.high, dist.high)]
         return probes
+
+
+def saved_space(folder: Path) -> SearchSpace:
+    """The search space of the study in ``folder``, rebuilt from its saved study.yaml.
+
+    Only the search space is read: the report needs no base config file, so it runs where they are not.
+    """
+    path = Path(folder) / SPEC_FILE
+    if not path.is_file():
+        raise ConfigError(f"{path} is missing: the report reads the study's search space from it")
+    entries = (yaml.safe_load(path.read_text()) or {}).get("search_space") or {}
+    return SearchSpace({key: entry if isinstance(entry, list) else Distribution(**entry) for key, entry in entries.items()})

@@ -16,7 +16,7 @@ from argparse import ArgumentError
 from contextlib import contextmanager
 
 from dyt_lab.errors import ConfigError, cause_of_type
-from dyt_lab.study.objective import base_args, study_args
+from dyt_lab.study.objective import TRIALS, base_args, study_args
 from dyt_lab.study.space import SearchSpace, config_flag
 from dyt_lab.study.spec import StudySpec, one_line
 
@@ -120,7 +120,7 @@ def validate(spec: StudySpec, space: SearchSpace, gpus: int) -> bool:
 
     Returns whether some trial runs DDP (so it must start as a fresh process).
     """
-    base = base_args(spec) + study_args(spec, 0)
+    base = base_args(spec) + study_args(spec, spec.folder / TRIALS / "check")  # built, never written
     run = build(base, "the base config")
     known = config_keys(run.config.as_dict())
     for key in space:
