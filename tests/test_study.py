@@ -251,6 +251,31 @@ def test_an_override_that_swaps_a_class_acts_as_the_same_mapping_in_a_config_fil
     assert from_overrides.hparams["batch_size"] == 32 and from_overrides.hparams["val_fraction"] == 0.2
 
 
+
+@pytest.mark.parametrize("form", ["list", "categorical"])
+def test_a_choice_that_swaps_a_class_stays_data_and_builds_as_in_a_config_file(tmp_path, form):
+    """``data: [{class_path: ...}, ...]`` in search_space stays data (the study parser built it, and the
+    space could not label it), and each choice means what it means in a config file."""
+    from dyt_lab.runs import load_run
+    from dyt_lab.study.objective import base_args
+    from dyt_lab.study.spec import load_spec
+    from dyt_lab.study.validate import validate
+
+    swaps = [{"class_path": "dyt_lab.data.MNIST5k", "init_args": {"batch_size": 32, "val_fraction": 0.2}},
+             {"class_path": "dyt_lab.data.Digits", "init_args": {"batch_size": 16}}]
+    entry = swaps if form == "list" else {"type": "categorical", "choices": swaps}
+    spec = load_spec(["--config", str(write_study(tmp_path, "swap", search_space={"data": entry}))])
+    space = SearchSpace(spec.search_space)
+    assert [space.configuration({"data": label}).values["data"] for label in space.distributions["data"].choices] == swaps
+    validate(spec, space, gpus=0)  # the up-front check builds each choice
+
+    (tmp_path / "swap_data.yaml").write_text(yaml.safe_dump({"data": swaps[0]}))
+    flags = space.configuration({"data": space.distributions["data"].choices[0]}).flags()
+    from_choice = load_run([*base_args(spec), *flags]).datamodule
+    from_file = load_run(["--config", BASE, "--config", str(tmp_path / "swap_data.yaml")]).datamodule
+    assert type(from_choice).__name__ == "MNIST5k" and dict(from_choice.hparams) == dict(from_file.hparams)
+
+
 BAD = {
     "key": ({"search_space": {"model.alpah_init": [0.1]}},
             "error: search_space key 'model.alpah_init' is not a key of the base config (did you mean "

@@ -47,21 +47,30 @@ class Overrides(dict):
     """The type of ``base.overrides``: a mapping kept as written, so a ``class_path`` in it stays data."""
 
 
-def _not_a_mapping(value: object) -> Overrides:
-    raise ValueError(f"expected a mapping of config keys to values, got {value!r}")
+class Choices(list):
+    """The type of a categorical's choices: a list kept as written, so a ``class_path`` choice stays data."""
 
 
-def register_overrides_type() -> None:
-    """Make jsonargparse keep ``base.overrides`` as plain data.
+def _refuse(expected: str):
+    def refuse(value: object):
+        raise ValueError(f"expected {expected}, got {value!r}")
+    return refuse
 
-    Under ``dict[str, Any]`` it turns every ``{class_path: ...}`` value into a namespace with the class's
-    defaults filled in (and ``instantiate`` builds it): such an override could not be written to a trial's
-    flags, and its defaults would replace the base config's arguments, which a config file's would not.
+
+def register_data_types() -> None:
+    """Make jsonargparse keep ``base.overrides`` and the search space's choices as plain data.
+
+    Under ``dict[str, Any]`` or ``list[Any]`` it turns every ``{class_path: ...}`` value into a namespace
+    with the class's defaults filled in (and ``instantiate`` builds it): such a value could not be written
+    to a trial's flags, and its defaults would replace the base config's arguments, which a config file's
+    would not.
     """
     from jsonargparse.typing import register_type
 
-    register_type(Overrides, serializer=dict, deserializer=_not_a_mapping,
+    register_type(Overrides, serializer=dict, deserializer=_refuse("a mapping of config keys to values"),
                   type_check=lambda value, _: isinstance(value, dict))
+    register_type(Choices, serializer=list, deserializer=_refuse("a list of choices"),
+                  type_check=lambda value, _: isinstance(value, list))
 
 
 @dataclass
@@ -100,8 +109,8 @@ class Distribution:
     high: int | float | None = None
     log: bool = False
     step: int | float | None = None
-    choices: list[Any] | None = None
-    factorial: dict[str, list[Any]] | None = None
+    choices: Choices | None = None
+    factorial: dict[str, Choices] | None = None
 
 
 @dataclass
@@ -185,7 +194,7 @@ class StudySpec:
     """
 
     base: Base = field(default_factory=Base)
-    search_space: dict[str, Distribution | list[Any]] = field(default_factory=dict)
+    search_space: dict[str, Distribution | Choices] = field(default_factory=dict)
     objective: Objective = field(default_factory=Objective)
     sampler: Sampler = field(default_factory=Sampler)
     pruner: Pruner = field(default_factory=Pruner)
@@ -226,7 +235,7 @@ def spec_parser(prog: str = "dyt-lab study run"):
     """The study file parser: ``--config`` plus a flag for every StudySpec key."""
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    register_overrides_type()
+    register_data_types()
     parser = ArgumentParser(prog=prog, exit_on_error=False, description=StudySpec.__doc__.splitlines()[0])
     parser.add_argument("-c", "--config", action=ActionConfigFile, help="a study YAML file (repeatable)")
     parser.add_class_arguments(StudySpec, fail_untyped=True, sub_configs=True)
