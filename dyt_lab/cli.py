@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from dyt_lab.errors import interrupted_quietly, one_line_errors
-from dyt_lab.study.protocol import record_failure
+from dyt_lab.study.trial.protocol import record_failure
 
 
 def main(args: list[str] | None = None) -> None:

@@ -21,7 +21,14 @@ LAYERS = {
     "dyt_lab.data": 3, "dyt_lab.training": 3,
     "dyt_lab.runs": 4,  # the LightningCLI class and load_run: what probes and studies build runs with
     "dyt_lab.diagnostics": 5,
+    # dyt_lab.study by role, lowest first: the report never imports the engine, nor a trial's process either
     "dyt_lab.study": 6,
+    "dyt_lab.study.optuna_internals": 6.0,  # the Optuna internals the study relies on, each with its reason
+    "dyt_lab.study.definition": 6.1,  # what a study is: study file, search space, design, storage, samplers
+    "dyt_lab.study.trial": 6.2,  # what runs inside a trial's own fit process
+    "dyt_lab.study.report": 6.3,  # `dyt-lab study report`: tables, statistics, plots
+    "dyt_lab.study.engine": 6.4,  # how a study runs: runner, workers, objective, launch, liveness, check
+    "dyt_lab.study.cli": 6.5,
     "dyt_lab.cli": 7,
     "dyt_lab.__main__": 8,  # `python -m dyt_lab`: the one line that calls cli.main
 }
@@ -130,6 +137,38 @@ def test_no_module_imports_from_a_higher_layer():
 def test_no_import_cycles():
     found = cycles(import_graph(PACKAGE))
     assert not found, "import cycles:\n" + "\n".join(" <-> ".join(group) for group in found)
+
+
+def reach(graph: dict[str, set[str]], module: str) -> set[str]:
+    """Every project module ``module`` imports, directly or through others."""
+    seen, todo = set(), [module]
+    while todo:
+        for target in graph.get(todo.pop(), ()):
+            if target not in seen:
+                seen.add(target)
+                todo.append(target)
+    return seen
+
+
+def under(modules: set[str], *packages: str) -> set[str]:
+    return {m for m in modules if any(m == p or m.startswith(p + ".") for p in packages)}
+
+
+def test_the_report_never_reaches_the_engine():
+    graph = import_graph(PACKAGE)
+    for module in under(set(graph), "dyt_lab.study.report"):
+        engine = under(reach(graph, module), "dyt_lab.study.engine", "dyt_lab.runs", "dyt_lab.training")
+        assert not engine, f"{module} imports {sorted(engine)}: a report reads the storage, it runs nothing"
+
+
+def test_a_trials_process_imports_only_what_it_needs():
+    """The pruning callback runs inside a trial's fit: it reaches the study's definition and the Optuna
+    internals module, never the engine that started it, nor the report."""
+    graph = import_graph(PACKAGE)
+    allowed = ("dyt_lab.errors", "dyt_lab.study.trial", "dyt_lab.study.definition", "dyt_lab.study.optuna_internals")
+    for module in under(set(graph), "dyt_lab.study.trial"):
+        extra = reach(graph, module) - under(reach(graph, module), *allowed) - {"dyt_lab", "dyt_lab.parse_errors"}
+        assert not extra, f"{module} imports {sorted(extra)}"
 
 
 def test_the_checks_catch_the_cycles_they_exist_for(tmp_path):

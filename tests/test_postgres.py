@@ -19,10 +19,10 @@ import pytest
 from optuna.trial import TrialState
 
 from dyt_lab.cli import main
-from dyt_lab.study.liveness import pid_alive
-from dyt_lab.study.objective import trial_dir_name
-from dyt_lab.study.protocol import RESULT_FILE
-from dyt_lab.study.space import saved_space
+from dyt_lab.study.definition.space import saved_space
+from dyt_lab.study.engine.liveness import pid_alive
+from dyt_lab.study.engine.objective import trial_dir_name
+from dyt_lab.study.trial.protocol import RESULT_FILE
 from tests.helpers import free_port, last_line
 from tests.postgres_server import PostgresServer, ServerUnavailable
 from tests.test_study import BASE, TINY, counted, write_study
@@ -77,7 +77,7 @@ def test_a_wrong_password_or_study_name_is_one_line_with_the_password_masked(pos
 def test_machines_starting_together_on_a_fresh_database_all_open_it(postgres, tmp_path):
     # Each creates Optuna's tables if missing; unguarded, most of them fail on a duplicate key.
     postgres.create_database("fresh")
-    code = "import sys; from dyt_lab.study.storage import open_storage; open_storage(sys.argv[1])"
+    code = "import sys; from dyt_lab.study.definition.storage import open_storage; open_storage(sys.argv[1])"
     procs = [subprocess.Popen([sys.executable, "-c", code, postgres.url(database="fresh")], cwd=tmp_path,
                               stderr=subprocess.PIPE, text=True) for _ in range(3)]
     errors = [p.communicate(timeout=120)[1] for p in procs]

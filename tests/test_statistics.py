@@ -1,4 +1,4 @@
-"""dyt_lab.study.statistics and .factorial on synthetic seed tables drawn from a known linear model."""
+"""dyt_lab.study.report.statistics and .factorial on synthetic seed tables drawn from a known linear model."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.weightstats import ttost_paired
 
-from dyt_lab.study.factorial import (
+from dyt_lab.study.definition.study_file import check_margin
+from dyt_lab.study.report.factorial import (
     attribution_sentences,
     corner_effects,
     factorial_effects,
@@ -19,8 +20,7 @@ from dyt_lab.study.factorial import (
     gap_attribution,
     lack_of_fit,
 )
-from dyt_lab.study.spec import check_margin
-from dyt_lab.study.statistics import compare_pairs, paired_differences, summarize, t_tests
+from dyt_lab.study.report.statistics import compare_pairs, paired_differences, summarize, t_tests
 
 FACTORS = ["center", "scale", "squash", "lr"]
 LEVELS = {"center": ["none", "batch"], "scale": ["alpha", "batch_std"], "squash": ["tanh", "none"],
@@ -336,8 +336,8 @@ def test_share_intervals_cover_the_true_split_in_simulated_studies():
 
 
 def test_a_numeric_factor_with_four_levels_gets_a_response_plot(tmp_path):
-    from dyt_lab.study.comparison import response_factor
-    from dyt_lab.study.plots import response_plot
+    from dyt_lab.study.report.comparison import response_factor
+    from dyt_lab.study.report.plots import response_plot
 
     rows = [{"name": "dyt", "alpha_init": a, "lr": lr, "seed": s, "value": 0.9 - abs(np.log10(a)) / 10 + s / 1000,
              "loss": 0.1 + abs(np.log10(a))} for a in (0.1, 0.5, 1.0, 5.0) for lr in (0.002, 0.008) for s in range(3)]
@@ -355,8 +355,8 @@ def test_the_report_of_a_study_with_one_configuration_summarizes_it(tmp_path):
     import optuna
     from optuna.distributions import CategoricalDistribution
 
-    from dyt_lab.study.comparison import replicated_sections
-    from dyt_lab.study.space import SearchSpace
+    from dyt_lab.study.definition.space import SearchSpace
+    from dyt_lab.study.report.comparison import replicated_sections
 
     study = optuna.create_study(direction="maximize")
     for seed, value in enumerate((0.97, 0.98, 0.975)):

@@ -17,10 +17,10 @@ import yaml
 from optuna.trial import TrialState
 
 from dyt_lab.cli import main
-from dyt_lab.study.objective import trial_dir_name
-from dyt_lab.study.space import SearchSpace, saved_space
-from dyt_lab.study.spec import Distribution
-from dyt_lab.study.storage import retried_trial_number, retry_history
+from dyt_lab.study.definition.space import SearchSpace, saved_space
+from dyt_lab.study.definition.storage import retried_trial_number, retry_history
+from dyt_lab.study.definition.study_file import Distribution
+from dyt_lab.study.engine.objective import trial_dir_name
 from tests.helpers import ROOT, last_line, run_cli
 
 BASE = str(ROOT / "configs" / "experiments" / "resnet_bn_vs_dyt_digits.yaml")
@@ -172,7 +172,7 @@ def test_kill_9_then_resume_loses_no_trial_and_repeats_no_grid_point(tmp_path):
 
 
 def _alive(pid: int) -> bool:
-    from dyt_lab.study.liveness import pid_alive
+    from dyt_lab.study.engine.liveness import pid_alive
 
     return pid_alive(pid)
 
@@ -203,7 +203,7 @@ def test_search_space_labels_list_choices_and_maps_them_back():
 
 
 def test_a_factorial_entry_is_every_combination_in_the_order_written_and_each_option_a_factor():
-    from dyt_lab.study.design import design_cells, varying_factors
+    from dyt_lab.study.definition.design import design_cells, varying_factors
 
     space = SearchSpace({"model.rules": Distribution(type="categorical", factorial={
         "downsample": ["batchnorm", "dyt"], "stem": ["batchnorm", "dyt"], "stage1": ["batchnorm", "dyt"]})})
@@ -218,7 +218,7 @@ def test_a_factorial_entry_is_every_combination_in_the_order_written_and_each_op
 
 
 def test_study_file_keys_are_flags_and_override_flags_set_one_dotted_key(tmp_path):
-    from dyt_lab.study.spec import load_spec
+    from dyt_lab.study.definition.study_file import load_spec
 
     path = write_study(tmp_path, "flags", base={"configs": [BASE], "overrides": {"trainer": {"max_epochs": 2}}})
     spec = load_spec(["--config", str(path), "--n_trials", "7", "--sampler.name=random",
@@ -231,10 +231,10 @@ def test_an_override_that_swaps_a_class_acts_as_the_same_mapping_in_a_config_fil
     """``data: {class_path: ...}`` in base.overrides stays data (it was built and JSON-encoded) and means
     what it means in a config file listed under base.configs."""
     from dyt_lab.runs import load_run
-    from dyt_lab.study.objective import base_args
-    from dyt_lab.study.space import SearchSpace
-    from dyt_lab.study.spec import load_spec
-    from dyt_lab.study.validate import validate
+    from dyt_lab.study.definition.space import SearchSpace
+    from dyt_lab.study.definition.study_file import load_spec
+    from dyt_lab.study.engine.objective import base_args
+    from dyt_lab.study.engine.precheck import check_trials
 
     swap = {"class_path": "dyt_lab.data.MNIST5k", "init_args": {"batch_size": 32, "val_fraction": 0.2}}
     callbacks = [{"class_path": "lightning.pytorch.callbacks.LearningRateMonitor"}]
@@ -242,7 +242,7 @@ def test_an_override_that_swaps_a_class_acts_as_the_same_mapping_in_a_config_fil
         **TINY, "data": swap, "trainer": {"callbacks": callbacks}}})
     spec = load_spec(["--config", str(path)])
     assert spec.base.overrides["data"] == swap and spec.base.overrides["trainer.callbacks"] == callbacks
-    validate(spec, SearchSpace(spec.search_space), gpus=0)  # the up-front check builds it
+    check_trials(spec, SearchSpace(spec.search_space), gpus=0)  # the up-front check builds it
 
     (tmp_path / "swap_data.yaml").write_text(yaml.safe_dump({"data": swap}))
     from_overrides = load_run(base_args(spec)).datamodule
@@ -257,9 +257,9 @@ def test_a_choice_that_swaps_a_class_stays_data_and_builds_as_in_a_config_file(t
     """``data: [{class_path: ...}, ...]`` in search_space stays data (the study parser built it, and the
     space could not label it), and each choice means what it means in a config file."""
     from dyt_lab.runs import load_run
-    from dyt_lab.study.objective import base_args
-    from dyt_lab.study.spec import load_spec
-    from dyt_lab.study.validate import validate
+    from dyt_lab.study.definition.study_file import load_spec
+    from dyt_lab.study.engine.objective import base_args
+    from dyt_lab.study.engine.precheck import check_trials
 
     swaps = [{"class_path": "dyt_lab.data.MNIST5k", "init_args": {"batch_size": 32, "val_fraction": 0.2}},
              {"class_path": "dyt_lab.data.Digits", "init_args": {"batch_size": 16}}]
@@ -267,7 +267,7 @@ def test_a_choice_that_swaps_a_class_stays_data_and_builds_as_in_a_config_file(t
     spec = load_spec(["--config", str(write_study(tmp_path, "swap", search_space={"data": entry}))])
     space = SearchSpace(spec.search_space)
     assert [space.configuration({"data": label}).values["data"] for label in space.distributions["data"].choices] == swaps
-    validate(spec, space, gpus=0)  # the up-front check builds each choice
+    check_trials(spec, space, gpus=0)  # the up-front check builds each choice
 
     (tmp_path / "swap_data.yaml").write_text(yaml.safe_dump({"data": swaps[0]}))
     flags = space.configuration({"data": space.distributions["data"].choices[0]}).flags()
@@ -454,7 +454,7 @@ def test_confirm_refuses_bad_input_in_one_line_and_writes_nothing(seeded_study, 
 def test_confirm_chooses_the_top_k_or_every_arm_at_its_best():
 
     from dyt_lab.errors import ConfigError
-    from dyt_lab.study.confirm import choose
+    from dyt_lab.study.engine.confirm import choose
 
     study = optuna.create_study(direction="maximize")
     space = SearchSpace({"model.norm": ["batchnorm", "dyt", "derf"], "model.optimizer.lr": [0.002, 0.008]})
@@ -509,8 +509,8 @@ def test_killing_a_trial_fails_it_alone_and_the_study_goes_on(tmp_path):
 def test_missing_seed_runs_are_queued_once_and_a_retry_keeps_its_seed():
     from optuna.distributions import CategoricalDistribution
 
-    from dyt_lab.study.replicates import queue_missing_seeds, seeds_by_configuration
-    from dyt_lab.study.storage import make_retry
+    from dyt_lab.study.definition.storage import make_retry
+    from dyt_lab.study.engine.replicates import queue_missing_seeds, seeds_by_configuration
 
     study = optuna.create_study()
     dist = {"model.norm": CategoricalDistribution(["dyt", "derf"])}
@@ -531,8 +531,8 @@ def test_missing_seed_runs_are_queued_once_and_a_retry_keeps_its_seed():
 
 def test_the_optuna_internals_we_use_still_exist():
     """Each internal optuna_internals.py declares, used as the study uses it (stale_trial_ids: the next test)."""
+    from dyt_lab.study.definition.storage import trial_id
     from dyt_lab.study.optuna_internals import grid_point, reopen_trial
-    from dyt_lab.study.storage import trial_id
 
     storage = optuna.storages.InMemoryStorage()
     study = optuna.create_study(storage=storage)
@@ -561,8 +561,8 @@ def test_the_optuna_internals_we_use_still_exist():
 def test_a_databases_stale_trials_are_found_by_optunas_own_test(tmp_path):
     import time
 
+    from dyt_lab.study.definition.storage import open_storage, trial_id
     from dyt_lab.study.optuna_internals import stale_trial_ids
-    from dyt_lab.study.storage import open_storage, trial_id
 
     memory = optuna.storages.InMemoryStorage()
     plain = optuna.create_study(storage=memory)
@@ -581,8 +581,8 @@ def test_trials_that_run_ddp_are_recognised_so_they_start_as_fresh_processes(tmp
     """From the Trainers the up-front check builds: a strategy that starts processes, whatever flag asked for it."""
     from lightning.pytorch import Trainer
 
-    from dyt_lab.study.spec import load_spec
-    from dyt_lab.study.validate import runs_ddp, validate
+    from dyt_lab.study.definition.study_file import load_spec
+    from dyt_lab.study.engine.precheck import check_trials, runs_ddp
 
     def trainer(**flags):
         return Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, **{"devices": 1, **flags})
@@ -593,7 +593,7 @@ def test_trials_that_run_ddp_are_recognised_so_they_start_as_fresh_processes(tmp
 
     def study_runs_ddp(search_space: dict) -> bool:
         spec = load_spec(["--config", str(write_study(tmp_path, "ddp", search_space=search_space))])
-        return validate(spec, SearchSpace(spec.search_space), gpus=0)
+        return check_trials(spec, SearchSpace(spec.search_space), gpus=0)
 
     assert not study_runs_ddp({"model.norm": ["dyt", "derf"]})
     assert study_runs_ddp({"trainer.devices": [1, 2]})  # one value of several is enough

@@ -30,13 +30,13 @@ from optuna.trial import TrialState
 from dyt_lab import errors
 from dyt_lab.cli import main
 from dyt_lab.errors import ConfigError, write_fault
-from dyt_lab.study import objective as objective_module
-from dyt_lab.study import runner
-from dyt_lab.study.liveness import HEARTBEAT_ATTR, fail_and_retry, reap_dead_trials, worker_tag
-from dyt_lab.study.protocol import RESULT_FILE, TRIAL_ENV, record_failure
-from dyt_lab.study.space import SearchSpace, saved_space
-from dyt_lab.study.spec import load_spec
-from dyt_lab.study.storage import make_retry, open_storage, retried_trial_number, trial_id
+from dyt_lab.study.definition.space import SearchSpace, saved_space
+from dyt_lab.study.definition.storage import make_retry, open_storage, retried_trial_number, trial_id
+from dyt_lab.study.definition.study_file import load_spec
+from dyt_lab.study.engine import objective as objective_module
+from dyt_lab.study.engine import runner
+from dyt_lab.study.engine.liveness import HEARTBEAT_ATTR, fail_and_retry, reap_dead_trials, worker_tag
+from dyt_lab.study.trial.protocol import RESULT_FILE, TRIAL_ENV, record_failure
 from tests.helpers import ROOT, last_line, run_cli
 
 BASE = str(ROOT / "configs" / "experiments" / "resnet_bn_vs_dyt_digits.yaml")
@@ -388,7 +388,7 @@ def test_a_fit_process_records_its_error_line_and_kind_in_its_result_file(tmp_pa
 def test_run_trial_beats_a_databases_heartbeat_as_optimize_does_without_its_warning(tmp_path, monkeypatch):
     """run_trial replaces study.optimize(n_trials=1): for a database with a heartbeat it records Optuna's
     heartbeat while the trial runs, and Optuna's warning for an ask outside optimize is not shown."""
-    from dyt_lab.study.liveness import TrialHeartbeat
+    from dyt_lab.study.engine.liveness import TrialHeartbeat
 
     url = f"sqlite:///{tmp_path / 'study.db'}"
     storage = open_storage(url, heartbeat_interval=60, grace_period=120)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from dyt_lab.study.objective import TRIAL_NAME_LIMIT, trial_dir_name
-from dyt_lab.study.space import SearchSpace, choice_label, saved_space
+from dyt_lab.study.definition.space import SearchSpace, choice_label, saved_space
+from dyt_lab.study.engine.objective import TRIAL_NAME_LIMIT, trial_dir_name
 from dyt_lab.training.records import HPARAM_FIRST, HPARAM_METRICS, experiment_summary
 from tests.helpers import fit_args, run_cli
 from tests.test_study import BASE, TINY, load, write_study

@@ -36,7 +36,7 @@ def _parse(command: str, description: str, argv: list[str], **options: dict):
     """``dyt-lab study COMMAND NAME [--root] [--storage]`` plus ``options`` (flag -> add_argument kwargs)."""
     from jsonargparse import ArgumentError, ArgumentParser
 
-    from dyt_lab.study.spec import one_line
+    from dyt_lab.study.definition.study_file import one_line
 
     parser = ArgumentParser(prog=f"dyt-lab study {command}", exit_on_error=False, description=description)
     parser.add_argument("name", type=str, help="the study's name")
@@ -66,13 +66,13 @@ def main(argv: list[str]) -> None:
     """Dispatch ``dyt-lab study ...`` (argv without the leading ``study``)."""
     command, rest = (argv[0], argv[1:]) if argv else (None, [])
     if command == "run":
-        from dyt_lab.study.runner import run_study
-        from dyt_lab.study.spec import load_spec
+        from dyt_lab.study.definition.study_file import load_spec
+        from dyt_lab.study.engine.runner import run_study
 
         run_study(load_spec(rest))
     elif command == "resume":
-        from dyt_lab.study.runner import run_study
-        from dyt_lab.study.spec import SPEC_FILE, load_spec
+        from dyt_lab.study.definition.study_file import SPEC_FILE, load_spec
+        from dyt_lab.study.engine.runner import run_study
 
         if not rest or rest[0].startswith("-"):
             raise ConfigError("study resume needs the study's name: dyt-lab study resume NAME")
@@ -81,24 +81,24 @@ def main(argv: list[str]) -> None:
             raise ConfigError(f"no study '{rest[0]}' to resume: {saved} does not exist")
         run_study(load_spec(["--config", str(saved), *rest[1:]], prog="dyt-lab study resume"))
     elif command == "report":
-        from dyt_lab.study.report import report
+        from dyt_lab.study.report.report import report
 
         args = _parse("report", "Report a study: trials table, best trial, importances, plots.", rest, **REPORT_OPTIONS)
         folder = Path(args.root) / args.name
         if folder.is_dir() or args.storage:  # else the report says there is no such study
-            from dyt_lab.study.runner import check_writable
+            from dyt_lab.study.engine.runner import check_writable
 
             check_writable(folder, "study folder", "the report writes report.md, trials.csv and its plots there")
         report(args.name, root=args.root, storage=args.storage, margin=args.margin)
     elif command == "confirm":
-        from dyt_lab.study.confirm import confirm
+        from dyt_lab.study.engine.confirm import confirm
 
         args = _parse("confirm", "Rerun a finished study's best configurations and its reference on fresh seeds.",
                       rest, **CONFIRM_OPTIONS)
         confirm(args.name, args.top, args.seeds, root=args.root, storage=args.storage, workers=args.workers,
                 per=args.per)
     elif command == "_worker":  # started by `run --workers N`, not by people
-        from dyt_lab.study.runner import run_worker
+        from dyt_lab.study.engine.runner import run_worker
 
         run_worker(rest[0], int(rest[1]), int(rest[2]), int(rest[3]))
     elif command in (None, "-h", "--help", "help"):

@@ -16,11 +16,9 @@ import json
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from dyt_lab.study.definition.storage import retry_history
 from dyt_lab.study.optuna_internals import grid_point
-from dyt_lab.study.storage import retry_history
-
-SEED_ATTR = "seed"  # user attribute: the seed_everything of this seed run
-SEED_KEY = "seed_everything"  # the fit flag it sets
+from dyt_lab.study.trial.protocol import SEED_ATTR
 
 
 def configuration_key(trial: FrozenTrial | optuna.Trial) -> str:

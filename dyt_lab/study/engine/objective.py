@@ -22,23 +22,25 @@ from pathlib import Path
 import optuna
 
 from dyt_lab.errors import fault_line, write_fault
-from dyt_lab.study.launch import fit_command, start_trial
-from dyt_lab.study.liveness import WORKER_ATTR, worker_tag
-from dyt_lab.study.protocol import (
+from dyt_lab.study.definition.space import Configuration, SearchSpace, config_flag
+from dyt_lab.study.definition.storage import trial_id
+from dyt_lab.study.definition.study_file import StudySpec, flatten_overrides
+from dyt_lab.study.engine.launch import fit_command, start_trial
+from dyt_lab.study.engine.liveness import WORKER_ATTR, worker_tag
+from dyt_lab.study.engine.replicates import first_free_seed, queue_missing_seeds
+from dyt_lab.study.trial.protocol import (
     EVERY_TRIAL,
     LAST_METRICS_ATTR,
     LINE_KINDS,
     PRUNING_CALLBACK,
     RESULT_FILE,
+    SEED_ATTR,
+    SEED_KEY,
     TEST_METRICS_ATTR,
     TRIAL_ENV,
     objective_value,
     read_result,
 )
-from dyt_lab.study.replicates import SEED_ATTR, SEED_KEY, first_free_seed, queue_missing_seeds
-from dyt_lab.study.space import Configuration, SearchSpace, config_flag
-from dyt_lab.study.spec import StudySpec, flatten_overrides
-from dyt_lab.study.storage import trial_id
 
 
 def base_args(spec: StudySpec) -> list[str]:

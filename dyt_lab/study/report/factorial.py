@@ -22,7 +22,7 @@ import statsmodels.formula.api as smf
 from scipy import stats
 from statsmodels.stats.anova import anova_lm
 
-from dyt_lab.study.statistics import ALPHA, check_table, text_of
+from dyt_lab.study.report.statistics import ALPHA, check_table, text_of
 
 
 def _levels(column: pd.Series) -> pd.Categorical:

@@ -1,6 +1,6 @@
 """Inside a trial's ``dyt-lab fit`` process: report the objective each validation epoch, stop if pruned.
 
-The study adds ``--trainer.callbacks+=dyt_lab.study.pruning.StudyPruning`` to every trial and
+The study adds ``--trainer.callbacks+=dyt_lab.study.trial.pruning.StudyPruning`` to every trial and
 passes the trial's identity in the ``DYT_LAB_STUDY_TRIAL`` environment variable (JSON). Without
 that variable the callback does nothing, so a trial's saved config.yaml re-runs as a plain fit.
 
@@ -20,7 +20,7 @@ import time
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from dyt_lab.errors import ConfigError
-from dyt_lab.study.protocol import EVERY_TRIAL, TRIAL_ENV, is_rank_zero, objective_value, write_result
+from dyt_lab.study.trial.protocol import EVERY_TRIAL, TRIAL_ENV, is_rank_zero, objective_value, write_result
 
 RECORDED = ("val/", "train/")  # the epoch's metrics kept in the result file: accuracy and loss, both splits
 
@@ -38,7 +38,7 @@ class StudyPruning(Callback):
         self.pruned = False
         self._fit_started: float | None = None  # what the study-overhead benchmark subtracts from a trial's time
         if self.binding:
-            from dyt_lab.study.liveness import die_with_parent
+            from dyt_lab.study.trial.protocol import die_with_parent
 
             # Rank 0's parent is the study worker; other DDP ranks are children of rank 0.
             die_with_parent(self.binding["parent_pid"] if is_rank_zero() else None)
@@ -48,10 +48,10 @@ class StudyPruning(Callback):
         if self._trial is None:
             import optuna
 
+            from dyt_lab.study.definition.samplers import make_pruner
+            from dyt_lab.study.definition.storage import open_storage
+            from dyt_lab.study.definition.study_file import Pruner
             from dyt_lab.study.optuna_internals import reopen_trial
-            from dyt_lab.study.samplers import make_pruner
-            from dyt_lab.study.spec import Pruner
-            from dyt_lab.study.storage import open_storage
 
             b = self.binding
             study = optuna.load_study(study_name=b["study_name"], storage=open_storage(b["storage"]),

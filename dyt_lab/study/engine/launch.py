@@ -28,13 +28,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dyt_lab.study.protocol import TRIAL_ENV
+from dyt_lab.study.trial.protocol import TRIAL_ENV
 
 ISOLATIONS = ("warm", "process")
 # What a trial imports before its first batch; importing them in the fork server is the whole saving.
 WARM_IMPORTS = ["torch", "torchvision", "lightning.pytorch", "lightning.pytorch.cli", "jsonargparse", "torchmetrics",
                 "tensorboard", "optuna", "sklearn.datasets", "dyt_lab.runs", "dyt_lab.training",
-                "dyt_lab.data", "dyt_lab.models", "dyt_lab.norms", "dyt_lab.study.pruning"]
+                "dyt_lab.data", "dyt_lab.models", "dyt_lab.norms", "dyt_lab.study.trial.pruning"]
 _forkserver = None  # this worker's fork server context, started on first use
 
 
@@ -91,7 +91,7 @@ class WarmTrial:
 
 def _warm_fit(fit_args: list[str], env: dict[str, str], stdout: str, stderr: str, cwd: str) -> None:
     """In the forked child: become the trial's process (env, folder, output, threads), then run fit."""
-    from dyt_lab.study.liveness import die_with_parent
+    from dyt_lab.study.trial.protocol import die_with_parent
 
     die_with_parent()  # the fork server's death (its worker was killed) ends this trial too
     os.environ.clear()
@@ -113,7 +113,7 @@ def _warm_fit(fit_args: list[str], env: dict[str, str], stdout: str, stderr: str
     sys.argv = ["dyt-lab", "fit", *fit_args]  # as a fresh `dyt-lab fit ...` would see it
     from dyt_lab.errors import one_line_errors
     from dyt_lab.runs import run_lightning
-    from dyt_lab.study.protocol import record_failure
+    from dyt_lab.study.trial.protocol import record_failure
 
     with one_line_errors(record_failure):  # as `dyt-lab fit` ends; SystemExit(code) becomes the exit code
         run_lightning(["fit", *fit_args])

@@ -30,17 +30,25 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from dyt_lab.errors import EXIT_INTERRUPTED, ConfigError, check_writable, fault_line, write_fault
-from dyt_lab.study.design import check_design
-from dyt_lab.study.launch import warm_up
-from dyt_lab.study.liveness import TrialHeartbeat, clean_retry, die_with_parent, reap_dead_trials
-from dyt_lab.study.objective import TrialObjective
+from dyt_lab.study.definition.design import check_design
+from dyt_lab.study.definition.samplers import check_sampler, make_pruner, make_sampler
+from dyt_lab.study.definition.space import SearchSpace
+from dyt_lab.study.definition.storage import (
+    is_journal,
+    make_retry,
+    open_storage,
+    shown,
+    storage_url,
+    trial_id,
+)
+from dyt_lab.study.definition.study_file import SPEC_FILE, StudySpec
+from dyt_lab.study.engine.launch import warm_up
+from dyt_lab.study.engine.liveness import TrialHeartbeat, clean_retry, reap_dead_trials
+from dyt_lab.study.engine.objective import TrialObjective
+from dyt_lab.study.engine.precheck import check_trials, visible_gpus, worker_gpus
+from dyt_lab.study.engine.replicates import configurations_counted, live_trials, queue_missing_seeds
 from dyt_lab.study.optuna_internals import in_optimize_loop
-from dyt_lab.study.replicates import SEED_ATTR, configurations_counted, live_trials, queue_missing_seeds
-from dyt_lab.study.samplers import check_sampler, make_pruner, make_sampler
-from dyt_lab.study.space import SearchSpace
-from dyt_lab.study.spec import SPEC_FILE, StudySpec
-from dyt_lab.study.storage import is_journal, make_retry, open_storage, shown, storage_url, trial_id
-from dyt_lab.study.validate import validate, visible_gpus, worker_gpus
+from dyt_lab.study.trial.protocol import SEED_ATTR, die_with_parent
 
 
 class AskLock:
@@ -192,7 +200,7 @@ def prepare(spec: StudySpec) -> tuple[SearchSpace, list[str]]:
     gpus = visible_gpus()
     print(f"study {spec.study_name}: checking {len(space.distributions)} searched keys against dyt-lab fit ...",
           file=sys.stderr)
-    if validate(spec, space, len(gpus)) and spec.isolation == "warm":
+    if check_trials(spec, space, len(gpus)) and spec.isolation == "warm":
         print("note: trials run DDP (several devices or nodes), which starts its own processes: "
               "each trial starts as a fresh process (isolation: process)", file=sys.stderr)
         spec.isolation = "process"
@@ -352,7 +360,7 @@ def _grid_done(study: optuna.Study) -> bool:
 
 def run_worker(spec_path: str, index: int, workers: int, launcher: int) -> None:
     """``dyt-lab study _worker``: one of the processes ``--workers N`` starts (checked by the launcher)."""
-    from dyt_lab.study.spec import load_spec
+    from dyt_lab.study.definition.study_file import load_spec
 
     die_with_parent(launcher)  # a killed launcher takes its workers (and their trials) with it
     code = work(load_spec(["--config", spec_path]), index, workers)

@@ -15,13 +15,13 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from dyt_lab.errors import ConfigError
-from dyt_lab.study.comparison import confirmed_section, replicated_sections, seed_run_table
-from dyt_lab.study.markdown import markdown_table
-from dyt_lab.study.plots import mean_by, placement_and_variant, write_plots
-from dyt_lab.study.replicates import SEED_ATTR
-from dyt_lab.study.space import saved_space
-from dyt_lab.study.spec import CONFIRM_SUFFIX, DEFAULT_MARGIN, check_margin
-from dyt_lab.study.storage import find_storage, load_existing, retried_trial_number, retry_history
+from dyt_lab.study.definition.space import saved_space
+from dyt_lab.study.definition.storage import find_storage, load_existing, retried_trial_number, retry_history
+from dyt_lab.study.definition.study_file import CONFIRM_SUFFIX, DEFAULT_MARGIN, check_margin
+from dyt_lab.study.report.comparison import confirmed_section, replicated_sections, seed_run_table
+from dyt_lab.study.report.markdown import markdown_table
+from dyt_lab.study.report.plots import mean_by, placement_and_variant, write_plots
+from dyt_lab.study.trial.protocol import SEED_ATTR
 
 
 def _number(value) -> str:

@@ -27,7 +27,7 @@ import pandas as pd
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from dyt_lab.study.spec import DEFAULT_MARGIN, check_margin
+from dyt_lab.study.definition.study_file import DEFAULT_MARGIN, check_margin
 
 ALPHA = 0.05  # the level of every test and verdict; intervals are (1 - ALPHA)
 VERDICTS = ("better", "worse", "equivalent", "inconclusive", "too few seeds")

@@ -17,7 +17,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial
 
 from dyt_lab.errors import ConfigError
-from dyt_lab.study.space import SCALARS, SearchSpace, choice_label
+from dyt_lab.study.definition.space import SCALARS, SearchSpace, choice_label
 
 
 def factor_levels(values: dict[str, Any]) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import yaml
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from dyt_lab.errors import ConfigError
-from dyt_lab.study.spec import SPEC_FILE, Distribution
+from dyt_lab.study.definition.study_file import SPEC_FILE, Distribution
 
 SCALARS = (str, int, float, bool, type(None))
 

@@ -8,8 +8,8 @@ import inspect
 import optuna
 
 from dyt_lab.errors import ConfigError
-from dyt_lab.study.space import SearchSpace
-from dyt_lab.study.spec import Pruner, Sampler
+from dyt_lab.study.definition.space import SearchSpace
+from dyt_lab.study.definition.study_file import Pruner, Sampler
 
 SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
             "grid": optuna.samplers.GridSampler}

@@ -16,11 +16,8 @@ its last heartbeat would look dead to another worker the moment it is popped (Gi
 from __future__ import annotations
 
 import copy
-import ctypes
 import os
-import signal
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
@@ -28,30 +25,14 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from dyt_lab.study.definition.storage import trial_id
 from dyt_lab.study.optuna_internals import stale_trial_ids
-from dyt_lab.study.storage import trial_id
 
 WORKER_ATTR = "worker"  # user attr "host:pid" of the worker process that runs the trial
 HEARTBEAT_ATTR = "dyt_lab:heartbeat"  # system attr: time.time() of the last journal heartbeat
 # What a run records about its own liveness and failure: never copied into its retry.
 LIVENESS_USER_ATTRS = (WORKER_ATTR, "trial_pid", "fail_reason")
 LIVENESS_SYSTEM_ATTRS = (HEARTBEAT_ATTR,)
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent(expected_parent: int | None = None) -> None:
-    """Ask Linux to SIGKILL this process when its parent dies, so no orphan trial keeps training.
-
-    With ``expected_parent``, exit at once if the parent is already gone (it died before the call).
-    Elsewhere than Linux this does nothing; an orphaned trial then runs to its end unobserved.
-    """
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        except (OSError, AttributeError):
-            return
-    if expected_parent is not None and os.getppid() != expected_parent:
-        os._exit(1)
 
 
 def worker_tag() -> str:

@@ -18,7 +18,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from dyt_lab.study.statistics import summarize
+from dyt_lab.study.report.statistics import summarize
 
 
 def pyplot():

@@ -19,11 +19,19 @@ import yaml
 from optuna.trial import TrialState
 
 from dyt_lab.errors import ConfigError
-from dyt_lab.study.design import trial_levels
-from dyt_lab.study.replicates import SEED_ATTR, configuration_key
-from dyt_lab.study.space import SearchSpace
-from dyt_lab.study.spec import CONFIRM_SUFFIX, SPEC_FILE, Pruner, Sampler, StudySpec, load_spec
-from dyt_lab.study.storage import find_storage, load_existing
+from dyt_lab.study.definition.design import trial_levels
+from dyt_lab.study.definition.space import SearchSpace
+from dyt_lab.study.definition.storage import find_storage, load_existing
+from dyt_lab.study.definition.study_file import (
+    CONFIRM_SUFFIX,
+    SPEC_FILE,
+    Pruner,
+    Sampler,
+    StudySpec,
+    load_spec,
+)
+from dyt_lab.study.engine.replicates import configuration_key
+from dyt_lab.study.trial.protocol import SEED_ATTR
 
 CONFIRMS_ATTR = "confirms"  # study attribute of NAME.confirm: which study, which configurations, which seeds
 
@@ -117,7 +125,7 @@ def confirm_spec(parent: StudySpec, seeds: list[int], n_configurations: int, wor
 def confirm(name: str, top: int, seeds_text: str, root: str = "studies", storage: str | None = None,
             workers: int | None = None, per: str | None = None) -> None:
     """Check everything, then create (or resume) ``NAME.confirm`` and run it to its end."""
-    from dyt_lab.study.runner import run_study
+    from dyt_lab.study.engine.runner import run_study
 
     seeds = parse_seeds(seeds_text)
     saved = Path(root) / name / SPEC_FILE

@@ -16,9 +16,9 @@ from argparse import ArgumentError
 from contextlib import contextmanager
 
 from dyt_lab.errors import ConfigError, cause_of_type
-from dyt_lab.study.objective import TRIALS, base_args, study_args
-from dyt_lab.study.space import SearchSpace, config_flag
-from dyt_lab.study.spec import StudySpec, one_line
+from dyt_lab.study.definition.space import SearchSpace, config_flag
+from dyt_lab.study.definition.study_file import StudySpec, one_line
+from dyt_lab.study.engine.objective import TRIALS, base_args, study_args
 
 
 def visible_gpus() -> list[str]:
@@ -115,7 +115,7 @@ def runs_ddp(trainer) -> bool:
     return trainer.strategy.launcher is not None
 
 
-def validate(spec: StudySpec, space: SearchSpace, gpus: int) -> bool:
+def check_trials(spec: StudySpec, space: SearchSpace, gpus: int) -> bool:
     """Raise a one-line ConfigError unless every trial this study can draw builds as ``dyt-lab fit`` builds it.
 
     Returns whether some trial runs DDP (so it must start as a fresh process).

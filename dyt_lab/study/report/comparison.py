@@ -15,13 +15,12 @@ import pandas as pd
 from optuna.trial import TrialState
 from statsmodels.stats.multitest import multipletests
 
-from dyt_lab.study import factorial, statistics
-from dyt_lab.study.design import trial_levels, varying_factors
-from dyt_lab.study.markdown import markdown_table
-from dyt_lab.study.plots import main_effects_plot, response_plot
-from dyt_lab.study.protocol import LAST_METRICS_ATTR, TEST_METRICS_ATTR
-from dyt_lab.study.replicates import SEED_ATTR
-from dyt_lab.study.space import SearchSpace
+from dyt_lab.study.definition.design import trial_levels, varying_factors
+from dyt_lab.study.definition.space import SearchSpace
+from dyt_lab.study.report import factorial, statistics
+from dyt_lab.study.report.markdown import markdown_table
+from dyt_lab.study.report.plots import main_effects_plot, response_plot
+from dyt_lab.study.trial.protocol import LAST_METRICS_ATTR, SEED_ATTR, TEST_METRICS_ATTR
 
 # Named points of the factored norm's (center, scale, squash) space, to label the table's rows.
 KNOWN_POINTS = {("batch", "batch_std", "none"): "BatchNorm", ("none", "alpha", "tanh"): "DyT",
