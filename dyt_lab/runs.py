@@ -12,6 +12,7 @@ default run folder, resume by ``--ckpt_path last``, the site -> norm table and t
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -48,6 +49,21 @@ from dyt_lab.training.checkpoints import (
     run_config_of,
 )
 from dyt_lab.training.records import RunRecord, run_hparams
+
+
+class NoLitLoggerTip(logging.Filter):
+    """Drop Lightning's tip to install litlogger, which it logs for every Trainer without a LitLogger.
+
+    A run here logs to TensorBoard on purpose; the tip is one more line before every fit and every trial.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+# The logger Lightning's rank_zero_info writes to (lightning/pytorch/utilities/rank_zero.py).
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(NoLitLoggerTip())
+
 
 USAGE_EXTRA = """\
 dyt_lab commands besides LightningCLI's fit | validate | test | predict:

@@ -168,3 +168,18 @@ def test_sqlite_still_says_what_errors_py_reads_as_a_full_or_read_only_storage(t
     assert words in said, (f"{versions()}: a {words.split()[-1]} storage no longer says {words!r}, which "
                            f"dyt_lab/errors.py (SQLITE_FAULTS) reads; it said:\n{said}")
     assert write_fault(refused.value).errno == SQLITE_FAULTS[words]
+
+
+def test_lightnings_litlogger_tip_is_filtered_where_it_is_logged(caplog):
+    """Lightning logs its litlogger tip for every Trainer; runs.py filters it on the logger it uses.
+    If Lightning moves or rewords it, the tip reaches the log again and this test names it."""
+    import logging
+
+    from lightning.pytorch import Trainer
+
+    import dyt_lab.runs  # noqa: F401  (installs the filter)
+
+    with caplog.at_level(logging.INFO):
+        Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    assert caplog.records, "Lightning logged nothing about the new Trainer: the test sees no log at all"
+    assert not [r.getMessage() for r in caplog.records if "litlogger" in r.getMessage().lower()]
