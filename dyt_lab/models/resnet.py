@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -36,15 +37,28 @@ from dyt_lab.models.batch_free import (
 from dyt_lab.models.placement import NormPlacement, NormSitesMixin, Placement, Rules
 from dyt_lab.norms import NormSpec
 
-# preset -> (block, blocks per stage, stage widths, stem)
-RESNET_PRESETS: dict[str, tuple[str, list[int], list[int], str]] = {
-    "resnet18": ("basic", [2, 2, 2, 2], [64, 128, 256, 512], "imagenet"),
-    "resnet34": ("basic", [3, 4, 6, 3], [64, 128, 256, 512], "imagenet"),
-    "resnet50": ("bottleneck", [3, 4, 6, 3], [64, 128, 256, 512], "imagenet"),
-    "resnet20": ("basic", [3, 3, 3], [16, 32, 64], "cifar"),  # He et al. 2016, CIFAR
-    "resnet32": ("basic", [5, 5, 5], [16, 32, 64], "cifar"),
-    "resnet56": ("basic", [9, 9, 9], [16, 32, 64], "cifar"),
-    "resnet_tiny": ("basic", [1, 1, 1], [16, 32, 64], "cifar"),  # embedded 8x8 / 28x28 data
+
+@dataclass(frozen=True)
+class ResNetPreset:
+    """An architecture preset: the defaults of the ResNet arguments of the same names (layers: blocks per stage)."""
+
+    block: str
+    layers: list[int]
+    widths: list[int]
+    stem: str
+
+
+RESNET_PRESETS: dict[str, ResNetPreset] = {
+    "resnet18": ResNetPreset(block="basic", layers=[2, 2, 2, 2], widths=[64, 128, 256, 512], stem="imagenet"),
+    "resnet34": ResNetPreset(block="basic", layers=[3, 4, 6, 3], widths=[64, 128, 256, 512], stem="imagenet"),
+    "resnet50": ResNetPreset(block="bottleneck", layers=[3, 4, 6, 3], widths=[64, 128, 256, 512],
+                             stem="imagenet"),
+    # He et al. 2016, CIFAR
+    "resnet20": ResNetPreset(block="basic", layers=[3, 3, 3], widths=[16, 32, 64], stem="cifar"),
+    "resnet32": ResNetPreset(block="basic", layers=[5, 5, 5], widths=[16, 32, 64], stem="cifar"),
+    "resnet56": ResNetPreset(block="basic", layers=[9, 9, 9], widths=[16, 32, 64], stem="cifar"),
+    # embedded 8x8 / 28x28 data
+    "resnet_tiny": ResNetPreset(block="basic", layers=[1, 1, 1], widths=[16, 32, 64], stem="cifar"),
 }
 
 
@@ -250,9 +264,9 @@ class ResNet(NormSitesMixin, nn.Module):
         branch_gain = check_finite("ResNet branch_gain", options["branch_gain"])
         nf_alpha = check_positive("ResNet nf_alpha", options["nf_alpha"])
         self.agc = check_positive("ResNet agc (the clipping lambda)", options["agc"])  # a training option, kept here
-        p_block, p_layers, p_widths, p_stem = RESNET_PRESETS[preset]
-        block, stem = pick(block, p_block), pick(stem, p_stem)
-        layers, widths = list(pick(layers, p_layers)), list(pick(widths, p_widths))
+        p = RESNET_PRESETS[preset]
+        block, stem = pick(block, p.block), pick(stem, p.stem)
+        layers, widths = list(pick(layers, p.layers)), list(pick(widths, p.widths))
         if block not in ("basic", "bottleneck"):
             raise ConfigError(f"unknown ResNet block '{block}'; valid: basic, bottleneck")
         if stem not in ("imagenet", "cifar"):

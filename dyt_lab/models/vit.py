@@ -8,6 +8,7 @@ all are channels-last, since they see tokens ``(B, T, C)``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -20,15 +21,35 @@ from dyt_lab.models.arguments import check_preset, pick
 from dyt_lab.models.placement import NormPlacement, NormSitesMixin, Placement, Rules
 from dyt_lab.norms import NormSpec
 
-# preset -> (image_size, patch_size, dim, depth, heads, mlp_ratio, pool)
-VIT_PRESETS: dict[str, tuple[int, int, int, int, int, float, str]] = {
-    "vit_b_16": (224, 16, 768, 12, 12, 4.0, "cls"),  # torchvision vit_b_16
-    "vit_l_16": (224, 16, 1024, 24, 16, 4.0, "cls"),  # torchvision vit_l_16
-    "vit_tiny": (224, 16, 192, 12, 3, 4.0, "cls"),  # timm ViT-Ti/16
-    "vit_small": (224, 16, 384, 12, 6, 4.0, "cls"),  # timm ViT-S/16
-    "vit_cifar": (32, 4, 192, 6, 3, 2.0, "avg"),  # 64 tokens of 4x4 patches
-    "vit_mnist": (28, 4, 64, 4, 4, 2.0, "avg"),  # 49 tokens, MNIST-5k
-    "vit_digits": (8, 2, 64, 4, 4, 2.0, "avg"),  # 16 tokens, sklearn digits
+
+@dataclass(frozen=True)
+class ViTPreset:
+    """An architecture preset: the defaults of the ViT arguments of the same names."""
+
+    image_size: int
+    patch_size: int
+    dim: int
+    depth: int
+    heads: int
+    mlp_ratio: float
+    pool: str
+
+
+VIT_PRESETS: dict[str, ViTPreset] = {
+    "vit_b_16": ViTPreset(image_size=224, patch_size=16, dim=768, depth=12, heads=12, mlp_ratio=4.0,
+                          pool="cls"),  # torchvision vit_b_16
+    "vit_l_16": ViTPreset(image_size=224, patch_size=16, dim=1024, depth=24, heads=16, mlp_ratio=4.0,
+                          pool="cls"),  # torchvision vit_l_16
+    "vit_tiny": ViTPreset(image_size=224, patch_size=16, dim=192, depth=12, heads=3, mlp_ratio=4.0,
+                          pool="cls"),  # timm ViT-Ti/16
+    "vit_small": ViTPreset(image_size=224, patch_size=16, dim=384, depth=12, heads=6, mlp_ratio=4.0,
+                           pool="cls"),  # timm ViT-S/16
+    # 64 tokens of 4x4 patches
+    "vit_cifar": ViTPreset(image_size=32, patch_size=4, dim=192, depth=6, heads=3, mlp_ratio=2.0, pool="avg"),
+    # 49 tokens, MNIST-5k
+    "vit_mnist": ViTPreset(image_size=28, patch_size=4, dim=64, depth=4, heads=4, mlp_ratio=2.0, pool="avg"),
+    # 16 tokens, sklearn digits
+    "vit_digits": ViTPreset(image_size=8, patch_size=2, dim=64, depth=4, heads=4, mlp_ratio=2.0, pool="avg"),
 }
 VIT_SITE_PRESETS = {
     "all": ["*"],
@@ -153,10 +174,10 @@ class ViT(NormSitesMixin, nn.Module):
         """
         super().__init__()
         check_preset("ViT", preset, VIT_PRESETS)
-        p_image, p_patch, p_dim, p_depth, p_heads, p_mlp, p_pool = VIT_PRESETS[preset]
-        image_size, patch_size = pick(image_size, p_image), pick(patch_size, p_patch)
-        dim, depth, heads = pick(dim, p_dim), pick(depth, p_depth), pick(heads, p_heads)
-        mlp_ratio, pool = pick(mlp_ratio, p_mlp), pick(pool, p_pool)
+        p = VIT_PRESETS[preset]
+        image_size, patch_size = pick(image_size, p.image_size), pick(patch_size, p.patch_size)
+        dim, depth, heads = pick(dim, p.dim), pick(depth, p.depth), pick(heads, p.heads)
+        mlp_ratio, pool = pick(mlp_ratio, p.mlp_ratio), pick(pool, p.pool)
         for name, value in [("image_size", image_size), ("patch_size", patch_size), ("dim", dim),
                             ("depth", depth), ("heads", heads), ("num_classes", num_classes),
                             ("in_channels", in_channels)]:
