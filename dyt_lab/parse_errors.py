@@ -140,6 +140,17 @@ def unknown_hint(message: str, keys: list[str], flags: list[str]) -> str:
     return ""
 
 
+def flag_values(argv: list[str], *names: str) -> list[str]:
+    """Every value given to the flags ``names`` in argv (``--name X`` or ``--name=X``), in order, for the
+    commands that must read one flag before the parser runs; the parser, which reads the last, still decides."""
+    values = []
+    for arg, following in zip(argv, [*argv[1:], None]):
+        flag, equals, value = arg.partition("=")
+        if flag in names and (equals or following is not None):
+            values.append(value if equals else following)
+    return values
+
+
 def check_config_files(args: list[str], what: str = "--config") -> None:
     """A --config file that is not valid YAML: one line naming the file and the place, not jsonargparse's tree.
 
@@ -147,9 +158,7 @@ def check_config_files(args: list[str], what: str = "--config") -> None:
     """
     import yaml
 
-    paths = [value for flag, value in zip(args, args[1:]) if flag in ("--config", "-c")]
-    paths += [arg.split("=", 1)[1] for arg in args if arg.startswith("--config=")]
-    for path in paths:
+    for path in flag_values(args, "--config", "-c"):
         if not Path(path).is_file():
             continue  # a missing file: the parser says so, naming it
         try:

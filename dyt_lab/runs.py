@@ -37,7 +37,7 @@ from dyt_lab.errors import (
     stop_on_ctrl_c,
 )
 from dyt_lab.models.external import NAME_IT, net_build_failure
-from dyt_lab.parse_errors import check_config_files, condensed, unknown_hint
+from dyt_lab.parse_errors import check_config_files, condensed, flag_values, unknown_hint
 from dyt_lab.training import ImageClassifier
 from dyt_lab.training.callbacks import DivergenceStop, LearningRateLog, RunOutcome
 from dyt_lab.training.checkpoints import (
@@ -355,11 +355,10 @@ def with_run_config(argv: list[str]) -> list[str]:
         return argv
     if any(a.startswith(("--config", "--model")) for a in argv):
         return argv
-    ckpt = next((a.split("=", 1)[1] for a in argv if a.startswith("--ckpt_path=")), None)
-    if ckpt is None and "--ckpt_path" in argv[:-1]:
-        ckpt = argv[argv.index("--ckpt_path") + 1]
-    if ckpt is None:
+    ckpts = flag_values(argv, "--ckpt_path")
+    if not ckpts:
         return argv
+    ckpt = ckpts[-1]
     return [argv[0], "--config", str(run_config_of(ckpt, "the run's --config or --model")), *argv[1:]]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dyt_lab.errors import ConfigError
+from dyt_lab.parse_errors import flag_values
 
 USAGE = """\
 usage: dyt-lab study run --config configs/study/NAME.yaml [--KEY VALUE ...] [--workers N]
@@ -20,16 +21,6 @@ usage: dyt-lab study run --config configs/study/NAME.yaml [--KEY VALUE ...] [--w
   confirm  rerun the K best configurations and the reference on fresh seeds (study NAME.confirm), each
            tested on the held-out split; the report of NAME then shows both stages. Again: resumes.
 """
-
-
-def _option(argv: list[str], name: str, default: str | None) -> str | None:
-    """The value of ``--name X`` or ``--name=X`` in argv, without consuming it."""
-    for i, arg in enumerate(argv):
-        if arg == f"--{name}" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith(f"--{name}="):
-            return arg.split("=", 1)[1]
-    return default
 
 
 def _parse(command: str, description: str, argv: list[str], **options: dict):
@@ -76,7 +67,7 @@ def main(argv: list[str]) -> None:
 
         if not rest or rest[0].startswith("-"):
             raise ConfigError("study resume needs the study's name: dyt-lab study resume NAME")
-        saved = Path(_option(rest, "root", "studies")) / rest[0] / SPEC_FILE
+        saved = Path((flag_values(rest, "--root") or ["studies"])[-1]) / rest[0] / SPEC_FILE
         if not saved.is_file():
             raise ConfigError(f"no study '{rest[0]}' to resume: {saved} does not exist")
         run_study(load_spec(["--config", str(saved), *rest[1:]], prog="dyt-lab study resume"))
