@@ -227,7 +227,7 @@ def test_builds_from_a_yaml_like_spec():
     layer = build_norm(spec, 8, "channels_first")
     assert isinstance(layer, FactoredNorm) and norm_name(layer) == "factored"
     assert layer.channels_last is False and layer.alpha.shape == (1,) and layer.running_var is None
-    assert NORMS["factored"].options() == ["center", "scale", "squash", "alpha_init", "eps", "momentum"]
+    assert NORMS["factored"].options() == ["center", "scale", "squash", "alpha_init", "eps", "momentum", "fused"]
     from dyt_lab.norms.table import norms_table
 
     row = next(line for line in norms_table().splitlines() if line.startswith("| `factored`"))
@@ -275,3 +275,32 @@ def test_one_value_per_channel_in_training_is_refused_as_batchnorm_does():
         layer(torch.randn(1, C))
     layer.eval()
     assert layer(torch.randn(1, C)).shape == (1, C)
+
+
+@pytest.mark.parametrize("stored", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize(("center", "scale", "squash"), list(itertools.product(CENTERS, SCALES, SQUASHES)))
+def test_library_kernels_give_the_written_formula(center, scale, squash, layout, stored):
+    """``fused`` (F.batch_norm, the DyT kernel) against ``fused=False``: outputs, gradients and running
+    statistics over three training steps, then eval, for feature maps stored NCHW and channels-last."""
+    written, fused = (_factored(layout, center, scale, squash, fused=f) for f in (False, True))
+    x = _x(layout)
+    if stored == "channels_last" and layout == "channels_first":
+        x = x.contiguous(memory_format=torch.channels_last)
+    for layer in (written, fused):
+        with torch.no_grad():
+            layer.weight.copy_(torch.linspace(0.5, 2.0, C))
+    inputs = [x.clone().requires_grad_() for _ in range(2)]
+    for _ in range(3):
+        outputs = [layer(xi) for layer, xi in zip((written, fused), inputs)]
+    grad = torch.randn_like(outputs[0])
+    for out in outputs:
+        (out * grad).sum().backward()
+    assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
+    assert_close(inputs[1].grad, inputs[0].grad, rtol=1e-4, atol=1e-5)
+    for (name, p_written), p_fused in zip(written.named_parameters(), fused.parameters()):
+        assert_close(p_fused.grad, p_written.grad, rtol=1e-4, atol=1e-4, msg=name)
+    for (name, b_written), b_fused in zip(written.named_buffers(), fused.buffers()):
+        assert_close(b_fused, b_written, rtol=1e-5, atol=1e-6, msg=name)
+    written.eval(), fused.eval()
+    assert_close(fused(x), written(x), rtol=1e-5, atol=1e-5)

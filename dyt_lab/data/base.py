@@ -8,11 +8,30 @@ Concrete modules only say which data set, which transforms, and fill ``train_set
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from dyt_lab.errors import ConfigError, check_int
 
 OFFLINE_MODULES = "Digits, MNIST5k"  # named in error messages as the way out when data is missing
+
+
+class TensorBatches(TensorDataset):
+    """Tensors held in memory, served a batch at a time: one index per tensor, not one lookup per sample.
+
+    The DataLoader hands a batch's indices to ``__getitems__`` (torch's hook for batched fetching),
+    so its collate step receives ``[images (B, ...), labels (B,)]`` already stacked. Per-sample
+    lookups and ``default_collate`` took 4% of an MNIST5k testbed epoch (cProfile). Same samples,
+    same order, same values.
+    """
+
+    def __getitems__(self, indices: list[int]) -> list[torch.Tensor]:
+        index = torch.as_tensor(indices)
+        return [tensor[index] for tensor in self.tensors]
+
+
+def keep_batch(batch: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The collate step of a ``TensorBatches`` loader: the batch is stacked already."""
+    return batch
 
 
 def check_fractions(**fractions: float) -> None:
@@ -120,7 +139,7 @@ class ImageDataModule(LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
-            collate_fn=collate_fn,
+            collate_fn=collate_fn or (keep_batch if isinstance(dataset, TensorBatches) else None),
         )
 
     def train_dataloader(self) -> DataLoader:

