@@ -34,7 +34,9 @@ ISOLATIONS = ("warm", "process")
 # What a trial imports before its first batch; importing them in the fork server is the whole saving.
 WARM_IMPORTS = ["torch", "torchvision", "lightning.pytorch", "lightning.pytorch.cli", "jsonargparse", "torchmetrics",
                 "tensorboard", "optuna", "sklearn.datasets", "dyt_lab.runs", "dyt_lab.training",
-                "dyt_lab.data", "dyt_lab.models", "dyt_lab.norms", "dyt_lab.study.trial.pruning"]
+                "dyt_lab.data", "dyt_lab.models", "dyt_lab.norms", "dyt_lab.study.trial.pruning",
+                # the pruning callback opens a database storage: a quarter of a 1-batch trial imported SQLAlchemy
+                "sqlalchemy", "sqlalchemy.orm"]
 _forkserver = None  # this worker's fork server context, started on first use
 
 
