@@ -113,6 +113,24 @@ def test_float32_matches_reference_to_1e_6(squash, alpha_shape, shift_shape, cha
         assert error <= max(2 * eager_error, 1e-6 * max(t.abs().max().item(), 1.0))
 
 
+@pytest.mark.parametrize(("squash", "alpha_shape", "shift_shape"), VARIANTS)
+@pytest.mark.parametrize(("channels", "rows_at_once"), [(16, 2), (24, 4), (8, 4)])
+def test_few_channels_read_several_rows_at_once_match_reference(squash, alpha_shape, shift_shape, channels,
+                                                                 rows_at_once):
+    """Channels-last rows of 8-24 channels go through the kernel several at a time, the parameters
+    tiled: values and every gradient (summed back over the tiles) as the reference gives them."""
+    assert fused._rows_at_once(channels, 4 * 6 * channels) == rows_at_once
+    x = torch.randn(4, 6, channels, dtype=torch.float64)
+
+    def make(kind):
+        return None if kind is None else torch.rand(1 if kind == "scalar" else channels, dtype=torch.float64) + 0.5
+
+    params = [make(alpha_shape), make(shift_shape), make("channel"), make("channel") - 1]
+    got, want = _fused_and_reference(x, params, True, squash, torch.randn(x.shape, dtype=torch.float64))
+    for g, w in zip(got, want):
+        _assert_close_for_dtype(g, w)
+
+
 @pytest.mark.parametrize("channels_last", [True, False])
 @pytest.mark.parametrize(("squash", "alpha_shape", "shift_shape"), [("tanh", "channel", "scalar"), ("erf", "scalar", "channel")])
 def test_large_input_reductions_match_in_float64(squash, alpha_shape, shift_shape, channels_last):
