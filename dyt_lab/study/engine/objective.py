@@ -24,7 +24,7 @@ import optuna
 from dyt_lab.errors import fault_line, write_fault
 from dyt_lab.study.definition.space import Configuration, SearchSpace, config_flag
 from dyt_lab.study.definition.storage import trial_id
-from dyt_lab.study.definition.study_file import StudySpec, flatten_overrides
+from dyt_lab.study.definition.study_file import TRIALS, StudySpec, flatten_overrides
 from dyt_lab.study.engine.launch import fit_command, start_trial
 from dyt_lab.study.engine.liveness import WORKER_ATTR, worker_tag
 from dyt_lab.study.engine.replicates import first_free_seed, queue_missing_seeds
@@ -48,9 +48,6 @@ def base_args(spec: StudySpec) -> list[str]:
     args = [arg for path in spec.base.configs for arg in ("--config", path)]
     args.append("--trainer.enable_progress_bar=false")  # output goes to a file; a bar there is noise
     return args + [config_flag(k, v) for k, v in flatten_overrides(spec.base.overrides).items()]
-
-
-TRIALS = "trials"  # the study folder's folder of trial runs: TensorBoard's logdir for the study
 
 
 def study_args(spec: StudySpec, run_dir: Path) -> list[str]:

@@ -17,8 +17,8 @@ from contextlib import contextmanager
 
 from dyt_lab.errors import ConfigError, cause_of_type
 from dyt_lab.study.definition.space import SearchSpace, config_flag
-from dyt_lab.study.definition.study_file import StudySpec, one_line
-from dyt_lab.study.engine.objective import TRIALS, base_args, study_args
+from dyt_lab.study.definition.study_file import TRIALS, StudySpec, one_line
+from dyt_lab.study.engine.objective import base_args, study_args
 
 
 def visible_gpus() -> list[str]:

@@ -41,7 +41,7 @@ from dyt_lab.study.definition.storage import (
     storage_url,
     trial_id,
 )
-from dyt_lab.study.definition.study_file import SPEC_FILE, StudySpec
+from dyt_lab.study.definition.study_file import SPEC_FILE, TRIALS, StudySpec
 from dyt_lab.study.engine.launch import warm_up
 from dyt_lab.study.engine.liveness import TrialHeartbeat, clean_retry, reap_dead_trials
 from dyt_lab.study.engine.objective import TrialObjective
@@ -96,8 +96,8 @@ def check_folders(spec: StudySpec) -> None:
     """The study folder and its trials folder can be written (checked before anything is written)."""
     purpose = "the study writes its storage, study.yaml and trial runs there"
     check_writable(spec.folder, "study folder", purpose)
-    if (spec.folder / "trials").is_dir():  # a folder of its own (a link elsewhere, other rights)
-        check_writable(spec.folder / "trials", "trials folder", "each trial writes its run folder there")
+    if (spec.folder / TRIALS).is_dir():  # a folder of its own (a link elsewhere, other rights)
+        check_writable(spec.folder / TRIALS, "trials folder", "each trial writes its run folder there")
 
 
 def storage_shown(url: str) -> str:

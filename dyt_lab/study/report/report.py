@@ -17,7 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 from dyt_lab.errors import ConfigError
 from dyt_lab.study.definition.space import saved_space
 from dyt_lab.study.definition.storage import find_storage, load_existing, retried_trial_number, retry_history
-from dyt_lab.study.definition.study_file import CONFIRM_SUFFIX, DEFAULT_MARGIN, check_margin
+from dyt_lab.study.definition.study_file import CONFIRM_SUFFIX, DEFAULT_MARGIN, TRIALS, check_margin
 from dyt_lab.study.report.comparison import confirmed_section, replicated_sections, seed_run_table
 from dyt_lab.study.report.markdown import markdown_table
 from dyt_lab.study.report.plots import mean_by, placement_and_variant, write_plots
@@ -85,7 +85,7 @@ def importances(study: optuna.Study) -> tuple[dict[str, float], str | None]:
 def how_to_open(name: str, url: str, folder: Path) -> list[str]:
     """Commands that open the same study in optuna-dashboard and its runs in TensorBoard."""
     return [f"optuna-dashboard {url}   (pip install optuna-dashboard; then http://127.0.0.1:8080)",
-            f"tensorboard --logdir {folder / 'trials'}   (one run per trial; HParams tab compares them)"]
+            f"tensorboard --logdir {folder / TRIALS}   (one run per trial; HParams tab compares them)"]
 
 
 def linked_confirm(name: str, root: str, storage: str | None) -> optuna.Study | None:
