@@ -22,12 +22,15 @@ from dyt_lab.study.report.markdown import markdown_table
 from dyt_lab.study.report.plots import main_effects_plot, response_plot
 from dyt_lab.study.trial.protocol import LAST_METRICS_ATTR, SEED_ATTR, TEST_METRICS_ATTR
 
-# Named points of the factored norm's (center, scale, squash) space, to label the table's rows.
+# Named points of the factored norm's (center, scale, squash) space, to label the table's rows. Without
+# a center, a std scale divides by the root mean square around 0 (E[x^2]), not by a standard deviation:
+# those rows say "RMS".
 KNOWN_POINTS = {("batch", "batch_std", "none"): "BatchNorm", ("none", "alpha", "tanh"): "DyT",
                 ("batch", "alpha", "tanh"): "dyt_centered", ("none", "none", "none"): "affine only",
                 ("batch", "batch_std", "tanh"): "BN + tanh", ("batch", "running_std", "none"): "BN, no batch noise",
-                ("none", "batch_std", "none"): "BN scale only", ("batch", "alpha", "none"): "BN center only",
-                ("batch", "alpha_channel", "tanh"): "centered, per-channel alpha"}
+                ("none", "batch_std", "none"): "batch RMS only", ("none", "batch_std", "tanh"): "batch RMS + tanh",
+                ("none", "running_std", "none"): "running RMS only", ("none", "running_std", "tanh"): "running RMS + tanh",
+                ("batch", "alpha", "none"): "BN center only", ("batch", "alpha_channel", "tanh"): "centered, per-channel alpha"}
 EXTRA = {"val/acc": "val/acc (last)", "train/loss_epoch": "train loss (last)"}  # last-epoch metrics shown
 TEST = "test/acc"  # the best checkpoint on the held-out split (``--test_after_fit``, on in every trial)
 NOT_FACTORS = ["seed", "value", "trial", *EXTRA.values(), TEST]
