@@ -12,7 +12,7 @@ import yaml
 
 from dyt_lab.study.definition.space import SearchSpace, choice_label, saved_space
 from dyt_lab.study.engine.objective import TRIAL_NAME_LIMIT, trial_dir_name
-from dyt_lab.training.records import HPARAM_FIRST, HPARAM_METRICS, experiment_summary
+from dyt_lab.training.records import HPARAM_FIRST, HPARAM_METRICS, experiment_summary, one_column_each
 from tests.helpers import fit_args, run_cli
 from tests.test_study import BASE, TINY, load, write_study
 
@@ -132,3 +132,23 @@ def test_a_single_fits_tensorboard_ticks_its_real_arguments(tmp_path):
     assert group.name == "resnet_bn_vs_dyt_digits/version_0" and group.hparams["model.norm"].string_value == "dyt"
     config = yaml.safe_load((tmp_path / "runs" / group.name / "hparams.yaml").read_text())
     assert config["model.alpha_init"] == group.hparams["model.alpha_init"].number_value
+
+
+def test_a_plain_runs_norm_mapping_is_one_column_so_its_five_real_arguments_stay_ticked():
+    hparams = {"model.norm.name": "factored", "model.norm.center": "none", "model.norm.scale": "alpha",
+               "model.placement": "all", "model.alpha_init": 0.5, "data.batch_size": 64}
+    assert one_column_each(hparams, HPARAM_FIRST) == {
+        "model.norm": "factored(center=none, scale=alpha)", "model.placement": "all", "model.alpha_init": 0.5,
+        "data.batch_size": 64}
+    assert one_column_each({"model.rules.stem": "dyt", "x": 1}, ["model.rules"]) == {"model.rules": "stem=dyt", "x": 1}
+
+
+@pytest.mark.slow
+def test_a_single_fit_with_a_norm_mapping_ticks_the_same_five_arguments(tmp_path):
+    from dyt_lab.runs import run_lightning
+
+    run_lightning(fit_args(tmp_path / "runs", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+                           "--trainer.limit_val_batches=1", "--model.norm={name: dyt, alpha_init: 2.0}", config=BASE))
+    experiment, (group,) = served(tmp_path / "runs")
+    assert ticked(experiment) == sorted(HPARAM_FIRST)
+    assert group.hparams["model.norm"].string_value == "dyt(alpha_init=2.0)"

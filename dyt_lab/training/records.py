@@ -52,6 +52,28 @@ def run_hparams(config: dict) -> dict[str, object]:
     return {**{k: shown[k] for k in HPARAM_FIRST if k in shown}, **shown}
 
 
+def one_column_each(hparams: dict[str, object], keys) -> dict[str, object]:
+    """``hparams`` with each of ``keys`` that holds a mapping (flattened into ``key.option`` columns) as one
+    column, ``model.norm: "factored(center=none, scale=alpha, squash=tanh)"``, where the mapping's first column was.
+
+    A plain run's real arguments then stay five columns, the five TensorBoard ticks; a study keeps a
+    searched mapping's options apart, since each is a factor of its own.
+    """
+    folded: dict[str, object] = {}
+    options: dict[str, dict[str, object]] = {}
+    for name, value in hparams.items():
+        key = next((k for k in keys if name.startswith(f"{k}.")), None)
+        if key is None:
+            folded[name] = value
+        else:
+            folded.setdefault(key, None)  # keeps the position of the mapping's first option
+            options.setdefault(key, {})[name[len(key) + 1:]] = value
+    for key, fields in options.items():
+        rest = ", ".join(f"{k}={v}" for k, v in fields.items() if k != "name")
+        folded[key] = f"{fields['name']}({rest})" if "name" in fields else rest
+    return folded
+
+
 def config_column(key: str) -> str:
     """A config key as the HParams tab names it: ``model.optimizer.init_args.lr`` -> ``model.optimizer.lr``."""
     return ".".join(part for part in key.split(".") if part not in ("init_args", "dict_kwargs"))
@@ -119,9 +141,10 @@ def log_hparams_to_tensorboard(trainer: Trainer, hparams: dict[str, object]) -> 
             own = isinstance(logger, HParamsLogger)
             varied, metrics = (logger.varied, logger.metrics) if own else (HPARAM_FIRST, HPARAM_METRICS)
             logger.log_hyperparams(hparams)  # hparams.yaml; no summary since default_hp_metric=False
+            shown = one_column_each(hparams, HPARAM_FIRST) if list(varied) == list(HPARAM_FIRST) else hparams
             writer = logger.experiment.file_writer  # SummaryWriter's public FileWriter, as add_hparams uses it
-            writer.add_summary(experiment_summary(hparams, varied, metrics))
-            writer.add_summary(summary_v2.hparams_pb(hparams, trial_id="", start_time_secs=time.time()))
+            writer.add_summary(experiment_summary(shown, varied, metrics))
+            writer.add_summary(summary_v2.hparams_pb(shown, trial_id="", start_time_secs=time.time()))
             writer.flush()
 
 
