@@ -238,6 +238,25 @@ def test_factorial_effects_three_level_factor():
     assert anova.set_index("term").loc["width", "df"] == 2
 
 
+def test_the_reports_effects_show_every_coefficient_of_a_term_with_a_factor_of_three_levels():
+    """A 3-level factor's main effect is its three level effects, and its interaction with a 2-level factor
+    (real here, so Holm keeps it) all six coefficients, not one with the whole term's p beside it."""
+    from dyt_lab.study.report.comparison import effects_section
+
+    rng = np.random.default_rng(4)
+    table = pd.DataFrame([{"center": c, "width": w, "seed": s} for c in ["none", "batch"]
+                          for w in ["a", "b", "c"] for s in range(3)])
+    table["value"] = (table["width"].map({"a": 0.0, "b": 0.3, "c": 0.6})
+                      + np.where((table["center"] == "batch") & (table["width"] == "c"), 0.2, 0.0)
+                      + rng.normal(0, 0.01, len(table)))
+    lines = "\n".join(effects_section(table, ["center", "width"])).split("Type-II ANOVA")[0]  # the effects table
+    rows = [line for line in lines.splitlines() if line.startswith("| ") and "term" not in line and "---" not in line]
+    terms = [row.split("|")[1].strip() for row in rows]
+    assert terms.count("center") == 1  # two levels: the difference
+    assert terms.count("width") == 3 and terms.count("center:width") == 6
+    assert "p (Holm, term)" in lines
+
+
 def test_gap_attribution_sums_to_gap_and_matches_additive_effects():
     table = make_table(noise=1e-9, interaction=0.0)
     out = gap_attribution(table, FACTORS, START, END)

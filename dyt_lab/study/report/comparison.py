@@ -180,16 +180,24 @@ def effects_section(table: pd.DataFrame, factors: list[str], reference: dict | N
                    f"with main effects and two-way interactions only: F({lof['df_num']:g}, {lof['df_den']:g}) = "
                    f"{lof['F']:.2f}, p = {lof['p_value']:.2g}: {fits}.")
     effects = toward(effects, reference)
+    # A term of two-level factors has one free coefficient (the others are it or minus it); a term with a
+    # factor of more levels has several, and its Holm p tests them all at once: each is shown.
+    two_levels = {f for f in factors if table[f].nunique() == 2}
+    one_free = effects["term"].map(lambda t: all(f in two_levels for f in t.split(":")))
     diffs = effects[effects["kind"] == "difference"]
+    mains = effects[(effects["kind"] == "main") & ~one_free]
     inter = effects[(effects["kind"] == "interaction") & effects["term"].map(lambda t: holm.get(t, 1) < 0.05)]
-    shown = pd.concat([diffs, inter.drop_duplicates("term")])  # a 2-level interaction: one free coefficient
+    shown = pd.concat([diffs, mains, inter[one_free].drop_duplicates("term"), inter[~one_free]])
     rows = pd.DataFrame({"term": shown["term"], "contrast": shown["level"],
                          "estimate [95% CI]": [f"{e:+.4f} [{lo:+.4f}, {hi:+.4f}]" for e, lo, hi in
                                                zip(shown["estimate"], shown["ci_low"], shown["ci_high"])],
-                         "p": shown["p_value"].map(_p), "p (Holm)": shown["term"].map(lambda t: _p(holm.get(t)))})
-    out += ["Main effects are differences between a factor's two levels, averaged over the other factors. "
-            "Interactions with Holm-adjusted p < 0.05 (over all the model's terms) are shown as their sum-coded "
-            "coefficient at the named levels (for two-level factors, a k-way difference of differences is 2^k times it).",
+                         "p": shown["p_value"].map(_p), "p (Holm, term)": shown["term"].map(lambda t: _p(holm.get(t)))})
+    out += ["A two-level factor's main effect is the difference between its levels, averaged over the other factors; "
+            "a factor of more levels shows each level's sum-coded effect (its mean minus the grand mean). Interactions "
+            "with Holm-adjusted p < 0.05 are shown as their sum-coded coefficients at the named levels (one for "
+            "two-level factors, where a k-way difference of differences is 2^k times it; every level combination "
+            "otherwise). p is the coefficient's own t-test; p (Holm, term) is the whole term's F-test over all the "
+            "model's terms, adjusted by Holm.",
             _table(rows)]
     shares = pd.DataFrame({"term": anova["term"], "df": anova["df"].map(lambda d: f"{d:g}"),
                            "F": anova["F"].map(lambda f: _fmt(f, 1)), "p": anova["p_value"].map(_p),
