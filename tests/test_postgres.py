@@ -149,8 +149,22 @@ def test_two_machines_on_postgres_kill_9_one_and_rerun_it(postgres, tmp_path):
                 of_a(t) and t.state == TrialState.RUNNING and (Path(t.user_attrs["run_dir"]) / RESULT_FILE).is_file()
                 for t in now if "run_dir" in t.user_attrs)
 
-        wait_for("a trial on each machine, A's mid-run", a_mid_trial, [a, b], [logs["machine-a"], logs["machine-b"]])
-        killed = next(t for t in trials_of(name, url) if of_a(t) and t.state == TrialState.RUNNING)
+        frozen: list = []  # A's running trial, once A is stopped
+
+        def a_stopped_mid_trial() -> bool:
+            # SIGSTOP first, then look again: a stopped machine cannot finish the trial between the look and the
+            # kill (under load, a 4-epoch trial did, once). If it finished before the stop, A goes on.
+            if not a_mid_trial():
+                return False
+            os.killpg(a.pid, signal.SIGSTOP)
+            frozen[:] = [t for t in trials_of(name, url) if of_a(t) and t.state == TrialState.RUNNING]
+            if not frozen:
+                os.killpg(a.pid, signal.SIGCONT)
+            return bool(frozen)
+
+        wait_for("a trial on each machine, A's mid-run", a_stopped_mid_trial, [a, b],
+                 [logs["machine-a"], logs["machine-b"]])
+        killed = frozen[0]
         os.killpg(a.pid, signal.SIGKILL)
         a.wait()
         killed_at = time.monotonic()
