@@ -430,6 +430,7 @@ def test_confirm_reruns_the_best_and_the_reference_on_fresh_seeds_and_resumes(se
     main(["study", "report", "seeded", "--root", root])
     report = (folder / "studies" / "seeded" / "report.md").read_text()
     assert "## Confirmed on fresh seeds" in report and "seeds [5, 6]" in report and "confirmed test/acc mean" in report
+    assert "the best configuration of the search and its best reference configuration" in report
     assert "Not confirmed" not in report
 
 

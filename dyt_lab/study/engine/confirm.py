@@ -145,5 +145,5 @@ def confirm(name: str, top: int, seeds_text: str, root: str = "studies", storage
     queued = [{"params": e["params"], "levels": e["levels"], "search_mean": e["mean"], "search_seeds": e["seeds"]}
               for e in chosen]
     run_study(spec, queue=[q["params"] for q in queued],
-              attrs={CONFIRMS_ATTR: {"study": name, "top": top, "configurations": json.loads(json.dumps(queued,
+              attrs={CONFIRMS_ATTR: {"study": name, "top": top, "per": per, "configurations": json.loads(json.dumps(queued,
                                                                                                     default=str))}})

@@ -277,8 +277,11 @@ def confirmed_section(confirm_study: optuna.Study, space: SearchSpace, search: p
                      "seeds": r["n"], f"confirmed {value} mean": f"{r['mean']:.4f}", "95% CI": _ci(r["ci_low"], r["ci_high"])})
     reference = confirm_study.user_attrs.get("design", {}).get("reference")
     with_reference = " and its best reference configuration" if reference else ""
+    top, per = info.get("top", "?"), info.get("per")
+    chosen = "the best configuration" if top == 1 else f"the {top} best configurations"
+    chosen += f" of each {per}" if per else " of the search"
     out = ["## Confirmed on fresh seeds",
-           f"Study `{confirm_study.study_name}`: the {info.get('top', '?')} best configurations of the search{with_reference}, "
+           f"Study `{confirm_study.study_name}`: {chosen}{with_reference}, "
            f"rerun on seeds {sorted(int(s) for s in fresh['seed'].unique())} that chose nothing. "
            f"{'Each run is its best checkpoint (by val/acc) on the held-out test split' if use_test else 'No test split: the objective'}; "
            "the search column is the val estimate on the seeds that picked it (biased upward).",
