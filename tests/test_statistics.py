@@ -385,3 +385,23 @@ def test_the_report_of_a_study_with_one_configuration_summarizes_it(tmp_path):
     sections, _ = replicated_sections(study, space, {"seeds": [0, 1, 2]}, tmp_path, "val/acc", margin=0.005)
     table = next(s for s in sections if s.startswith("| configuration"))
     assert "the only one" in table and "0.9750 ± 0.0050" in table
+
+
+def test_a_list_of_norms_crossed_with_presets_is_one_factor_and_its_interaction_is_tested():
+    """BatchNorm sets no alpha0, so a norm list's name and alpha_init are never crossed: the report makes them
+    one factor, and norm x preset (does the gap change with depth?) comes out of the saturated model."""
+    from dyt_lab.study.report.comparison import crossed, effects_section
+
+    rng = np.random.default_rng(5)
+    arms = [("batchnorm", "-"), ("dyt", "0.5"), ("dyt", "1.0")]
+    table = pd.DataFrame([{"name": n, "alpha_init": a, "preset": p, "seed": s} for n, a in arms
+                          for p in ["tiny", "deep"] for s in range(3)])
+    gap = {("batchnorm", "tiny"): 0.0, ("batchnorm", "deep"): 0.0, ("dyt", "tiny"): -0.03, ("dyt", "deep"): -0.09}
+    table["value"] = [0.95 + gap[(n, p)] + rng.normal(0, 0.002) for n, p in zip(table["name"], table["preset"])]
+    merged, factors = crossed(table, ["name", "alpha_init", "preset"])
+    assert factors == ["name, alpha_init", "preset"]
+    assert sorted(merged["name, alpha_init"].unique()) == ["batchnorm, -", "dyt, 0.5", "dyt, 1.0"]
+    anova = "\n".join(effects_section(merged, factors)).split("Type-II ANOVA")[1]
+    interaction = next(line for line in anova.splitlines() if line.startswith("| name, alpha_init:preset"))
+    assert float(interaction.split("|")[3]) > 100  # F of a 6-point change of the gap against 0.2-point noise
+    assert crossed(table, ["preset", "seed"])[1] == ["preset", "seed"]  # crossed already: unchanged

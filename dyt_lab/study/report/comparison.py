@@ -148,6 +148,24 @@ def is_full_factorial(table: pd.DataFrame, factors: list[str]) -> bool:
     return len(cells) == int(np.prod([table[f].astype(str).nunique() for f in factors]))
 
 
+def crossed(table: pd.DataFrame, factors: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    """The factors made crossed where they can be: two factors whose levels were never crossed (a norm list's
+    ``name`` and ``alpha_init``: BatchNorm has no alpha0) become one, whose levels are their combinations
+    ("dyt, 0.5"), until every pair is crossed. A list of norms x presets x rates is then a full factorial with
+    the norm as one factor of as many levels as the list, and its interactions (norm x preset: does the gap
+    change with depth?) are tested."""
+    table, factors = table.copy(), list(factors)
+    while True:
+        pairs = [(a, b) for i, a in enumerate(factors) for b in factors[i + 1:]
+                 if len(table[[a, b]].astype(str).drop_duplicates()) < table[a].nunique() * table[b].nunique()]
+        if not pairs:
+            return table, factors
+        a, b = pairs[0]
+        merged = f"{a}, {b}"
+        table[merged] = table[a].astype(str) + ", " + table[b].astype(str)
+        factors = [merged if f == a else f for f in factors if f != b]
+
+
 def toward(effects: pd.DataFrame, reference: dict | None) -> pd.DataFrame:
     """Level differences read toward the reference: ``batch - none`` rather than ``none - batch``."""
     effects = effects.copy()
@@ -327,9 +345,13 @@ def replicated_sections(study: optuna.Study, space: SearchSpace, design: dict, f
         sections += [f"## Response to {x}", f"`{files[-1].name}`: {metric} and the last training loss against {x}, "
                      "mean and 95% interval over seeds, over the reference's band at the same other levels."]
     if len(factors) >= 1 and table["seed"].nunique() >= 2:
-        sections += ["## Factor effects", *effects_section(table, factors, reference, start)]
-        if is_full_factorial(table, factors):
-            files.append(main_effects_plot(table, factors, folder, metric))
+        as_crossed, crossed_factors = crossed(table, factors)
+        merged = [f for f in crossed_factors if f not in factors]
+        sections += ["## Factor effects",
+                     *([f"Levels never crossed are one factor here: {', '.join(f'`{f}`' for f in merged)}."] if merged else []),
+                     *effects_section(as_crossed, crossed_factors, reference, start)]
+        if is_full_factorial(as_crossed, crossed_factors):
+            files.append(main_effects_plot(as_crossed, crossed_factors, folder, metric))
     if reference and start:
         sections += ["## The gap, factor by factor",
                      "Shapley shares: each factor's average contribution over the orders in which the factors "
