@@ -402,6 +402,7 @@ def test_report_of_a_seeded_study_compares_means_with_intervals(seeded_study, ca
     rows = [r for r in report.splitlines() if r.startswith(("| BatchNorm", "| BN center only"))]
     assert len(rows) == 4 and sum("| reference" in r for r in rows) == 2  # BN is its own reference at each lr
     assert "## Factor effects" in report and "batch_std - alpha" in report
+    assert "`dyt-lab study confirm seeded --top 3 --seeds 10..14`" in report  # one norm name: the top three
     assert "## The gap, factor by factor" in report and "scale (alpha -> batch_std)" in report
     assert (out / "main_effects.png").stat().st_size > 0
     seed_runs = (out / "seed_runs.csv").read_text().strip().splitlines()

@@ -334,9 +334,11 @@ def replicated_sections(study: optuna.Study, space: SearchSpace, design: dict, f
                 + ("test/acc is the best checkpoint (by val/acc) on the held-out test split. " if table[TEST].notna().any() else ""),
                 configurations_section(table, factors, reference, study.direction.name.lower(), margin, metric)]
     if confirm_study is None:
+        # several arms (norm names): each at its own best is the comparison a reader wants; else the top three
+        which = "--top 1 --per name" if "name" in factors and table["name"].nunique() > 1 else "--top 3"
         sections.append(f"Not confirmed: the best configurations were chosen on the seeds that measure them, so their "
                         f"estimates are biased upward. Confirm them on fresh seeds: "
-                        f"`dyt-lab study confirm {study.study_name} --top 3 --seeds 10..14`.")
+                        f"`dyt-lab study confirm {study.study_name} {which} --seeds 10..14`.")
     else:
         sections += confirmed_section(confirm_study, space, table, margin, metric)
     files = []
