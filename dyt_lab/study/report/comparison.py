@@ -156,8 +156,7 @@ def crossed(table: pd.DataFrame, factors: list[str]) -> tuple[pd.DataFrame, list
     change with depth?) are tested."""
     table, factors = table.copy(), list(factors)
     while True:
-        pairs = [(a, b) for i, a in enumerate(factors) for b in factors[i + 1:]
-                 if len(table[[a, b]].astype(str).drop_duplicates()) < table[a].nunique() * table[b].nunique()]
+        pairs = [(a, b) for i, a in enumerate(factors) for b in factors[i + 1:] if not is_full_factorial(table, [a, b])]
         if not pairs:
             return table, factors
         a, b = pairs[0]
