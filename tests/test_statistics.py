@@ -405,3 +405,51 @@ def test_a_list_of_norms_crossed_with_presets_is_one_factor_and_its_interaction_
     interaction = next(line for line in anova.splitlines() if line.startswith("| name, alpha_init:preset"))
     assert float(interaction.split("|")[3]) > 100  # F of a 6-point change of the gap against 0.2-point noise
     assert crossed(table, ["preset", "seed"])[1] == ["preset", "seed"]  # crossed already: unchanged
+
+
+def depth_table(change: float, noise: float = 0.002, seed: int = 5) -> pd.DataFrame:
+    """BatchNorm and two DyT arms at two depths, 4 seeds; DyT at 0.5 loses ``change`` more in the deep net."""
+    rng = np.random.default_rng(seed)
+    table = pd.DataFrame([{"name, alpha_init": arm, "preset": p, "seed": s} for arm in ("batchnorm, -", "dyt, 0.5", "dyt, 1.0")
+                          for p in ("tiny", "deep") for s in range(4)])
+    gap = {"batchnorm, -": 0.0, "dyt, 0.5": 0.04, "dyt, 1.0": 0.02}
+    table["value"] = [0.95 - gap[a] - change * (a == "dyt, 0.5" and p == "deep") + SEED_SHIFT.get(s, 0.005)
+                      + rng.normal(0, noise) for a, p, s in zip(table["name, alpha_init"], table["preset"], table["seed"])]
+    return table
+
+
+def test_gap_changes_are_paired_differences_of_gaps_and_find_a_planted_change():
+    from dyt_lab.study.report.factorial import gap_changes
+
+    table = depth_table(change=0.03)
+    factors = ["name, alpha_init", "preset"]
+    out = gap_changes(table, factors, "name, alpha_init", "batchnorm, -", "preset", order=["tiny", "deep"])
+    assert list(out["name, alpha_init"]) == ["dyt, 0.5", "dyt, 1.0"] and set(out["from"] + out["to"]) == {"tinydeep"}
+    by_seed = table.pivot_table(index="seed", columns=factors, values="value")
+    for row in out.to_dict("records"):  # the same contrast per seed, then averaged: the estimate, independently
+        arm = row["name, alpha_init"]
+        per_seed = ((by_seed[("batchnorm, -", "deep")] - by_seed[(arm, "deep")])
+                    - (by_seed[("batchnorm, -", "tiny")] - by_seed[(arm, "tiny")]))
+        assert row["estimate"] == pytest.approx(per_seed.mean())
+        assert row["gap_from"] == pytest.approx((by_seed[("batchnorm, -", "tiny")] - by_seed[(arm, "tiny")]).mean())
+    planted, null = out.iloc[0], out.iloc[1]
+    assert planted["ci_low"] < 0.03 < planted["ci_high"] and planted["p_value"] < 0.001
+    assert null["ci_low"] < 0 < null["ci_high"]
+    reversed_order = gap_changes(table, factors, "name, alpha_init", "batchnorm, -", "preset")  # by value: deep first
+    assert reversed_order["from"].iloc[0] == "deep" and reversed_order["estimate"].iloc[0] == pytest.approx(-planted["estimate"])
+    with pytest.raises(ValueError, match="'layernorm, -' is not a level"):
+        gap_changes(table, factors, "name, alpha_init", "layernorm, -", "preset")
+
+
+def test_the_report_shows_the_gap_across_depth_in_the_study_files_order():
+    from dyt_lab.study.report.comparison import TEST, gap_change_section
+
+    table = depth_table(change=0.03).assign(**{TEST: np.nan})
+    table["name"], table["alpha_init"] = zip(*table["name, alpha_init"].str.split(", "))  # as crossed() leaves it
+    lines = gap_change_section(table, ["name, alpha_init", "preset"], {"name": "batchnorm"},
+                               {"preset": ["tiny", "deep"]}, "val/acc")
+    rows = [line for line in "\n".join(lines).splitlines() if line.startswith("| dyt")]
+    assert len(rows) == 2 and not any(line.startswith("test/acc") for line in lines)  # no test split: no table
+    cells = [c.strip() for c in rows[0].split("|")]
+    assert cells[4] == "tiny -> deep" and cells[7].startswith("+0.03") and float(cells[8]) < 0.01
+    assert gap_change_section(table, ["name, alpha_init", "preset"], {"center": "batch"}, {}, "val/acc") == []

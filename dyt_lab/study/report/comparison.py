@@ -15,7 +15,7 @@ import pandas as pd
 from optuna.trial import TrialState
 from statsmodels.stats.multitest import multipletests
 
-from dyt_lab.study.definition.design import trial_levels, varying_factors
+from dyt_lab.study.definition.design import design_cells, trial_levels, varying_factors
 from dyt_lab.study.definition.space import SearchSpace
 from dyt_lab.study.report import factorial, statistics
 from dyt_lab.study.report.markdown import markdown_table
@@ -59,6 +59,12 @@ def seed_run_table(study: optuna.Study, space: SearchSpace) -> pd.DataFrame:
 def name_of(levels: dict) -> str:
     """A cell's familiar name (BatchNorm, DyT, ...) if it is a known point of the factored norm."""
     return KNOWN_POINTS.get(tuple(str(levels.get(k)) for k in ("center", "scale", "squash")), "")
+
+
+def corner_name(levels: dict, role: str) -> str:
+    """A corner's familiar name (DyT), 'all dyt' where every factor sits at one level (a placement), else its role."""
+    values = {str(v) for v in levels.values()}
+    return name_of(levels) or (f"all {values.pop()}" if len(values) == 1 and len(levels) > 1 else role)
 
 
 def _fmt(x, digits: int = 4) -> str:
@@ -244,7 +250,7 @@ def corner_lines(table: pd.DataFrame, factors: list[str], start: dict, end: dict
 
 def attribution_section(table: pd.DataFrame, factors: list[str], start: dict, end: dict) -> list[str]:
     """The gap from ``start`` to ``end`` split by Shapley value over the factors that differ."""
-    label = f"the {name_of(end) or 'reference'}-{name_of(start) or 'gap_from'} gap"
+    label = f"the gap from {corner_name(start, 'the gap_from corner')} to {corner_name(end, 'the reference')}"
     others = [f for f in factors if f not in start]
     out = []
     for at in [None] + [{f: level} for f in others for level in sorted(table[f].astype(str).unique())]:
@@ -259,6 +265,43 @@ def attribution_section(table: pd.DataFrame, factors: list[str], start: dict, en
             ", ".join(f"at {k} = {v}" for k, v in (at or {}).items())
         out.append(f"**{label[0].upper() + label[1:]}{', ' + where if where else ''}:**")
         out.append("\n".join(f"- {line}" for line in factorial.attribution_sentences(parts, gap_label=label)))
+    return out
+
+
+def gap_change_section(table: pd.DataFrame, factors: list[str], reference: dict, order: dict[str, list],
+                       metric: str) -> list[str]:
+    """Whether each arm's gap to the reference grows or shrinks across each other factor (depth, budget, lr).
+
+    Only where the reference is one level of one factor (a norm list, made one factor by ``crossed``): the
+    arms are that factor's other levels. One Holm family per metric, over every change shown.
+    """
+    arms = [f for f in factors if set(reference) <= set(f.split(", "))]
+    if len(arms) != 1 or len(factors) < 2 or not set(reference) <= set(table) or not is_full_factorial(table, factors):
+        return []
+    arm = arms[0]
+    is_reference = np.logical_and.reduce([table[k].astype(str) == str(v) for k, v in reference.items()])
+    if table.loc[is_reference, arm].nunique() != 1:
+        return []
+    reference_level = str(table.loc[is_reference, arm].iloc[0])
+    out = ["## The gap across the other factors",
+           "Gap = reference - arm, at each level; the change is the gap at a later level minus the gap at the first "
+           "(a difference of two paired gaps: a contrast of one cell-means model with the seed as a block), "
+           "with p Holm-adjusted over the table."]
+    values = [("value", metric)] + ([(TEST, TEST)] if table[TEST].notna().all() else [])
+    for value, label in values:
+        changes = pd.concat([factorial.gap_changes(table, factors, arm, reference_level, across,
+                                                   order=order.get(across), value=value)
+                             .assign(across=across) for across in factors if across != arm], ignore_index=True)
+        held = [f for f in factors if f != arm and f in changes]
+        rows = pd.DataFrame({arm: changes[arm], "across": changes["across"],
+                             "at": [", ".join(f"{f}={r[f]}" for f in held if pd.notna(r[f])) or "-"
+                                    for r in changes.to_dict("records")],
+                             "from -> to": changes["from"] + " -> " + changes["to"],
+                             "gap (from)": changes["gap_from"].map(_fmt), "gap (to)": changes["gap_to"].map(_fmt),
+                             "change [95% CI]": [f"{e:+.4f} [{lo:+.4f}, {hi:+.4f}]" for e, lo, hi in
+                                                 zip(changes["estimate"], changes["ci_low"], changes["ci_high"])],
+                             "p (Holm)": pd.Series(multipletests(changes["p_value"], method="holm")[1]).map(_p)})
+        out += [f"{label}, reference {reference_level}:", _table(rows)]
     return out
 
 
@@ -353,6 +396,11 @@ def replicated_sections(study: optuna.Study, space: SearchSpace, design: dict, f
                      *effects_section(as_crossed, crossed_factors, reference, start)]
         if is_full_factorial(as_crossed, crossed_factors):
             files.append(main_effects_plot(as_crossed, crossed_factors, folder, metric))
+        if reference:
+            cells = design_cells(space)  # the levels in the order the study file lists them
+            order = {f: list(dict.fromkeys(str(c[f]) for c in cells)) for f in crossed_factors
+                     if all(f in c for c in cells)}
+            sections += gap_change_section(as_crossed, crossed_factors, reference, order, metric)
     if reference and start:
         sections += ["## The gap, factor by factor",
                      "Shapley shares: each factor's average contribution over the orders in which the factors "

@@ -8,7 +8,8 @@ and makes its p-values describe a model that does not fit. ``corner_effects`` sh
 higher-order terms act: switched alone at the start corner and at the end corner of a gap.
 ``gap_attribution`` splits a gap into Shapley shares; a share is a ratio of two correlated estimates, so
 its interval is Fieller's (exact under the model's normal errors), not the numerator's interval divided by
-the gap's point estimate.
+the gap's point estimate. ``gap_changes`` asks whether a gap to the reference grows or shrinks across a
+factor's levels (depth, budget): a difference of two paired gaps.
 """
 
 from __future__ import annotations
@@ -186,6 +187,11 @@ def _corners(factors, table, start, end, at):
     return moved, corner
 
 
+def _key(factors: list[str], levels: dict) -> tuple:
+    """A cell's key for _CellMeans: its levels as text, in the order of ``factors``."""
+    return tuple(str(levels[f]) for f in factors)
+
+
 def _combine(corner, *terms: tuple[float, frozenset]) -> dict[tuple, float]:
     w: dict[tuple, float] = {}
     for coef, subset in terms:
@@ -211,6 +217,43 @@ def corner_effects(table: pd.DataFrame, factors: list[str], start: dict, end: di
     model = _CellMeans(table, factors, set().union(*contrasts), value, seed)
     est = _contrasts(model.results, [model.row(w) for w in contrasts], confidence)
     return pd.concat([pd.DataFrame(labels, columns=["factor", "where"]), est], axis=1)
+
+
+def gap_changes(table: pd.DataFrame, factors: list[str], arm: str, reference: str, across: str,
+                order: list[str] | None = None, value: str = "value", seed: str = "seed",
+                confidence: float = 1 - ALPHA) -> pd.DataFrame:
+    """How each arm's gap to the reference changes across the levels of one factor (depth, budget).
+
+    ``arm`` is the factor whose levels are the arms, ``reference`` its reference level. For each other arm,
+    at each combination of the remaining factors, the gap (reference - arm) at each later level of
+    ``across`` minus the gap at its first level: a difference of differences of four cells, so a contrast
+    of one cell-means model with the seed as a block (the same pairing as the gaps themselves). ``order``
+    gives the levels of ``across`` as the study lists them (ResNet-tiny before resnet20); else by value.
+    """
+    check_table(table, factors, value, seed)
+    levels = {f: list(_levels(table[f]).categories) for f in factors}
+    if order is not None:
+        levels[across] = [str(v) for v in order if str(v) in levels[across]]
+    if reference not in levels[arm]:
+        raise ValueError(f"reference level {reference!r} is not a level of {arm!r}: {levels[arm]}")
+    held = [f for f in factors if f not in (arm, across)]
+    first, labels, contrasts = levels[across][0], [], []
+    for level in (lv for lv in levels[arm] if lv != reference):
+        for combo in itertools.product(*[levels[f] for f in held]):
+            fixed = dict(zip(held, combo))
+            gap_at = {at: {_key(factors, fixed | {arm: reference, across: at}): 1.0,
+                           _key(factors, fixed | {arm: level, across: at}): -1.0} for at in levels[across]}
+            for later in levels[across][1:]:
+                gap_first, gap_later = gap_at[first], gap_at[later]
+                change = gap_later | {c: -w for c, w in gap_first.items()}
+                labels.append({arm: level, **fixed, "from": first, "to": later})
+                contrasts += [gap_first, gap_later, change]
+    model = _CellMeans(table, factors, set().union(*contrasts), value, seed)
+    est = _contrasts(model.results, [model.row(w) for w in contrasts], confidence)
+    gaps_first, gaps_later, changes = (est.iloc[i::3].reset_index(drop=True) for i in range(3))
+    out = pd.DataFrame(labels)
+    out["gap_from"], out["gap_to"] = gaps_first["estimate"], gaps_later["estimate"]
+    return pd.concat([out, changes], axis=1)
 
 
 def fieller(a: float, g: float, v_aa: float, v_ag: float, v_gg: float, t: float) -> tuple[float, float]:
