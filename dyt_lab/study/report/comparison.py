@@ -108,6 +108,11 @@ def _ci(low, high) -> str:
     return "too few seeds" if pd.isna(low) else f"[{low:.4f}, {high:.4f}]"
 
 
+def _with_ci(frame: pd.DataFrame, estimate: str, prefix: str = "") -> list[str]:
+    return [f"{e:+.4f} [{lo:+.4f}, {hi:+.4f}]" for e, lo, hi in
+            zip(frame[estimate], frame[f"{prefix}ci_low"], frame[f"{prefix}ci_high"])]
+
+
 def _p(p) -> str:
     return "-" if pd.isna(p) else f"{p:.2g}"
 
@@ -212,8 +217,7 @@ def effects_section(table: pd.DataFrame, factors: list[str], reference: dict | N
     inter = effects[(effects["kind"] == "interaction") & effects["term"].map(lambda t: holm.get(t, 1) < 0.05)]
     shown = pd.concat([diffs, mains, inter[one_free].drop_duplicates("term"), inter[~one_free]])
     rows = pd.DataFrame({"term": shown["term"], "contrast": shown["level"],
-                         "estimate [95% CI]": [f"{e:+.4f} [{lo:+.4f}, {hi:+.4f}]" for e, lo, hi in
-                                               zip(shown["estimate"], shown["ci_low"], shown["ci_high"])],
+                         "estimate [95% CI]": _with_ci(shown, "estimate"),
                          "p": shown["p_value"].map(_p), "p (Holm, term)": shown["term"].map(lambda t: _p(holm.get(t)))})
     out += ["A two-level factor's main effect is the difference between its levels, averaged over the other factors; "
             "a factor of more levels shows each level's sum-coded effect (its mean minus the grand mean). Interactions "
@@ -240,8 +244,7 @@ def corner_lines(table: pd.DataFrame, factors: list[str], start: dict, end: dict
         return [f"No corner effects: {err}."]
     corners["p (Holm)"] = multipletests(corners["p_value"], method="holm")[1]
     rows = pd.DataFrame({"factor": corners["factor"], "switched": corners["where"],
-                         "change [95% CI]": [f"{e:+.4f} [{lo:+.4f}, {hi:+.4f}]" for e, lo, hi in
-                                             zip(corners["estimate"], corners["ci_low"], corners["ci_high"])],
+                         "change [95% CI]": _with_ci(corners, "estimate"),
                          "p (Holm)": corners["p (Holm)"].map(_p)})
     return ["Where the interactions act: each factor switched from its gap_from level to its reference level, "
             "alone from the gap_from corner, and last (the others already at the reference) into the reference "
@@ -297,9 +300,9 @@ def gap_change_section(table: pd.DataFrame, factors: list[str], reference: dict,
                              "at": [", ".join(f"{f}={r[f]}" for f in held if pd.notna(r[f])) or "-"
                                     for r in changes.to_dict("records")],
                              "from -> to": changes["from"] + " -> " + changes["to"],
-                             "gap (from)": changes["gap_from"].map(_fmt), "gap (to)": changes["gap_to"].map(_fmt),
-                             "change [95% CI]": [f"{e:+.4f} [{lo:+.4f}, {hi:+.4f}]" for e, lo, hi in
-                                                 zip(changes["estimate"], changes["ci_low"], changes["ci_high"])],
+                             "gap (from) [95% CI]": _with_ci(changes, "gap_from", "gap_from_"),
+                             "gap (to) [95% CI]": _with_ci(changes, "gap_to", "gap_to_"),
+                             "change [95% CI]": _with_ci(changes, "estimate"),
                              "p (Holm)": pd.Series(multipletests(changes["p_value"], method="holm")[1]).map(_p)})
         out += [f"{label}, reference {reference_level}:", _table(rows)]
     return out

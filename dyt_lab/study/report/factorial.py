@@ -252,7 +252,8 @@ def gap_changes(table: pd.DataFrame, factors: list[str], arm: str, reference: st
     est = _contrasts(model.results, [model.row(w) for w in contrasts], confidence)
     gaps_first, gaps_later, changes = (est.iloc[i::3].reset_index(drop=True) for i in range(3))
     out = pd.DataFrame(labels)
-    out["gap_from"], out["gap_to"] = gaps_first["estimate"], gaps_later["estimate"]
+    for name, gaps in (("gap_from", gaps_first), ("gap_to", gaps_later)):
+        out[name], out[f"{name}_ci_low"], out[f"{name}_ci_high"] = gaps["estimate"], gaps["ci_low"], gaps["ci_high"]
     return pd.concat([out, changes], axis=1)
 
 
