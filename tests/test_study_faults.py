@@ -502,3 +502,31 @@ def test_a_study_on_a_full_disk_ends_in_one_line_and_leaves_no_trial_running(tmp
     assert line.startswith("error: stopping the study, every trial would fail: disk full: ") and str(run_dir) in line
     assert "No space left on device" in line
     assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"] in line
+
+
+def test_a_changed_choice_list_is_one_line_before_any_trial_and_the_study_keeps_its_trials(tmp_path, capsys):
+    """Optuna refuses a categorical whose choices differ from those a study's trials recorded: a study file
+    that adds a norm to a study that ran would fail every new trial. It is refused in one line instead."""
+    path = write_study(tmp_path, "grown")
+    spec = load_spec(["--config", str(path)])
+    space = SearchSpace(spec.search_space)
+    url = str(spec.folder / "journal.log")
+    spec.folder.mkdir(parents=True)
+    study = optuna.create_study(study_name="grown", storage=open_storage(url), direction="maximize")
+    study.add_trial(optuna.trial.create_trial(params={"model.norm": "dyt"}, value=0.9,
+                                              distributions=dict(space.distributions)))
+    design = {"seeds": None, "marker": "the design it ran with"}
+    study.set_user_attr("design", design)
+    before = (spec.folder / "journal.log").read_bytes()
+
+    grown = write_study(tmp_path, "grown", search_space={"model.norm": ["dyt", "derf", "dyt_shift"]})
+    line = one_error_line(capsys, ["study", "run", "--config", str(grown)])
+    assert line == ("error: study 'grown' exists with other choices for model.norm: this study file adds dyt_shift; "
+                    "a study cannot change a key's choices: give the new design its own --study_name, or keep the "
+                    "choices it was started with (dyt, derf)")
+    shrunk = write_study(tmp_path, "grown", search_space={"model.norm": ["dyt"]})
+    assert "this study file drops derf;" in one_error_line(capsys, ["study", "run", "--config", str(shrunk)])
+    after = optuna.load_study(study_name="grown", storage=open_storage(url))
+    assert [t.state for t in after.trials] == [TrialState.COMPLETE] and after.user_attrs["design"] == design
+    assert (spec.folder / "journal.log").read_bytes().startswith(before)  # only loads were appended
+    assert not (spec.folder / runner.SPEC_FILE).exists() and not (spec.folder / "trials").exists()

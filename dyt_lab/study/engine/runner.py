@@ -207,7 +207,7 @@ def prepare(spec: StudySpec) -> tuple[SearchSpace, list[str]]:
     check_design(space, spec)
     url = storage_url(spec.storage, spec.folder)
     with disk_faults(storage_shown(url)):  # the disk filled up since the check, or a database refuses writes
-        _create(spec, url)
+        _create(spec, url, space)
     with disk_faults(f"'{spec.folder / SPEC_FILE}'"):
         spec.folder.mkdir(parents=True, exist_ok=True)
         (spec.folder / SPEC_FILE).write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
@@ -217,7 +217,28 @@ def prepare(spec: StudySpec) -> tuple[SearchSpace, list[str]]:
     return space, gpus
 
 
-def _create(spec: StudySpec, url: str) -> optuna.Study:
+def check_same_choices(study: optuna.Study, space: SearchSpace) -> None:
+    """An existing study's categorical keys must keep their choices: Optuna refuses a categorical whose
+    choices differ from those its trials recorded, so every new trial would fail (a numeric range may change)."""
+    recorded: dict[str, optuna.distributions.CategoricalDistribution] = {}
+    for trial in study.get_trials(deepcopy=False):
+        for key, old in trial.distributions.items():
+            if isinstance(old, optuna.distributions.CategoricalDistribution):
+                recorded.setdefault(key, old)
+    for key, old in recorded.items():
+        new = space.distributions.get(key)
+        if isinstance(new, optuna.distributions.CategoricalDistribution) and new.choices != old.choices:
+            added = [c for c in new.choices if c not in old.choices]
+            dropped = [c for c in old.choices if c not in new.choices]
+            change = "; ".join(part for part in (f"adds {', '.join(map(str, added))}" if added else "",
+                                                 f"drops {', '.join(map(str, dropped))}" if dropped else "") if part)
+            raise ConfigError(f"study '{study.study_name}' exists with other choices for {key}: this study file "
+                              f"{change or 'reorders them'}; a study cannot change a key's choices: give the new "
+                              f"design its own --study_name, or keep the choices it was started with "
+                              f"({', '.join(map(str, old.choices))})")
+
+
+def _create(spec: StudySpec, url: str, space: SearchSpace) -> optuna.Study:
     """Create (or load) the study in its storage, with the study's direction and design."""
     if spec.storage in ("sqlite", "journal"):
         spec.folder.mkdir(parents=True, exist_ok=True)
@@ -228,6 +249,7 @@ def _create(spec: StudySpec, url: str) -> optuna.Study:
     if study.direction.name.lower() != spec.objective.direction:
         raise ConfigError(f"study '{spec.study_name}' exists with direction {study.direction.name.lower()}; "
                           f"objective.direction {spec.objective.direction} cannot change it")
+    check_same_choices(study, space)  # before the design below is recorded over the old one
     study.set_user_attr("objective", {"metric": spec.objective.metric, "value": spec.objective.value})
     study.set_user_attr("design", {"seeds": spec.seeds, "reference": spec.reference, "gap_from": spec.gap_from,
                                    "margin": spec.margin})
