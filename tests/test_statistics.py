@@ -431,18 +431,20 @@ def test_gap_changes_are_paired_differences_of_gaps_and_find_a_planted_change():
         per_seed = ((by_seed[("batchnorm, -", "deep")] - by_seed[(arm, "deep")])
                     - (by_seed[("batchnorm, -", "tiny")] - by_seed[(arm, "tiny")]))
         assert row["estimate"] == pytest.approx(per_seed.mean())
-        assert row["gap_from"] == pytest.approx((by_seed[("batchnorm, -", "tiny")] - by_seed[(arm, "tiny")]).mean())
+        assert row["gap_first"] == pytest.approx((by_seed[("batchnorm, -", "tiny")] - by_seed[(arm, "tiny")]).mean())
     planted, null = out.iloc[0], out.iloc[1]
     assert planted["ci_low"] < 0.03 < planted["ci_high"] and planted["p_value"] < 0.001
     assert null["ci_low"] < 0 < null["ci_high"]
     reversed_order = gap_changes(table, factors, "name, alpha_init", "batchnorm, -", "preset")  # by value: deep first
     assert reversed_order["from"].iloc[0] == "deep" and reversed_order["estimate"].iloc[0] == pytest.approx(-planted["estimate"])
+    unlisted = gap_changes(table, factors, "name, alpha_init", "batchnorm, -", "preset", order=["tiny", "huge"])
+    assert list(unlisted["to"]) == ["deep", "deep"]  # a level the order omits still comes, after the listed ones
     with pytest.raises(ValueError, match="'layernorm, -' is not a level"):
         gap_changes(table, factors, "name, alpha_init", "layernorm, -", "preset")
 
 
 def test_the_report_shows_the_gap_across_depth_in_the_study_files_order():
-    from dyt_lab.study.report.comparison import TEST, gap_change_section
+    from dyt_lab.study.report.comparison import TEST, crossed, gap_change_section
 
     table = depth_table(change=0.03).assign(**{TEST: np.nan})
     table["name"], table["alpha_init"] = zip(*table["name, alpha_init"].str.split(", "))  # as crossed() leaves it
@@ -453,3 +455,16 @@ def test_the_report_shows_the_gap_across_depth_in_the_study_files_order():
     cells = [c.strip() for c in rows[0].split("|")]
     assert cells[4] == "tiny -> deep" and cells[7].startswith("+0.03") and float(cells[8]) < 0.01
     assert gap_change_section(table, ["name, alpha_init", "preset"], {"center": "batch"}, {}, "val/acc") == []
+    # BatchNorm's deep cell not yet run: crossed() merges the norm with the preset, and the reference is
+    # "batchnorm, tiny"; a "gap" to it at depth would be a depth effect, so the section says why it is absent
+    two_rates = pd.concat([table.assign(lr=0.002), table.assign(lr=0.008)])
+    running = two_rates[(two_rates["alpha_init"] != "1.0") & ~((two_rates["name"] == "batchnorm")
+                                                              & (two_rates["preset"] == "deep"))]
+    merged, factors = crossed(running, ["name", "preset", "lr"])
+    assert factors == ["name, preset", "lr"]
+    assert gap_change_section(merged, factors, {"name": "batchnorm"}, {}, "val/acc")[1].startswith("Not shown")
+    # one seed run of a second seed: a full factorial with no residual degrees of freedom left
+    sparse = table[(table["seed"] == 0) | ((table["seed"] == 1) & (table["name"] == "batchnorm")
+                                           & (table["preset"] == "tiny"))]
+    lines = gap_change_section(sparse, ["name, alpha_init", "preset"], {"name": "batchnorm"}, {}, "val/acc")
+    assert lines[-1].startswith("No gap changes for val/acc: cell means:")

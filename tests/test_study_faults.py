@@ -504,28 +504,36 @@ def test_a_study_on_a_full_disk_ends_in_one_line_and_leaves_no_trial_running(tmp
     assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"] in line
 
 
-def test_a_changed_choice_list_is_one_line_before_any_trial_and_the_study_keeps_its_trials(tmp_path, capsys):
-    """Optuna refuses a categorical whose choices differ from those a study's trials recorded: a study file
-    that adds a norm to a study that ran would fail every new trial. It is refused in one line instead."""
-    path = write_study(tmp_path, "grown")
+def test_a_changed_search_space_is_one_line_before_any_trial_and_the_study_keeps_its_trials(tmp_path, capsys):
+    """Optuna refuses a categorical whose choices differ from those a study's trials recorded (and a key whose
+    kind or log flag changed): a study file that adds a norm to a study that ran would fail every new trial.
+    It is refused in one line instead."""
+    alpha = {"type": "float", "low": 0.1, "high": 1.0}
+    path = write_study(tmp_path, "grown", search_space={"model.norm": ["dyt", "derf"], "model.alpha_init": alpha})
     spec = load_spec(["--config", str(path)])
     space = SearchSpace(spec.search_space)
     url = str(spec.folder / "journal.log")
     spec.folder.mkdir(parents=True)
     study = optuna.create_study(study_name="grown", storage=open_storage(url), direction="maximize")
-    study.add_trial(optuna.trial.create_trial(params={"model.norm": "dyt"}, value=0.9,
+    study.add_trial(optuna.trial.create_trial(params={"model.norm": "dyt", "model.alpha_init": 0.5}, value=0.9,
                                               distributions=dict(space.distributions)))
     design = {"seeds": None, "marker": "the design it ran with"}
     study.set_user_attr("design", design)
     before = (spec.folder / "journal.log").read_bytes()
 
-    grown = write_study(tmp_path, "grown", search_space={"model.norm": ["dyt", "derf", "dyt_shift"]})
+    grown = write_study(tmp_path, "grown", search_space={"model.norm": ["dyt", "derf", "dyt_shift"], "model.alpha_init": alpha})
     line = one_error_line(capsys, ["study", "run", "--config", str(grown)])
     assert line == ("error: study 'grown' exists with other choices for model.norm: this study file adds dyt_shift; "
-                    "a study cannot change a key's choices: give the new design its own --study_name, or keep the "
-                    "choices it was started with (dyt, derf)")
+                    "a study cannot change that: give the new design its own --study_name, or keep what it was "
+                    "started with (dyt, derf)")
     shrunk = write_study(tmp_path, "grown", search_space={"model.norm": ["dyt"]})
     assert "this study file drops derf;" in one_error_line(capsys, ["study", "run", "--config", str(shrunk)])
+    reordered = write_study(tmp_path, "grown", search_space={"model.norm": ["derf", "dyt"]})
+    assert "this study file reorders them;" in one_error_line(capsys, ["study", "run", "--config", str(reordered)])
+    logged = write_study(tmp_path, "grown", search_space={"model.norm": ["dyt", "derf"], "model.alpha_init": alpha | {"log": True}})
+    line = one_error_line(capsys, ["study", "run", "--config", str(logged)])
+    assert line.startswith("error: study 'grown' exists with another kind of model.alpha_init (") and \
+        line.endswith("keep what it was started with (float 0.1 to 1.0)")
     after = optuna.load_study(study_name="grown", storage=open_storage(url))
     assert [t.state for t in after.trials] == [TrialState.COMPLETE] and after.user_attrs["design"] == design
     assert (spec.folder / "journal.log").read_bytes().startswith(before)  # only loads were appended

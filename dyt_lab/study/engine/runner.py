@@ -27,6 +27,7 @@ from pathlib import Path
 
 import optuna
 import yaml
+from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from dyt_lab.errors import EXIT_INTERRUPTED, ConfigError, check_writable, fault_line, write_fault
@@ -217,25 +218,42 @@ def prepare(spec: StudySpec) -> tuple[SearchSpace, list[str]]:
     return space, gpus
 
 
-def check_same_choices(study: optuna.Study, space: SearchSpace) -> None:
-    """An existing study's categorical keys must keep their choices: Optuna refuses a categorical whose
-    choices differ from those its trials recorded, so every new trial would fail (a numeric range may change)."""
-    recorded: dict[str, optuna.distributions.CategoricalDistribution] = {}
+def check_same_space(study: optuna.Study, space: SearchSpace) -> None:
+    """An existing study's keys must keep what Optuna checks in every new trial: a categorical's choices, a
+    key's kind (list, float, int) and its log flag; otherwise every new trial would fail. A range may change
+    (TPE goes on over the new one), and a key may be dropped."""
+    recorded: dict[str, optuna.distributions.BaseDistribution] = {}
     for trial in study.get_trials(deepcopy=False):
         for key, old in trial.distributions.items():
-            if isinstance(old, optuna.distributions.CategoricalDistribution):
-                recorded.setdefault(key, old)
+            recorded.setdefault(key, old)
     for key, old in recorded.items():
         new = space.distributions.get(key)
-        if isinstance(new, optuna.distributions.CategoricalDistribution) and new.choices != old.choices:
+        if new is None:
+            continue
+        if isinstance(old, CategoricalDistribution) and isinstance(new, CategoricalDistribution):
+            if new.choices == old.choices:
+                continue
             added = [c for c in new.choices if c not in old.choices]
             dropped = [c for c in old.choices if c not in new.choices]
             change = "; ".join(part for part in (f"adds {', '.join(map(str, added))}" if added else "",
                                                  f"drops {', '.join(map(str, dropped))}" if dropped else "") if part)
-            raise ConfigError(f"study '{study.study_name}' exists with other choices for {key}: this study file "
-                              f"{change or 'reorders them'}; a study cannot change a key's choices: give the new "
-                              f"design its own --study_name, or keep the choices it was started with "
-                              f"({', '.join(map(str, old.choices))})")
+            what, started = f"other choices for {key}: this study file {change or 'reorders them'}", \
+                ", ".join(map(str, old.choices))
+        else:
+            try:
+                optuna.distributions.check_distribution_compatibility(old, new)
+                continue
+            except ValueError as err:
+                what, started = f"another kind of {key} ({err})", _shown_distribution(old)
+        raise ConfigError(f"study '{study.study_name}' exists with {what}; a study cannot change that: give the new "
+                          f"design its own --study_name, or keep what it was started with ({started})")
+
+
+def _shown_distribution(dist: optuna.distributions.BaseDistribution) -> str:
+    if isinstance(dist, CategoricalDistribution):
+        return "choices " + ", ".join(map(str, dist.choices))
+    kind = "int" if isinstance(dist, optuna.distributions.IntDistribution) else "float"
+    return f"{kind} {dist.low} to {dist.high}" + (", log" if dist.log else "")
 
 
 def _create(spec: StudySpec, url: str, space: SearchSpace) -> optuna.Study:
@@ -249,7 +267,7 @@ def _create(spec: StudySpec, url: str, space: SearchSpace) -> optuna.Study:
     if study.direction.name.lower() != spec.objective.direction:
         raise ConfigError(f"study '{spec.study_name}' exists with direction {study.direction.name.lower()}; "
                           f"objective.direction {spec.objective.direction} cannot change it")
-    check_same_choices(study, space)  # before the design below is recorded over the old one
+    check_same_space(study, space)  # before the design below is recorded over the old one
     study.set_user_attr("objective", {"metric": spec.objective.metric, "value": spec.objective.value})
     study.set_user_attr("design", {"seeds": spec.seeds, "reference": spec.reference, "gap_from": spec.gap_from,
                                    "margin": spec.margin})

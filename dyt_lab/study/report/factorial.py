@@ -232,8 +232,9 @@ def gap_changes(table: pd.DataFrame, factors: list[str], arm: str, reference: st
     """
     check_table(table, factors, value, seed)
     levels = {f: list(_levels(table[f]).categories) for f in factors}
-    if order is not None:
-        levels[across] = [str(v) for v in order if str(v) in levels[across]]
+    if order is not None:  # the study's order first; a level it does not list keeps its place by value after them
+        listed = [str(v) for v in order if str(v) in levels[across]]
+        levels[across] = listed + [lv for lv in levels[across] if lv not in listed]
     if reference not in levels[arm]:
         raise ValueError(f"reference level {reference!r} is not a level of {arm!r}: {levels[arm]}")
     held = [f for f in factors if f not in (arm, across)]
@@ -252,7 +253,7 @@ def gap_changes(table: pd.DataFrame, factors: list[str], arm: str, reference: st
     est = _contrasts(model.results, [model.row(w) for w in contrasts], confidence)
     gaps_first, gaps_later, changes = (est.iloc[i::3].reset_index(drop=True) for i in range(3))
     out = pd.DataFrame(labels)
-    for name, gaps in (("gap_from", gaps_first), ("gap_to", gaps_later)):
+    for name, gaps in (("gap_first", gaps_first), ("gap_later", gaps_later)):
         out[name], out[f"{name}_ci_low"], out[f"{name}_ci_high"] = gaps["estimate"], gaps["ci_low"], gaps["ci_high"]
     return pd.concat([out, changes], axis=1)
 
