@@ -441,6 +441,12 @@ def test_confirm_reruns_the_best_and_the_reference_on_fresh_seeds_and_resumes(se
     (["seeded", "--top", "1", "--seeds", "1..3"], "error: --seeds 1..3 overlaps the seeds the search ran ([1])"),
     (["seeded", "--top", "1", "--seeds", "five"], "error: --seeds 'five': give a range like 10..14"),
     (["seeded", "--top", "x"], "error: study confirm: "),
+    (["seeded", "--top", "1", "--seeds", "5..6", "--base.overrides.trainer.max_epochs=1"],
+     "error: --config and --base.overrides.* change the setting: give --tag NAME"),
+    (["seeded", "--top", "1", "--seeds", "5..6", "--tag", "x", "--config", "nosuch.yaml"],
+     "error: --config 'nosuch.yaml' is not a file"),
+    (["seeded", "--top", "1", "--seeds", "5..6", "--tag", "a b"], "error: --tag 'a b' must be letters"),
+    (["seeded", "--ablate", "--per", "name", "--seeds", "5..6"], "error: --ablate takes the single best configuration"),
 ])
 @pytest.mark.slow
 def test_confirm_refuses_bad_input_in_one_line_and_writes_nothing(seeded_study, capsys, args, expected):
@@ -451,6 +457,69 @@ def test_confirm_refuses_bad_input_in_one_line_and_writes_nothing(seeded_study, 
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and last_line(err).startswith(expected) and "Traceback" not in err
     assert sorted(p.name for p in (folder / "studies").iterdir()) == before
+
+
+@pytest.mark.slow
+def test_confirm_elsewhere_reruns_the_same_winners_with_the_other_setting_and_compare_pairs_them(seeded_study, capsys):
+    folder, _ = seeded_study
+    root = str(folder / "studies")
+    main(["study", "confirm", "seeded", "--top", "1", "--seeds", "5..6", "--root", root, "--workers", "1"])
+    main(["study", "confirm", "seeded", "--top", "1", "--seeds", "5..6", "--root", root, "--workers", "1",
+          "--tag", "short", "--base.overrides.trainer.max_epochs=1"])
+    capsys.readouterr()
+    plain, short = load(folder, "seeded.confirm"), load(folder, "seeded.confirm.short")
+    as_key = lambda t: (json.dumps(t.params, sort_keys=True), t.user_attrs["seed"])  # noqa: E731
+    assert {as_key(t) for t in short.trials} == {as_key(t) for t in plain.trials}  # the same winners and seeds
+    for trial in short.trials:  # ... in the other setting: one epoch instead of two
+        assert yaml.safe_load((Path(trial.user_attrs["run_dir"]) / "config.yaml").read_text())["trainer"]["max_epochs"] == 1
+        assert trial.user_attrs["epochs"] == 1
+    main(["study", "report", "seeded.confirm.short", "--root", root])
+    report = (folder / "studies" / "seeded.confirm.short" / "report.md").read_text()
+    assert "A confirmation of study `seeded`" in report and "Not confirmed" not in report
+
+    main(["study", "compare", "seeded.confirm.short", "seeded.confirm", "--root", root])
+    written = (folder / "studies" / "seeded.confirm.short" / "versus_seeded.confirm.md").read_text()
+    assert written.strip() in capsys.readouterr().out
+    test_acc = lambda study: {(json.dumps(t.params, sort_keys=True), t.user_attrs["seed"]): t.user_attrs["test"]["test/acc"]  # noqa: E731
+                              for t in study.trials}
+    ours, theirs = test_acc(short), test_acc(plain)
+    configs = sorted({k for k, _ in theirs})
+    best = max(configs, key=lambda c: theirs[(c, 5)] + theirs[(c, 6)])
+    for config in configs:  # each row's Δ is the mean of its two per-seed differences to the other study's best
+        delta = sum(ours[(config, s)] - theirs[(best, s)] for s in (5, 6)) / 2
+        assert sum(f"| {delta:+.4f} |" in row for row in written.splitlines()) >= 1
+    rows = [[cell.strip() for cell in row.split("|")[1:-1]] for row in written.splitlines() if row.startswith("| ")]
+    assert [r[1] for r in rows[2:]] == ["2", "2"]  # header, rule, then two configurations of two pairs each
+
+    with pytest.raises(SystemExit) as exit_info:  # the search ran seeds 0-1, the confirmation 5-6: no pair
+        main(["study", "compare", "seeded", "seeded.confirm", "--root", root])
+    assert exit_info.value.code == 2
+    assert "share no seed: nothing to pair" in last_line(capsys.readouterr().err)
+
+
+@pytest.mark.slow
+def test_ablate_runs_the_best_and_each_one_factor_neighbour_against_it(seeded_study, capsys):
+    folder, _ = seeded_study
+    root = str(folder / "studies")
+    search = load(folder, "seeded")
+    means: dict[str, list] = {}
+    for t in search.trials:
+        means.setdefault(json.dumps(t.params, sort_keys=True), []).append(t.value)
+    best = json.loads(max((k for k in means if "batch_std" not in k), key=lambda k: sum(means[k])))  # not the reference
+    norms = {t.params["model.norm"] for t in search.trials}
+    rates = {t.params["model.optimizer.lr"] for t in search.trials}
+    expected = [best, {**best, "model.norm": (norms - {best["model.norm"]}).pop()},
+                {**best, "model.optimizer.lr": (rates - {best["model.optimizer.lr"]}).pop()}]
+    main(["study", "confirm", "seeded", "--ablate", "--seeds", "8..9", "--root", root, "--workers", "1"])
+    assert "3/3 configurations x 2 seeds (6 complete)" in capsys.readouterr().out
+    ablation = load(folder, "seeded.confirm.ablation")
+    ran = sorted({json.dumps(t.params, sort_keys=True) for t in ablation.trials})
+    assert ran == sorted(json.dumps(e, sort_keys=True) for e in expected)
+    assert ablation.user_attrs["design"]["reference"] == {"scale": "alpha", "model.optimizer.lr": best["model.optimizer.lr"]}
+    main(["study", "report", "seeded.confirm.ablation", "--root", root])
+    report = (folder / "studies" / "seeded.confirm.ablation" / "report.md").read_text()
+    assert "its one-factor neighbours, each compared with the best" in report
+    assert sum("| reference" in row for row in report.splitlines()) == 1  # the best is the one reference
 
 
 def test_confirm_chooses_the_top_k_or_every_arm_at_its_best():

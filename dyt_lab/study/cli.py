@@ -1,4 +1,4 @@
-"""``dyt-lab study run | resume | report``: the command line of the study subsystem."""
+"""``dyt-lab study run | resume | report | confirm | compare``: the command line of the study subsystem."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ usage: dyt-lab study run --config configs/study/NAME.yaml [--KEY VALUE ...] [--w
        dyt-lab study resume NAME [--root studies] [--KEY VALUE ...]
        dyt-lab study report NAME [--root studies] [--storage URL] [--margin 0.005]
        dyt-lab study confirm NAME --top K --seeds 10..14 [--per FACTOR] [--root studies] [--workers N]
+                             [--tag TAG [--config FIT.yaml] [--base.overrides.KEY=VALUE ...]] [--ablate]
+       dyt-lab study compare NAME AGAINST [--root studies] [--margin 0.005]
 
   run      check the study file and its configs, then run trials until the study has n_trials;
            the same command again resumes it. Any key of the study file is a flag
@@ -20,6 +22,11 @@ usage: dyt-lab study run --config configs/study/NAME.yaml [--KEY VALUE ...] [--w
   report   print the trials table, the best trial, importances; write report.md, trials.csv, plots.
   confirm  rerun the K best configurations and the reference on fresh seeds (study NAME.confirm), each
            tested on the held-out split; the report of NAME then shows both stages. Again: resumes.
+           --tag TAG with --config / --base.overrides.*: the same winners in another setting (other data,
+           a longer budget), study NAME.confirm.TAG; --ablate: the best and each of its one-factor
+           neighbours, study NAME.confirm.ablation.
+  compare  pair every configuration of study NAME with the best of study AGAINST, seed by seed (two
+           confirmations on the same fresh seeds): the difference, its interval and verdict.
 """
 
 
@@ -50,6 +57,12 @@ CONFIRM_OPTIONS = {
     "workers": {"type": int | None, "default": None, "help": "processes (default: the study's)"},
     "per": {"type": str | None, "default": None,
             "help": "a factor (e.g. name): confirm the top K of each of its levels, every arm at its best"},
+    "tag": {"type": str | None, "default": None,
+            "help": "run as study NAME.confirm.TAG (needed with --config or --base.overrides.KEY=VALUE)"},
+    "config": {"type": str | None, "default": None,
+               "help": "one more dyt-lab fit config file after the search's (other data, say)"},
+    "ablate": {"action": "store_true",
+               "help": "the best configuration and each of its one-factor neighbours (study NAME.confirm.ablation)"},
 }
 
 
@@ -82,12 +95,23 @@ def main(argv: list[str]) -> None:
             check_writable(folder, "study folder", "the report writes report.md, trials.csv and its plots there")
         report(args.name, root=args.root, storage=args.storage, margin=args.margin)
     elif command == "confirm":
+        from dyt_lab.study.definition.study_file import pop_override_flags
         from dyt_lab.study.engine.confirm import confirm
 
+        rest, overrides = pop_override_flags(rest)
         args = _parse("confirm", "Rerun a finished study's best configurations and its reference on fresh seeds.",
                       rest, **CONFIRM_OPTIONS)
         confirm(args.name, args.top, args.seeds, root=args.root, storage=args.storage, workers=args.workers,
-                per=args.per)
+                per=args.per, tag=args.tag, config=args.config, overrides=overrides, ablate=args.ablate)
+    elif command == "compare":
+        from dyt_lab.study.report.versus import compare
+
+        if len(rest) < 2 or any(a.startswith("-") for a in rest[:2]):
+            raise ConfigError("study compare needs two studies: dyt-lab study compare NAME AGAINST "
+                              "(e.g. bn_free_search.confirm bn_free_search_reference.confirm)")
+        args = _parse("compare", "Pair every configuration of one study with the best of another, seed by seed.",
+                      [rest[0], *rest[2:]], **REPORT_OPTIONS)
+        compare(args.name, rest[1], root=args.root, storage=args.storage, margin=args.margin)
     elif command == "_worker":  # started by `run --workers N`, not by people
         from dyt_lab.study.engine.runner import run_worker
 
@@ -95,4 +119,4 @@ def main(argv: list[str]) -> None:
     elif command in (None, "-h", "--help", "help"):
         print(USAGE)
     else:
-        raise ConfigError(f"unknown study command '{command}'; valid: run, resume, report, confirm (dyt-lab study --help)")
+        raise ConfigError(f"unknown study command '{command}'; valid: run, resume, report, confirm, compare (dyt-lab study --help)")

@@ -2,10 +2,21 @@
 
 A search picks its best configurations on the seeds that also measure them, so their estimates are
 biased upward (the winner's curse). Confirming reruns the K best configurations and the study's best
-reference configuration (or, with ``--per name``, the K best of each norm: every arm at its best) on fresh seeds, as a study of its own, ``NAME.confirm``: a sibling folder with its
-own storage file (or, for a database, the same database under that name). It is an ordinary seeded
-study, so it resumes (run the same command again) and survives ``kill -9``; every run tests its best
-checkpoint on the held-out split, and ``dyt-lab study report NAME`` shows both stages side by side.
+reference configuration (or, with ``--per name``, the K best of each norm: every arm at its best) on
+fresh seeds, as a study of its own, ``NAME.confirm``: a sibling folder with its own storage file (or,
+for a database, the same database under that name). It is an ordinary seeded study, so it resumes
+(run the same command again) and survives ``kill -9``; every run tests its best checkpoint on the
+held-out split, and ``dyt-lab study report NAME`` shows both stages side by side.
+
+Two variants run as studies of their own, ``NAME.confirm.TAG``, reported with ``dyt-lab study report
+NAME.confirm.TAG``:
+
+- elsewhere (``--tag fashion_mnist --config configs/data/fashion_mnist_testbed.yaml``, or
+  ``--base.overrides.trainer.max_epochs=40``): the same winners, with one more fit config file after
+  the search's and fixed keys over them: does the winner hold on other data, or a longer budget?
+- ``--ablate`` (tag ``ablation``): the best configuration and each of its one-factor neighbours (every
+  other level of every categorical key, one key at a time), compared with the best itself: what each
+  of its choices contributes.
 """
 
 from __future__ import annotations
@@ -16,14 +27,16 @@ from pathlib import Path
 
 import optuna
 import yaml
+from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
 from dyt_lab.errors import ConfigError
-from dyt_lab.study.definition.design import trial_levels
+from dyt_lab.study.definition.design import factor_levels, trial_levels
 from dyt_lab.study.definition.space import SearchSpace
 from dyt_lab.study.definition.storage import find_storage, load_existing
 from dyt_lab.study.definition.study_file import (
     CONFIRM_SUFFIX,
+    NAME_PATTERN,
     SPEC_FILE,
     Pruner,
     Sampler,
@@ -111,39 +124,94 @@ def choose(study: optuna.Study, space: SearchSpace, top: int, reference: dict | 
     return chosen + references[:1]
 
 
-def confirm_spec(parent: StudySpec, seeds: list[int], n_configurations: int, workers: int | None) -> StudySpec:
+def neighbours(best: dict, space: SearchSpace) -> list[dict]:
+    """The one-factor neighbours of ``best`` (Optuna params): each other choice of each categorical key in turn.
+
+    Numeric keys (alpha0, the learning rate) keep the best's values, so each neighbour differs from it in
+    exactly one choice; the levels are decoded as a search entry's are, for the report.
+    """
+    found = []
+    for key, dist in space.distributions.items():
+        if isinstance(dist, CategoricalDistribution):
+            for label in dist.choices:
+                if key in best["params"] and str(label) != str(best["params"][key]):
+                    params = {**best["params"], key: label}
+                    found.append({"params": params, "levels": factor_levels(space.configuration(params).values),
+                                  "mean": None, "seeds": []})
+    return found
+
+
+def categorical_levels(params: dict, space: SearchSpace) -> dict:
+    """The varied factor levels of the categorical keys of ``params``: a cell of the design, usable as a reference."""
+    levels = {}
+    for key, dist in space.distributions.items():
+        if isinstance(dist, CategoricalDistribution) and key in params:
+            per_choice = [factor_levels({key: value}) for value in space.choices(key)]
+            mine = factor_levels({key: space.configuration({key: params[key]}).values[key]})
+            levels.update({f: v for f, v in mine.items() if len({str(c.get(f)) for c in per_choice}) > 1})
+    return levels
+
+
+def confirm_spec(parent: StudySpec, seeds: list[int], n_configurations: int, workers: int | None,
+                 tag: str | None = None) -> StudySpec:
     """The confirm study: the parent's runs and search space, its chosen configurations on fresh seeds.
 
     Every trial is queued with fixed values, so the sampler never chooses one (random is the cheapest that
     honours them); no pruning, since a confirmation measures each configuration to its end.
     """
-    return replace(parent, study_name=f"{parent.study_name}{CONFIRM_SUFFIX}", seeds=seeds, n_trials=n_configurations,
+    name = f"{parent.study_name}{CONFIRM_SUFFIX}" + (f".{tag}" if tag else "")
+    return replace(parent, study_name=name, seeds=seeds, n_trials=n_configurations,
                    sampler=Sampler(name="random", seed=0), pruner=Pruner(name="none"), gap_from=None,
                    timeout=None, workers=workers or parent.workers)
 
 
 def confirm(name: str, top: int, seeds_text: str, root: str = "studies", storage: str | None = None,
-            workers: int | None = None, per: str | None = None) -> None:
-    """Check everything, then create (or resume) ``NAME.confirm`` and run it to its end."""
+            workers: int | None = None, per: str | None = None, tag: str | None = None, config: str | None = None,
+            overrides: dict[str, str] | None = None, ablate: bool = False) -> None:
+    """Check everything, then create (or resume) ``NAME.confirm`` (or ``NAME.confirm.TAG``) and run it to its end.
+
+    ``config`` (a fit config file) and ``overrides`` (dotted key -> value) change the setting the winners
+    run in, after the search's own; ``ablate`` runs the best configuration and its one-factor neighbours.
+    """
     from dyt_lab.study.engine.runner import run_study
 
     seeds = parse_seeds(seeds_text)
+    tag = tag or ("ablation" if ablate else None)
+    if (config or overrides) and not tag:
+        raise ConfigError("--config and --base.overrides.* change the setting: give --tag NAME (e.g. --tag "
+                          "fashion_mnist), so the confirmation is a study of its own, NAME.confirm.TAG")
+    if tag is not None and not NAME_PATTERN.fullmatch(tag):
+        raise ConfigError(f"--tag '{tag}' must be letters, digits, '_', '-' or '.'")
+    if config is not None and not Path(config).is_file():
+        raise ConfigError(f"--config '{config}' is not a file; give a dyt-lab fit config, e.g. "
+                          "configs/data/fashion_mnist_testbed.yaml")
     saved = Path(root) / name / SPEC_FILE
     if not saved.is_file():
         raise ConfigError(f"no study '{name}' to confirm: {saved} does not exist (run it first)")
     parent = load_spec(["--config", str(saved)], prog="dyt-lab study confirm")
     study = load_existing(name, find_storage(name, root, storage))
-    chosen = choose(study, SearchSpace(parent.search_space), top, parent.reference, per)
+    space = SearchSpace(parent.search_space)
+    if ablate:
+        if per is not None:
+            raise ConfigError("--ablate takes the single best configuration: leave out --per")
+        best = choose(study, space, 1, parent.reference)[0]
+        chosen = [best, *neighbours(best, space)]
+    else:
+        chosen = choose(study, space, top, parent.reference, per)
     searched = search_seeds(study)  # reads each run's config where the study has no seed attributes: once
     if overlap := sorted(set(seeds) & searched):
         raise ConfigError(f"--seeds {seeds_text} overlaps the seeds the search ran ({overlap}); fresh seeds "
                           f"must differ from {sorted(searched)}")
-    spec = confirm_spec(parent, seeds, len(chosen), workers)
+    spec = confirm_spec(parent, seeds, len(chosen), workers, tag)
     spec.root = root
     if storage:
         spec.storage = storage
+    spec.base.configs = [*spec.base.configs, *([config] if config else [])]
+    spec.base.overrides = {**spec.base.overrides, **(overrides or {})}
+    if ablate:  # each neighbour's paired difference to the best: what that one choice is worth
+        spec.reference = categorical_levels(chosen[0]["params"], space)
     queued = [{"params": e["params"], "levels": e["levels"], "search_mean": e["mean"], "search_seeds": e["seeds"]}
               for e in chosen]
     run_study(spec, queue=[q["params"] for q in queued],
-              attrs={CONFIRMS_ATTR: {"study": name, "top": top, "per": per, "configurations": json.loads(json.dumps(queued,
-                                                                                                    default=str))}})
+              attrs={CONFIRMS_ATTR: {"study": name, "top": 1 if ablate else top, "per": per, "ablate": ablate,
+                                     "configurations": json.loads(json.dumps(queued, default=str))}})

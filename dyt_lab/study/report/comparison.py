@@ -369,8 +369,11 @@ def confirmed_section(confirm_study: optuna.Study, space: SearchSpace, search: p
 
 
 def replicated_sections(study: optuna.Study, space: SearchSpace, design: dict, folder: Path, metric: str,
-                        margin: float, confirm_study: optuna.Study | None = None) -> tuple[list[str], list[Path]]:
-    """The report's sections for a study with seeds (its values decoded by ``space``), and the plots they refer to."""
+                        margin: float, confirm_study: optuna.Study | None = None,
+                        confirms: dict | None = None) -> tuple[list[str], list[Path]]:
+    """The report's sections for a study with seeds (its values decoded by ``space``), and the plots they refer to.
+
+    ``confirms``: what this study confirms, if it is itself a confirmation (``dyt-lab study confirm``)."""
     table = seed_run_table(study, space)
     if table.empty:
         return ["## Configurations", "No completed seed run yet."], []
@@ -386,7 +389,11 @@ def replicated_sections(study: optuna.Study, space: SearchSpace, design: dict, f
                 f"table; the verdict is better, worse, equivalent (TOST within ±{margin:g}) or inconclusive. "
                 + ("test/acc is the best checkpoint (by val/acc) on the held-out test split. " if table[TEST].notna().any() else ""),
                 configurations_section(table, factors, reference, study.direction.name.lower(), margin, metric)]
-    if confirm_study is None:
+    if confirms:
+        what = ("the best configuration and its one-factor neighbours, each compared with the best"
+                if confirms.get("ablate") else "its chosen configurations")
+        sections.append(f"A confirmation of study `{confirms.get('study')}`: {what}, on seeds that chose nothing.")
+    elif confirm_study is None:
         # several arms (norm names): each at its own best is the comparison a reader wants; else the top three
         which = "--top 1 --per name" if "name" in factors and table["name"].nunique() > 1 else "--top 3"
         sections.append(f"Not confirmed: the best configurations were chosen on the seeds that measure them, so their "

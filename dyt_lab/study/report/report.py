@@ -18,6 +18,7 @@ from dyt_lab.errors import ConfigError
 from dyt_lab.study.definition.space import saved_space
 from dyt_lab.study.definition.storage import find_storage, load_existing, retried_trial_number, retry_history
 from dyt_lab.study.definition.study_file import CONFIRM_SUFFIX, DEFAULT_MARGIN, TRIALS, check_margin
+from dyt_lab.study.engine.confirm import CONFIRMS_ATTR
 from dyt_lab.study.report.comparison import confirmed_section, replicated_sections, seed_run_table
 from dyt_lab.study.report.markdown import markdown_table
 from dyt_lab.study.report.plots import mean_by, placement_and_variant, write_plots
@@ -115,9 +116,11 @@ def report(name: str, root: str = "studies", storage: str | None = None, margin:
         margin = check_margin(design.get("margin", DEFAULT_MARGIN) if margin is None else margin)
     except ValueError as err:
         raise ConfigError(f"--margin: {err}") from None
-    confirm_study = None if name.endswith(CONFIRM_SUFFIX) else linked_confirm(name, root, storage)
+    confirms = study.user_attrs.get(CONFIRMS_ATTR)  # this study is itself a confirmation: what it confirms
+    confirm_study = None if confirms else linked_confirm(name, root, storage)
     if design.get("seeds"):  # one configuration = several seed runs: compare means, not single runs
-        replicated, replicated_files = replicated_sections(study, space, design, folder, metric, margin, confirm_study)
+        replicated, replicated_files = replicated_sections(study, space, design, folder, metric, margin, confirm_study,
+                                                                 confirms)
         sections += replicated
     elif complete:
         best = study.best_trial
