@@ -51,7 +51,9 @@ def design_cells(space: SearchSpace) -> list[dict[str, Any]]:
 def varying_factors(cells: list[dict[str, Any]] | pd.DataFrame) -> list[str]:
     """The factors that take more than one level (a norm's constant ``name`` is not a factor)."""
     table = cells if isinstance(cells, pd.DataFrame) else pd.DataFrame(cells)
-    return [c for c in table.columns if table[c].astype(str).nunique() > 1]
+    # map(str), not astype(str): pandas' string dtype keeps a missing level (an option set to null) as NaN,
+    # which nunique would not count, so a null-or-0.2 factor would look constant
+    return [c for c in table.columns if table[c].map(str).nunique() > 1]
 
 
 def check_cell(what: str, cell: dict[str, Any], cells: list[dict[str, Any]]) -> None:

@@ -196,6 +196,9 @@ def confirm(name: str, top: int, seeds_text: str, root: str = "studies", storage
             raise ConfigError("--ablate takes the single best configuration: leave out --per")
         best = choose(study, space, 1, parent.reference)[0]
         chosen = [best, *neighbours(best, space)]
+        if len(chosen) == 1:
+            raise ConfigError(f"--ablate: study '{name}' has no categorical key with a second choice, so its best "
+                              "configuration has no one-factor neighbour to run")
     else:
         chosen = choose(study, space, top, parent.reference, per)
     searched = search_seeds(study)  # reads each run's config where the study has no seed attributes: once
@@ -206,8 +209,8 @@ def confirm(name: str, top: int, seeds_text: str, root: str = "studies", storage
     spec.root = root
     if storage:
         spec.storage = storage
-    spec.base.configs = [*spec.base.configs, *([config] if config else [])]
-    spec.base.overrides = {**spec.base.overrides, **(overrides or {})}
+    spec.base = replace(parent.base, configs=[*parent.base.configs, *([config] if config else [])],
+                        overrides={**parent.base.overrides, **(overrides or {})})
     if ablate:  # each neighbour's paired difference to the best: what that one choice is worth
         spec.reference = categorical_levels(chosen[0]["params"], space)
     queued = [{"params": e["params"], "levels": e["levels"], "search_mean": e["mean"], "search_seeds": e["seeds"]}
