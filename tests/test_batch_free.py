@@ -226,10 +226,11 @@ def test_pointwise_defaults_are_dyt():
 
 def test_the_bn_free_recipe_is_the_bundle_it_names_and_an_option_set_otherwise_wins():
     model = ResNet("resnet_tiny", num_classes=10, in_channels=1, recipe="bn_free")
-    assert RECIPES["bn_free"]["norm"] == "dyt" and model.alpha_rule == "data"
-    assert all(isinstance(m, DyT) for m in (model.get_submodule(s) for s in model.norm_sites()))
+    assert RECIPES["bn_free"]["norm"]["center"] == "sample" and model.alpha_rule == "data"
+    sites = [model.get_submodule(s) for s in model.norm_sites()]
+    assert sites and all(isinstance(m, PointwiseNorm) for m in sites)  # the searched winner: centred tanh
     assert all(isinstance(m, ScaledStdConv2d) for m in model.modules() if isinstance(m, nn.Conv2d))
-    assert all(b.scale.gain.item() == 0.0 and b.scale.alpha == 1.0 for b in blocks(model))
+    assert all(b.scale is None for b in blocks(model))  # no branch gain, no NF scaling
     mine = ResNet("resnet_tiny", num_classes=10, in_channels=1, recipe="bn_free", norm="derf", branch_gain=0.5,
                   weight_standardization=False)
     assert type(mine.stem.norm).__name__ == "Derf" and blocks(mine)[0].scale.gain.item() == 0.5
@@ -284,9 +285,9 @@ def test_agc_or_a_recipe_with_agc_adds_the_clipping_callback():
 # --- real fits through the CLI -------------------------------------------------------------------------
 
 def test_a_fit_with_the_bn_free_recipe_runs_and_resumes(tmp_path, monkeypatch):
-    started = []  # the SkipInit gain of layer1.0 when each fit starts training
+    started = []  # the weight-standardisation gain of layer1.0's first conv (it starts at 1) when each fit starts
     monkeypatch.setattr(ResNetClassifier, "on_train_start", raising=False,
-                        value=lambda self: started.append(self.net.layer1[0].scale.gain.item()))
+                        value=lambda self: started.append(self.net.layer1[0].conv1.gain[0].item()))
     first = run_lightning(fit_args(tmp_path, *TINY, "--model.recipe=bn_free", "--trainer.max_epochs=1",
                                    config=RESNET_DIGITS))
     assert first.trainer.state.finished and first.trainer.global_step == 2
@@ -296,12 +297,12 @@ def test_a_fit_with_the_bn_free_recipe_runs_and_resumes(tmp_path, monkeypatch):
     run_dir = tmp_path / "resnet_bn_vs_dyt_digits" / "version_0"
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     assert last["hyper_parameters"]["recipe"] == "bn_free"
-    assert "net.layer1.0.scale.gain" in last["state_dict"] and "net.stem.conv.gain" in last["state_dict"]
-    assert last["state_dict"]["net.layer1.0.scale.gain"].item() != 0.0  # the SkipInit gain has learned
+    gain = last["state_dict"]["net.layer1.0.conv1.gain"].flatten()[0].item()
+    assert "net.stem.conv.gain" in last["state_dict"] and gain != 1.0  # the gain has learned
     resumed = run_lightning(fit_args(tmp_path, *TINY, "--model.recipe=bn_free", "--trainer.max_epochs=2",
                                      "--ckpt_path=last", config=RESNET_DIGITS))
     assert resumed.trainer.global_step == 4 and resumed.trainer.current_epoch == 2
-    assert started == [0.0, last["state_dict"]["net.layer1.0.scale.gain"].item()]  # the resume starts from it
+    assert started == [1.0, gain]  # the resume starts from it
     assert last["dyt_lab_alpha_calibrated"] is True  # so the resume keeps the checkpoint's alpha
 
 

@@ -257,9 +257,9 @@ class ResNet(NormSitesMixin, nn.Module):
         check_preset("ResNet", preset, RESNET_PRESETS)
         options = apply_recipe(recipe, {"norm": norm, "alpha_rule": alpha_rule, "weight_standardization":
                                         weight_standardization, "branch_gain": branch_gain, "nf_alpha": nf_alpha,
-                                        "agc": agc},
+                                        "agc": agc, "alpha_init": alpha_init},
                                _defaults())
-        norm, alpha_rule = options["norm"], options["alpha_rule"]
+        norm, alpha_rule, alpha_init = options["norm"], options["alpha_rule"], options["alpha_init"]
         standardized = check_flag("ResNet weight_standardization", options["weight_standardization"])
         branch_gain = check_finite("ResNet branch_gain", options["branch_gain"])
         nf_alpha = check_positive("ResNet nf_alpha", options["nf_alpha"])

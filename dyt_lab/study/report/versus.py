@@ -26,62 +26,70 @@ from dyt_lab.study.report.comparison import NOT_FACTORS, TEST, _p, metric_bounds
 from dyt_lab.study.report.markdown import markdown_table
 
 
-def seed_runs(name: str, root: str, storage: str | None) -> tuple[pd.DataFrame, list[str], str]:
-    """A study's completed seed runs, the factors that tell its configurations apart, and its direction."""
+def seed_runs(name: str, root: str, storage: str | None) -> tuple[pd.DataFrame, list[str], dict, str]:
+    """A seeded study's completed seed runs (labelled), the factors that tell its configurations apart, its
+    design (with its objective's metric) and its direction; a study without seeds is refused (its runs have no seed to pair by)."""
     study = load_existing(name, find_storage(name, root, storage))
+    design = {**(study.user_attrs.get("design") or {}), "metric": (study.user_attrs.get("objective") or {}).get("metric")}
+    if not design.get("seeds"):
+        raise ConfigError(f"study '{name}' has no seeds (its study file sets none): nothing to pair by seed")
     table = seed_run_table(study, saved_space(Path(root) / name))
     if table.empty:
         raise ConfigError(f"study '{name}' has no completed seed run to compare")
     factors = varying_factors(table.drop(columns=NOT_FACTORS, errors="ignore"))
     if not factors:  # one configuration: it is its own label
         table, factors = table.assign(configuration="the only one"), ["configuration"]
-    return table, factors, study.direction.name.lower()
-
-
-def labelled(table: pd.DataFrame, factors: list[str]) -> pd.DataFrame:
-    """The table with a ``label`` column: each configuration's levels as text (``lr=0.002, squash=tanh``)."""
-    return table.assign(label=[statistics.text_of({f: row[f] for f in factors}) for _, row in table.iterrows()])
+    table = table.assign(label=[statistics.text_of({f: row[f] for f in factors}) for _, row in table.iterrows()])
+    return table, factors, design, study.direction.name.lower()
 
 
 def compare(name: str, against: str, root: str = "studies", storage: str | None = None,
             margin: float | None = None) -> Path:
     """Print and write ``NAME/versus_AGAINST.md``: each configuration of NAME minus AGAINST's best, paired by seed."""
+    from dyt_lab.study.engine.runner import check_writable
+
+    ours, _, design, direction = seed_runs(name, root, storage)
+    theirs, _, _, their_direction = seed_runs(against, root, storage)
     try:
-        margin = check_margin(DEFAULT_MARGIN if margin is None else margin)
+        margin = check_margin(design.get("margin", DEFAULT_MARGIN) if margin is None else margin)
     except ValueError as err:
         raise ConfigError(f"--margin: {err}") from None
-    ours, our_factors, direction = seed_runs(name, root, storage)
-    theirs, their_factors, their_direction = seed_runs(against, root, storage)
     if direction != their_direction:
         raise ConfigError(f"study '{name}' and study '{against}' optimise in opposite directions "
                           f"({direction}, {their_direction}): their objectives are not one metric")
+    check_writable(Path(root) / name, "study folder", "compare writes its table there")
+    # the test split's accuracy where every run has it (higher is better), else the studies' objective
     value = TEST if ours[TEST].notna().all() and theirs[TEST].notna().all() else "value"
-    ours, theirs = labelled(ours, our_factors), labelled(theirs, their_factors)
-    maximize = direction == "maximize"
+    maximize = value == TEST or direction == "maximize"
+    metric = value if value == TEST else str(design["metric"])
     means = theirs.groupby("label")[value].mean()
     best = means.idxmax() if maximize else means.idxmin()
     reference = theirs[theirs["label"] == best].set_index("seed")[value]
-    shared_any = set(ours["seed"]) & set(reference.index)
-    if not shared_any:
+    paired = {label: runs.set_index("seed")[value].loc[lambda v: v.index.isin(reference.index)]
+              for label, runs in ours.groupby("label", sort=False)}
+    paired = {label: runs for label, runs in paired.items() if len(runs)}  # a configuration with no pair is left out
+    if not paired:
         raise ConfigError(f"study '{name}' (seeds {sorted(set(ours['seed']))}) and study '{against}' (seeds "
                           f"{sorted(reference.index)}) share no seed: nothing to pair")
-    labels = list(dict.fromkeys(ours["label"]))
-    diffs = [(ours[ours["label"] == label].set_index("seed")[value] - reference).dropna().to_numpy() for label in labels]
-    result = statistics.compare_pairs(diffs, higher_is_better=maximize, margin=margin, bounds=metric_bounds(value))
-    result.insert(0, "configuration", labels)
-    result["mean"] = [ours[ours["label"] == label][value].mean() for label in labels]
+    diffs = [(runs - reference.loc[runs.index]).to_numpy() for runs in paired.values()]
+    result = statistics.compare_pairs(diffs, higher_is_better=maximize, margin=margin, bounds=metric_bounds(metric))
+    result.insert(0, "configuration", list(paired))
+    result["ours"] = [runs.mean() for runs in paired.values()]  # both means over the paired seeds, so they subtract to Δ
+    result["theirs"] = [reference.loc[runs.index].mean() for runs in paired.values()]
     result = result.sort_values("mean_diff", ascending=not maximize, ignore_index=True)
-    rows = [[r["configuration"], str(r["n_pairs"]), f"{r['mean']:.4f}", f"{reference.mean():.4f}",
+    rows = [[r["configuration"], str(r["n_pairs"]), f"{r['ours']:.4f}", f"{r['theirs']:.4f}",
              f"{r['mean_diff']:+.4f}", "too few seeds" if pd.isna(r["ci_low"]) else f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]",
              _p(r["p_diff_holm"]), _p(r["p_tost_holm"]), f"equivalent (±{margin:g})" if r["verdict"] == "equivalent" else r["verdict"]]
             for r in result.to_dict("records")]
+    left_out = sorted(set(ours["label"]) - set(paired))
     text = "\n\n".join([
         f"# Study {name} against study {against}",
         f"Each configuration of `{name}` minus the best configuration of `{against}` ({best}, mean {value} "
-        f"{reference.mean():.4f} over seeds {sorted(int(s) for s in reference.index)}), paired by seed on {value}. "
-        "The interval is a t-interval of the paired differences (spread pooled over the table unless Bartlett's "
-        "test says the spreads differ); p of a difference and of the equivalence test (TOST) are Holm-adjusted "
-        "over the table.",
+        f"{reference.mean():.4f} over seeds {sorted(int(s) for s in reference.index)}), paired by seed on {value}; "
+        "both means are over the paired seeds. The interval is a t-interval of the paired differences (spread pooled "
+        "over the table unless Bartlett's test says the spreads differ); p of a difference and of the equivalence "
+        f"test (TOST, ±{margin:g}) are Holm-adjusted over the table."
+        + (f" Left out, no seed in common: {'; '.join(left_out)}." if left_out else ""),
         markdown_table(["configuration", "pairs", f"{name} {value}", f"{against} {value}", "Δ", "95% CI",
                         "p (Holm)", "TOST p (Holm)", "verdict"], rows)]) + "\n"
     out = Path(root) / name / f"versus_{against}.md"
