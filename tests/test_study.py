@@ -476,6 +476,12 @@ def test_confirm_elsewhere_reruns_the_same_winners_with_the_other_setting_and_co
     main(["study", "report", "seeded.confirm.short", "--root", root])
     report = (folder / "studies" / "seeded.confirm.short" / "report.md").read_text()
     assert "A confirmation of study `seeded`" in report and "Not confirmed" not in report
+    assert "with `trainer.max_epochs=1` after the search's configs" in report
+    with pytest.raises(SystemExit) as exit_info:  # the same tag in another setting would mix two settings
+        main(["study", "confirm", "seeded", "--top", "1", "--seeds", "5..6", "--root", root, "--tag", "short",
+              "--base.overrides.trainer.max_epochs=3"])
+    assert exit_info.value.code == 2 and "give another --tag for another setting" in last_line(capsys.readouterr().err)
+    assert len(load(folder, "seeded.confirm.short").trials) == 4
 
     main(["study", "compare", "seeded.confirm.short", "seeded.confirm", "--root", root])
     written = (folder / "studies" / "seeded.confirm.short" / "versus_seeded.confirm.md").read_text()

@@ -165,6 +165,20 @@ def confirm_spec(parent: StudySpec, seeds: list[int], n_configurations: int, wor
                    timeout=None, workers=workers or parent.workers)
 
 
+def check_same_setting(spec: StudySpec) -> None:
+    """Refuse to resume a confirmation whose base configs or fixed keys this command would change.
+
+    Its runs so far ran in the saved setting; new ones in another would mix two settings in one study.
+    """
+    saved = spec.folder / SPEC_FILE
+    if saved.is_file():
+        before = load_spec(["--config", str(saved)], prog="dyt-lab study confirm").base
+        if (before.configs, dict(before.overrides)) != (spec.base.configs, dict(spec.base.overrides)):
+            raise ConfigError(f"study '{spec.study_name}' ran with base configs {before.configs} and overrides "
+                              f"{dict(before.overrides)}; this command asks for {spec.base.configs} and "
+                              f"{dict(spec.base.overrides)}: give another --tag for another setting")
+
+
 def confirm(name: str, top: int, seeds_text: str, root: str = "studies", storage: str | None = None,
             workers: int | None = None, per: str | None = None, tag: str | None = None, config: str | None = None,
             overrides: dict[str, str] | None = None, ablate: bool = False) -> None:
@@ -211,10 +225,12 @@ def confirm(name: str, top: int, seeds_text: str, root: str = "studies", storage
         spec.storage = storage
     spec.base = replace(parent.base, configs=[*parent.base.configs, *([config] if config else [])],
                         overrides={**parent.base.overrides, **(overrides or {})})
+    check_same_setting(spec)
     if ablate:  # each neighbour's paired difference to the best: what that one choice is worth
         spec.reference = categorical_levels(chosen[0]["params"], space)
     queued = [{"params": e["params"], "levels": e["levels"], "search_mean": e["mean"], "search_seeds": e["seeds"]}
               for e in chosen]
     run_study(spec, queue=[q["params"] for q in queued],
               attrs={CONFIRMS_ATTR: {"study": name, "top": 1 if ablate else top, "per": per, "ablate": ablate,
+                                     "config": config, "overrides": overrides or {},
                                      "configurations": json.loads(json.dumps(queued, default=str))}})

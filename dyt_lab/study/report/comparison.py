@@ -397,7 +397,10 @@ def replicated_sections(study: optuna.Study, space: SearchSpace, design: dict, f
     if confirms:
         what = ("the best configuration and its one-factor neighbours, each compared with the best"
                 if confirms.get("ablate") else "its chosen configurations")
-        sections.append(f"A confirmation of study `{confirms.get('study')}`: {what}, on seeds that chose nothing.")
+        changed = [f"`{confirms['config']}`"] if confirms.get("config") else []
+        changed += [f"`{k}={v}`" for k, v in (confirms.get("overrides") or {}).items()]
+        where = f", with {', '.join(changed)} after the search's configs" if changed else ""
+        sections.append(f"A confirmation of study `{confirms.get('study')}`: {what}, on seeds that chose nothing{where}.")
     elif confirm_study is None:
         # several arms (norm names): each at its own best is the comparison a reader wants; else the top three
         which = "--top 1 --per name" if "name" in factors and table["name"].nunique() > 1 else "--top 3"
