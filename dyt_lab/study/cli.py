@@ -111,6 +111,10 @@ def main(argv: list[str]) -> None:
                               "(e.g. bn_free_search.confirm bn_free_search_reference.confirm)")
         args = _parse("compare", "Pair every configuration of one study with the best of another, seed by seed.",
                       [rest[0], *rest[2:]], **REPORT_OPTIONS)
+        if (Path(args.root) / args.name).is_dir():  # else compare says there is no such study
+            from dyt_lab.study.engine.runner import check_writable
+
+            check_writable(Path(args.root) / args.name, "study folder", "compare writes its table there")
         compare(args.name, rest[1], root=args.root, storage=args.storage, margin=args.margin)
     elif command == "_worker":  # started by `run --workers N`, not by people
         from dyt_lab.study.engine.runner import run_worker

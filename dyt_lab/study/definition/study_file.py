@@ -30,6 +30,7 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 SPEC_FILE = "study.yaml"  # the resolved study file, in the study folder: what `study resume` and the report re-read
 TRIALS = "trials"  # the study folder's folder of trial runs: TensorBoard's logdir for the study
 CONFIRM_SUFFIX = ".confirm"  # NAME.confirm: the study `dyt-lab study confirm NAME` runs, beside NAME
+CONFIRMS_ATTR = "confirms"  # study attribute of a confirmation: which study, configurations, seeds, setting
 DEFAULT_MARGIN = 0.005  # equivalence margin of the report's verdicts: half a point of accuracy
 
 

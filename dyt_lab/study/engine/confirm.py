@@ -36,6 +36,7 @@ from dyt_lab.study.definition.space import SearchSpace
 from dyt_lab.study.definition.storage import find_storage, load_existing
 from dyt_lab.study.definition.study_file import (
     CONFIRM_SUFFIX,
+    CONFIRMS_ATTR,
     NAME_PATTERN,
     SPEC_FILE,
     Pruner,
@@ -45,8 +46,6 @@ from dyt_lab.study.definition.study_file import (
 )
 from dyt_lab.study.engine.replicates import configuration_key
 from dyt_lab.study.trial.protocol import SEED_ATTR
-
-CONFIRMS_ATTR = "confirms"  # study attribute of NAME.confirm: which study, which configurations, which seeds
 
 
 def parse_seeds(text: str) -> list[int]:

@@ -17,8 +17,13 @@ from optuna.trial import FrozenTrial, TrialState
 from dyt_lab.errors import ConfigError
 from dyt_lab.study.definition.space import saved_space
 from dyt_lab.study.definition.storage import find_storage, load_existing, retried_trial_number, retry_history
-from dyt_lab.study.definition.study_file import CONFIRM_SUFFIX, DEFAULT_MARGIN, TRIALS, check_margin
-from dyt_lab.study.engine.confirm import CONFIRMS_ATTR
+from dyt_lab.study.definition.study_file import (
+    CONFIRM_SUFFIX,
+    CONFIRMS_ATTR,
+    DEFAULT_MARGIN,
+    TRIALS,
+    check_margin,
+)
 from dyt_lab.study.report.comparison import confirmed_section, replicated_sections, seed_run_table
 from dyt_lab.study.report.markdown import markdown_table
 from dyt_lab.study.report.plots import mean_by, placement_and_variant, write_plots

@@ -46,8 +46,6 @@ def seed_runs(name: str, root: str, storage: str | None) -> tuple[pd.DataFrame, 
 def compare(name: str, against: str, root: str = "studies", storage: str | None = None,
             margin: float | None = None) -> Path:
     """Print and write ``NAME/versus_AGAINST.md``: each configuration of NAME minus AGAINST's best, paired by seed."""
-    from dyt_lab.study.engine.runner import check_writable
-
     ours, _, design, direction = seed_runs(name, root, storage)
     theirs, _, _, their_direction = seed_runs(against, root, storage)
     try:
@@ -57,7 +55,6 @@ def compare(name: str, against: str, root: str = "studies", storage: str | None 
     if direction != their_direction:
         raise ConfigError(f"study '{name}' and study '{against}' optimise in opposite directions "
                           f"({direction}, {their_direction}): their objectives are not one metric")
-    check_writable(Path(root) / name, "study folder", "compare writes its table there")
     # the test split's accuracy where every run has it (higher is better), else the studies' objective
     value = TEST if ours[TEST].notna().all() and theirs[TEST].notna().all() else "value"
     maximize = value == TEST or direction == "maximize"
