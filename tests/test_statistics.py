@@ -468,3 +468,19 @@ def test_the_report_shows_the_gap_across_depth_in_the_study_files_order():
                                            & (table["preset"] == "tiny"))]
     lines = gap_change_section(sparse, ["name, alpha_init", "preset"], {"name": "batchnorm"}, {}, "val/acc")
     assert lines[-1].startswith("No gap changes for val/acc: cell means:")
+
+
+def test_a_reference_is_kept_only_where_the_table_holds_it():
+    """A confirmation inherits its parent's reference, which may name factors it no longer varies."""
+    import pandas as pd
+
+    from dyt_lab.study.report.comparison import reference_in
+
+    table = pd.DataFrame({"squash": ["tanh", "none", "tanh", "none"], "center": ["sample", "sample", "none", "none"],
+                          "shift": ["scalar"] * 4, "seed": [0, 0, 0, 0]})
+    factors = ["squash", "center"]
+    assert reference_in(table, factors, {"squash": "tanh", "center": "sample", "shift": "scalar"}) == \
+        {"squash": "tanh", "center": "sample"}  # shift is constant, at the reference's level
+    assert reference_in(table, factors, {"squash": "tanh", "center": "sample", "shift": "none"}) is None
+    assert reference_in(table[table["center"] == "none"], factors, {"squash": "tanh", "center": "sample"}) is None
+    assert reference_in(table, factors, None) is None

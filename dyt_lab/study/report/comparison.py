@@ -61,6 +61,24 @@ def as_cell(levels: dict | None) -> dict | None:
     return None if levels is None else {k: "-" if v is None else v for k, v in levels.items()}
 
 
+def reference_in(table: pd.DataFrame, factors: list[str], reference: dict | None) -> dict | None:
+    """``reference`` as a cell of this table (its levels of ``factors``), or None where the table has none.
+
+    A confirmation keeps its parent's reference, which may name factors the confirmation does not vary:
+    such a factor must sit at the reference's level in every run, and some configuration must match.
+    """
+    if not reference:
+        return None
+    for factor, level in reference.items():
+        if factor not in factors and factor in table.columns and set(table[factor].map(str)) != {str(level)}:
+            return None
+    kept = {k: v for k, v in reference.items() if k in factors}
+    rows = table[factors].astype(str)
+    if not kept or not (rows[list(kept)] == [str(v) for v in kept.values()]).all(axis=1).any():
+        return None
+    return kept
+
+
 def name_of(levels: dict) -> str:
     """A cell's familiar name (BatchNorm, DyT, ...) if it is a known point of the factored norm."""
     return KNOWN_POINTS.get(tuple(str(levels.get(k)) for k in ("center", "scale", "squash")), "")
@@ -351,7 +369,7 @@ def confirmed_section(confirm_study: optuna.Study, space: SearchSpace, search: p
         before = search_stats[search_stats[factors].astype(str).apply(tuple, axis=1) == key]
         rows.append({**{f: str(r[f]) for f in factors}, "search (val, chosen)": f"{before['mean'].iloc[0]:.4f}" if len(before) else "-",
                      "seeds": r["n"], f"confirmed {value} mean": f"{r['mean']:.4f}", "95% CI": _ci(r["ci_low"], r["ci_high"])})
-    reference = as_cell(confirm_study.user_attrs.get("design", {}).get("reference"))
+    reference = reference_in(fresh, factors, as_cell(confirm_study.user_attrs.get("design", {}).get("reference")))
     with_reference = " and its best reference configuration" if reference else ""
     top, per = info.get("top", "?"), info.get("per")
     chosen = "the best configuration" if top == 1 else f"the {top} best configurations"
@@ -386,7 +404,7 @@ def replicated_sections(study: optuna.Study, space: SearchSpace, design: dict, f
     if not factors:  # one configuration (a reference study, a confirm of one): summarize it as such
         table, factors = table.assign(configuration="the only one"), ["configuration"]
     table.to_csv(folder / "seed_runs.csv", index=False)
-    reference, start = as_cell(design.get("reference")), as_cell(design.get("gap_from"))
+    reference, start = reference_in(table, factors, as_cell(design.get("reference"))), as_cell(design.get("gap_from"))
     sections = ["## Configurations (mean over seeds)",
                 f"{metric} over seeds {sorted(int(s) for s in table['seed'].unique())}. The 95% interval is a t-interval; "
                 "its spread is pooled over configurations unless Bartlett's test says spreads differ. "
