@@ -136,6 +136,11 @@ def _with_ci(frame: pd.DataFrame, estimate: str, prefix: str = "") -> list[str]:
             zip(frame[estimate], frame[f"{prefix}ci_low"], frame[f"{prefix}ci_high"])]
 
 
+def verdict_text(verdict: str, margin: float) -> str:
+    """A verdict as the tables print it: ``equivalent`` names its margin."""
+    return f"equivalent (±{margin:g})" if verdict == "equivalent" else verdict
+
+
 def _p(p) -> str:
     return "-" if pd.isna(p) else f"{p:.2g}"
 
@@ -170,7 +175,7 @@ def configurations_section(table: pd.DataFrame, factors: list[str], reference: d
         shown["p"] = merged["p_diff"].map(_p)
         shown["p (Holm)"] = merged["p_diff_holm"].map(_p)
         verdict = merged["verdict"].where(~pd.Series(is_ref), "reference").fillna("no reference cell")
-        shown["verdict"] = [f"equivalent (±{margin:g})" if v == "equivalent" else v for v in verdict]
+        shown["verdict"] = [verdict_text(v, margin) for v in verdict]
     if not shown["name"].astype(bool).any():
         shown = shown.drop(columns="name")
     return _table(shown)
@@ -385,7 +390,7 @@ def confirmed_section(confirm_study: optuna.Study, space: SearchSpace, search: p
                                value, bounds=metric_bounds(value if use_test else metric))
         lines = [f"- {', '.join(f'{f}={d[f]}' for f in factors)}: {d['mean_diff']:+.4f} "
                  f"{_ci(d['ci_low'], d['ci_high'])}, p = {_p(d['p_diff'])} (Holm {_p(d['p_diff_holm'])}): **"
-                 + (f"equivalent (±{margin:g})" if d["verdict"] == "equivalent" else d["verdict"]) + "**"
+                 + verdict_text(d["verdict"], margin) + "**"
                  for d in diffs.to_dict("records")]
         out += [f"Paired difference to the reference on the fresh seeds ({value}), confirmed:", "\n".join(lines)]
     return out

@@ -22,12 +22,12 @@ from dyt_lab.study.definition.space import saved_space
 from dyt_lab.study.definition.storage import find_storage, load_existing
 from dyt_lab.study.definition.study_file import DEFAULT_MARGIN, check_margin
 from dyt_lab.study.report import statistics
-from dyt_lab.study.report.comparison import NOT_FACTORS, TEST, _p, metric_bounds, seed_run_table
+from dyt_lab.study.report.comparison import NOT_FACTORS, TEST, _p, metric_bounds, seed_run_table, verdict_text
 from dyt_lab.study.report.markdown import markdown_table
 
 
-def seed_runs(name: str, root: str, storage: str | None) -> tuple[pd.DataFrame, list[str], dict, str]:
-    """A seeded study's completed seed runs (labelled), the factors that tell its configurations apart, its
+def seed_runs(name: str, root: str, storage: str | None) -> tuple[pd.DataFrame, dict, str]:
+    """A seeded study's completed seed runs, each labelled by the levels that tell its configuration apart, its
     design (with its objective's metric) and its direction; a study without seeds is refused (its runs have no seed to pair by)."""
     study = load_existing(name, find_storage(name, root, storage))
     design = {**(study.user_attrs.get("design") or {}), "metric": (study.user_attrs.get("objective") or {}).get("metric")}
@@ -40,14 +40,14 @@ def seed_runs(name: str, root: str, storage: str | None) -> tuple[pd.DataFrame, 
     if not factors:  # one configuration: it is its own label
         table, factors = table.assign(configuration="the only one"), ["configuration"]
     table = table.assign(label=[statistics.text_of({f: row[f] for f in factors}) for _, row in table.iterrows()])
-    return table, factors, design, study.direction.name.lower()
+    return table, design, study.direction.name.lower()
 
 
 def compare(name: str, against: str, root: str = "studies", storage: str | None = None,
             margin: float | None = None) -> Path:
     """Print and write ``NAME/versus_AGAINST.md``: each configuration of NAME minus AGAINST's best, paired by seed."""
-    ours, _, design, direction = seed_runs(name, root, storage)
-    theirs, _, _, their_direction = seed_runs(against, root, storage)
+    ours, design, direction = seed_runs(name, root, storage)
+    theirs, _, their_direction = seed_runs(against, root, storage)
     try:
         margin = check_margin(design.get("margin", DEFAULT_MARGIN) if margin is None else margin)
     except ValueError as err:
@@ -76,7 +76,7 @@ def compare(name: str, against: str, root: str = "studies", storage: str | None 
     result = result.sort_values("mean_diff", ascending=not maximize, ignore_index=True)
     rows = [[r["configuration"], str(r["n_pairs"]), f"{r['ours']:.4f}", f"{r['theirs']:.4f}",
              f"{r['mean_diff']:+.4f}", "too few seeds" if pd.isna(r["ci_low"]) else f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]",
-             _p(r["p_diff_holm"]), _p(r["p_tost_holm"]), f"equivalent (±{margin:g})" if r["verdict"] == "equivalent" else r["verdict"]]
+             _p(r["p_diff_holm"]), _p(r["p_tost_holm"]), verdict_text(r["verdict"], margin)]
             for r in result.to_dict("records")]
     left_out = sorted(set(ours["label"]) - set(paired))
     text = "\n\n".join([
