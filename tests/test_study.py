@@ -409,14 +409,19 @@ def test_report_of_a_seeded_study_compares_means_with_intervals(seeded_study, ca
     assert len(seed_runs) == 9 and seed_runs[0].startswith("center,name,scale,squash,")  # header + 8 seed runs
 
 
+def search_values(folder: Path) -> dict[str, list]:
+    """The seeded search's values by configuration (its params as sorted JSON), one per seed run."""
+    values: dict[str, list] = {}
+    for t in load(folder, "seeded").trials:
+        values.setdefault(json.dumps(t.params, sort_keys=True), []).append(t.value)
+    return values
+
+
 @pytest.mark.slow
 def test_confirm_reruns_the_best_and_the_reference_on_fresh_seeds_and_resumes(seeded_study, capsys):
     folder, _ = seeded_study
     root = str(folder / "studies")
-    search = load(folder, "seeded")
-    means: dict[str, list] = {}
-    for t in search.trials:
-        means.setdefault(json.dumps(t.params, sort_keys=True), []).append(t.value)
+    means = search_values(folder)
     best_alpha = max((k for k in means if "alpha" in k and "batch_std" not in k), key=lambda k: sum(means[k]))
     best_bn = max((k for k in means if "batch_std" in k), key=lambda k: sum(means[k]))
     args = ["study", "confirm", "seeded", "--top", "1", "--seeds", "5..6", "--root", root, "--workers", "1"]
@@ -508,9 +513,7 @@ def test_ablate_runs_the_best_and_each_one_factor_neighbour_against_it(seeded_st
     folder, _ = seeded_study
     root = str(folder / "studies")
     search = load(folder, "seeded")
-    means: dict[str, list] = {}
-    for t in search.trials:
-        means.setdefault(json.dumps(t.params, sort_keys=True), []).append(t.value)
+    means = search_values(folder)
     best = json.loads(max((k for k in means if "batch_std" not in k), key=lambda k: sum(means[k])))  # not the reference
     norms = {t.params["model.norm"] for t in search.trials}
     rates = {t.params["model.optimizer.lr"] for t in search.trials}
