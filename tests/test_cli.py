@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import yaml
 
 from dyt_lab.cli import main
+from dyt_lab.training.predictions import read_predictions
 from tests.helpers import QUICKSTART, ROOT, fit_args, run_cli
 
 
@@ -43,11 +46,17 @@ def test_norms_command_lists_the_registry(capsys):
 @pytest.mark.slow
 def test_ddp_fit_with_two_cpu_processes(tmp_path):
     result = run_cli(fit_args(tmp_path, "--config", str(ROOT / "configs" / "trainer" / "cpu_ddp.yaml"),
-                              "--trainer.max_epochs=1", "--model.depth=1"), cwd=tmp_path, timeout=400)
+                              "--trainer.max_epochs=1", "--model.depth=1", "--test_after_fit=true"),
+                     cwd=tmp_path, timeout=400)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "MEMBER: 2/2" in result.stderr + result.stdout
     ckpt = torch.load(tmp_path / "quickstart" / "version_0" / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 12  # each of the 2 ranks sees ceil(1437 / 2 / 64) batches, not 23
+    # The test predictions are gathered from both ranks: 180 images once each (DDP's padding dropped).
+    saved = read_predictions(tmp_path / "quickstart" / "version_0")
+    assert saved is not None and list(saved["index"]) == list(range(180))
+    printed = re.search(r"test/acc (0\.\d+)", result.stderr).group(1)
+    assert (saved["pred"] == saved["label"]).mean() == pytest.approx(float(printed), abs=1e-4)
 
 
 def test_cli_class_is_importable_and_subclassable(tmp_path):

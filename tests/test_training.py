@@ -251,3 +251,16 @@ def test_the_testbeds_fast_path_trains_as_the_path_the_first_studies_ran(tmp_pat
         losses[memory_format] = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "StepLosses").losses  # tests.test_training
     assert len(losses["contiguous"]) == 12
     assert losses["channels_last"] == pytest.approx(losses["contiguous"], rel=2e-3)
+
+
+def test_test_pass_saves_each_test_image_prediction(tmp_path):
+    from dyt_lab.training.predictions import read_predictions
+
+    cli = run_lightning(fit_args(tmp_path, "--trainer.max_epochs=1", "--trainer.limit_train_batches=3",
+                                 "--model.depth=1", "--test_after_fit=true"))
+    saved = read_predictions(tmp_path / "quickstart" / "version_0")
+    test_labels = cli.datamodule.test_set.tensors[1].numpy()
+    assert saved is not None and list(saved["index"]) == list(range(len(test_labels)))  # every image once, in order
+    assert (saved["label"] == test_labels).all()
+    accuracy = float(cli.trainer.callback_metrics["test/acc"])
+    assert (saved["pred"] == saved["label"]).mean() == pytest.approx(accuracy, abs=1e-6)

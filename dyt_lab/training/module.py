@@ -29,6 +29,7 @@ from dyt_lab.norms import NormError, NormSpec
 from dyt_lab.norms.convert import NormConversion, find_norm_sites
 from dyt_lab.training.calibration import AlphaCalibration
 from dyt_lab.training.clipping import AdaptiveGradientClipping
+from dyt_lab.training.predictions import sampler_positions, write_predictions
 from dyt_lab.training.schedule import WarmupCosineLR
 
 MemoryFormat = Literal["channels_last", "contiguous"]
@@ -178,6 +179,9 @@ class ImageClassifier(LightningModule):
         self.val_acc_best(self.val_acc.compute())
         self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)  # equal on all ranks already
 
+    def on_test_epoch_start(self) -> None:
+        self._test_outputs: list[torch.Tensor] = []  # per batch: (2, B) predicted class and label
+
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
         logits = self(x)
@@ -186,6 +190,22 @@ class ImageClassifier(LightningModule):
         self.log("test/loss", self._loss(logits, y))
         self.log("test/acc", self.test_acc)
         self.log("test/acc_top5", self.test_acc_top5)
+        self._test_outputs.append(torch.stack([logits.argmax(dim=-1), y]).detach())
+
+    def on_test_epoch_end(self) -> None:
+        """Save each test image's prediction in the run folder (``predictions.py``), gathered over DDP ranks."""
+        log_dir = self.trainer.log_dir  # a collective under DDP: every rank asks
+        if not self._test_outputs or log_dir is None or self.trainer.sanity_checking:
+            return
+        outputs = torch.cat(self._test_outputs, dim=1)  # (2, n): this rank's predictions and labels
+        positions = sampler_positions(self.trainer.test_dataloaders).to(outputs.device)[: outputs.shape[1]]
+        rows = torch.cat([positions[None], outputs])  # (3, n)
+        if self.trainer.world_size > 1:  # DistributedSampler pads every rank to the same n
+            rows = self.all_gather(rows).transpose(0, 1).reshape(3, -1)  # (3, world_size * n)
+        if self.trainer.is_global_zero:
+            index, pred, label = rows.cpu().numpy()
+            write_predictions(log_dir, index, pred, label)
+        self._test_outputs = []
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         """Class probabilities ``(N, num_classes)`` for a batch of images (labels, if any, ignored)."""

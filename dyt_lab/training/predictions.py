@@ -1,0 +1,44 @@
+"""Per-image test predictions: what a run got right on which test image, kept in its run folder.
+
+Every test pass (``fit --test_after_fit``, ``dyt-lab test``, each study trial) writes
+``test_predictions.npz`` beside its TensorBoard events: for each test image, its position in the test
+split, the predicted class and the label (int32/int16, about 40 KB for 10,000 images, compressed).
+Two runs scored on the same split then pair image by image: the study report's intervals include the
+test set's own sampling (``study/report/resampling.py``) and McNemar's test compares them exactly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PREDICTIONS_FILE = "test_predictions.npz"
+
+
+def sampler_positions(loader) -> torch.Tensor:
+    """The test-split positions a loader serves, in its order: ``arange`` for a plain loader; under DDP
+    the rank's share that Lightning's DistributedSampler (no shuffle, padded) hands it."""
+    return torch.as_tensor(list(iter(loader.sampler)), dtype=torch.long)
+
+
+def write_predictions(folder: str | Path, index: np.ndarray, pred: np.ndarray, label: np.ndarray) -> Path:
+    """Write one run's predictions, each image once, sorted by position (DDP's padding repeats some)."""
+    index, first = np.unique(np.asarray(index), return_index=True)
+    path = Path(folder) / PREDICTIONS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")  # np.savez adds .npz to a name without it
+    np.savez_compressed(tmp, index=index.astype(np.int32), pred=np.asarray(pred)[first].astype(np.int16),
+                        label=np.asarray(label)[first].astype(np.int16))
+    tmp.replace(path)  # never a half-written file where a reader looks
+    return path
+
+
+def read_predictions(folder: str | Path) -> dict[str, np.ndarray] | None:
+    """``{"index", "pred", "label"}`` of the run in ``folder`` (each (N,)), or None if it wrote none."""
+    path = Path(folder) / PREDICTIONS_FILE
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        return {key: data[key] for key in ("index", "pred", "label")}
