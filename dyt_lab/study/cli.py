@@ -66,24 +66,45 @@ CONFIRM_OPTIONS = {
 }
 
 
+def run_arms_or_study(spec) -> None:
+    """Run a study, or each arm of a study tuned arm by arm (``arms``) in turn, as study NAME.ARM.
+
+    The arms' study file is kept in NAME/, where ``study resume NAME`` and ``study report NAME`` find it.
+    """
+    import yaml
+
+    from dyt_lab.study.definition.study_file import SPEC_FILE, arm_specs
+    from dyt_lab.study.engine.runner import check_writable, run_study
+
+    arms = arm_specs(spec)
+    if not arms:
+        run_study(spec)
+        return
+    spec.folder.mkdir(parents=True, exist_ok=True)
+    check_writable(spec.folder, "study folder", f"the arms' study file {SPEC_FILE} is kept there")
+    (spec.folder / SPEC_FILE).write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    for arm in arms:
+        print(f"study {spec.study_name}: arm {arm.study_name} ({spec.n_trials} configurations"
+              + (f" x {len(spec.seeds)} seeds" if spec.seeds else "") + ", as every arm)")
+        run_study(arm)
+
+
 def main(argv: list[str]) -> None:
     """Dispatch ``dyt-lab study ...`` (argv without the leading ``study``)."""
     command, rest = (argv[0], argv[1:]) if argv else (None, [])
     if command == "run":
         from dyt_lab.study.definition.study_file import load_spec
-        from dyt_lab.study.engine.runner import run_study
 
-        run_study(load_spec(rest))
+        run_arms_or_study(load_spec(rest))
     elif command == "resume":
         from dyt_lab.study.definition.study_file import SPEC_FILE, load_spec
-        from dyt_lab.study.engine.runner import run_study
 
         if not rest or rest[0].startswith("-"):
             raise ConfigError("study resume needs the study's name: dyt-lab study resume NAME")
         saved = Path((flag_values(rest, "--root") or ["studies"])[-1]) / rest[0] / SPEC_FILE
         if not saved.is_file():
             raise ConfigError(f"no study '{rest[0]}' to resume: {saved} does not exist")
-        run_study(load_spec(["--config", str(saved), *rest[1:]], prog="dyt-lab study resume"))
+        run_arms_or_study(load_spec(["--config", str(saved), *rest[1:]], prog="dyt-lab study resume"))
     elif command == "report":
         from dyt_lab.study.report.report import report
 

@@ -159,6 +159,21 @@ class Pruner:
 
 
 @dataclass
+class Arm:
+    """One arm of a study tuned arm by arm: what it fixes and what it searches besides the shared keys.
+
+    Args:
+        configs: fit config files of this arm, after ``base.configs`` (a norm spec replaced whole, say).
+        overrides: fixed dotted keys of this arm, applied after ``base.overrides``.
+        search_space: keys only this arm searches (a DyT arm's alpha0), besides the study's ``search_space``.
+    """
+
+    configs: list[str] = field(default_factory=list)
+    overrides: Overrides = field(default_factory=dict)
+    search_space: dict[str, Distribution | Choices] = field(default_factory=dict)
+
+
+@dataclass
 class StudySpec:
     """An Optuna study in which every trial is one ``dyt-lab fit`` run.
 
@@ -193,6 +208,10 @@ class StudySpec:
         isolation: how a trial starts: ``warm`` forks it from a process that imported torch and
             Lightning once (about 1 s instead of 10), ``process`` starts a fresh Python (DDP trials
             always do).
+        arms: arms tuned alike (None: one study). Each arm name -> its fixed keys and own searched keys;
+            each arm runs as study NAME.ARM with the shared search_space plus its own, and the same
+            n_trials, sampler, pruner and seeds, so every arm gets the same budget (Melis et al. 2018;
+            Dodge et al. 2019). ``dyt-lab study report NAME`` then compares the arms at their bests.
     """
 
     base: Base = field(default_factory=Base)
@@ -215,6 +234,7 @@ class StudySpec:
     gap_from: dict[str, Any] | None = None
     margin: float = DEFAULT_MARGIN
     isolation: Literal["warm", "process"] = "warm"
+    arms: dict[str, Arm] | None = None
 
     @property
     def folder(self) -> Path:
@@ -288,6 +308,8 @@ def spec_from_namespace(parser, cfg) -> StudySpec:
     values = parser.instantiate(cfg).as_dict()
     values.pop("config", None)
     values["base"] = Base(**values["base"]) if isinstance(values["base"], dict) else values["base"]
+    if values.get("arms"):
+        values["arms"] = {name: arm if isinstance(arm, Arm) else Arm(**arm) for name, arm in values["arms"].items()}
     spec = StudySpec(**{k: v for k, v in values.items() if k in StudySpec.__dataclass_fields__})
     if spec.study_name is None:
         if not config_files:
@@ -343,3 +365,24 @@ def flatten_overrides(overrides: dict[str, Any], prefix: str = "") -> dict[str, 
         else:
             flat[name] = value
     return flat
+
+
+def arm_specs(spec: StudySpec) -> list[StudySpec]:
+    """The studies of a study tuned arm by arm, NAME.ARM each, alike in all but their arm's keys.
+
+    An arm may not search a shared key: its budget over the shared keys would then differ from the others'.
+    """
+    from dataclasses import replace
+
+    specs = []
+    for name, arm in (spec.arms or {}).items():
+        if not NAME_PATTERN.fullmatch(name):
+            raise ConfigError(f"arms: arm name '{name}' must be letters, digits, '_', '-' or '.'")
+        if shared := sorted(set(arm.search_space) & set(spec.search_space)):
+            raise ConfigError(f"arms.{name}.search_space repeats the shared key(s) {shared}: every arm searches "
+                              "those alike; give the arm only its own keys")
+        overrides = {**spec.base.overrides, **flatten_overrides(arm.overrides)}
+        specs.append(replace(spec, study_name=f"{spec.study_name}.{name}", arms=None,
+                             base=Base(configs=[*spec.base.configs, *arm.configs], overrides=overrides),
+                             search_space={**spec.search_space, **arm.search_space}))
+    return specs
