@@ -14,6 +14,7 @@ usage: dyt-lab study run --config configs/study/NAME.yaml [--KEY VALUE ...] [--w
        dyt-lab study confirm NAME --top K --seeds 10..14 [--per FACTOR] [--root studies] [--workers N]
                              [--tag TAG [--config FIT.yaml] [--base.overrides.KEY=VALUE ...]] [--ablate]
        dyt-lab study compare NAME AGAINST [--root studies] [--margin 0.005]
+       dyt-lab study holdout CLAIMS.yaml [--workers N]
 
   run      check the study file and its configs, then run trials until the study has n_trials;
            the same command again resumes it. Any key of the study file is a flag
@@ -27,6 +28,9 @@ usage: dyt-lab study run --config configs/study/NAME.yaml [--KEY VALUE ...] [--w
            neighbours, study NAME.confirm.ablation.
   compare  pair every configuration of study NAME with the best of study AGAINST, seed by seed (two
            confirmations on the same fresh seeds): the difference, its interval and verdict.
+  holdout  run a pre-registered holdout: the claims file's arms on its fresh seeds (refused if a study of
+           its family ran them, or if these claims ran before), then each claim's confirmatory verdict,
+           with seed-only and seeds x images intervals. Again: resumes.
 """
 
 
@@ -106,6 +110,7 @@ def main(argv: list[str]) -> None:
             raise ConfigError(f"no study '{rest[0]}' to resume: {saved} does not exist")
         run_arms_or_study(load_spec(["--config", str(saved), *rest[1:]], prog="dyt-lab study resume"))
     elif command == "report":
+        from dyt_lab.study.definition.claims import CLAIMS_FILE
         from dyt_lab.study.report.report import report
 
         args = _parse("report", "Report a study: trials table, best trial, importances, plots.", rest, **REPORT_OPTIONS)
@@ -114,7 +119,12 @@ def main(argv: list[str]) -> None:
             from dyt_lab.study.engine.runner import check_writable
 
             check_writable(folder, "study folder", "the report writes report.md, trials.csv and its plots there")
-        report(args.name, root=args.root, storage=args.storage, margin=args.margin)
+        if (folder / CLAIMS_FILE).is_file():  # a holdout: its claims' verdicts, nothing chosen after the fact
+            from dyt_lab.study.report.holdout import holdout_report
+
+            holdout_report(args.name, root=args.root, storage=args.storage)
+        else:
+            report(args.name, root=args.root, storage=args.storage, margin=args.margin)
     elif command == "confirm":
         from dyt_lab.study.definition.study_file import pop_override_flags
         from dyt_lab.study.engine.confirm import confirm
@@ -137,6 +147,20 @@ def main(argv: list[str]) -> None:
 
             check_writable(Path(args.root) / args.name, "study folder", "compare writes its table there")
         compare(args.name, rest[1], root=args.root, storage=args.storage, margin=args.margin)
+    elif command == "holdout":
+        from dyt_lab.study.engine.holdout import holdout
+
+        if not rest or rest[0].startswith("-"):
+            raise ConfigError("study holdout needs a claims file: dyt-lab study holdout CLAIMS.yaml "
+                              "(e.g. configs/holdout/pointwise_vs_batchnorm.yaml)")
+        workers = flag_values(rest[1:], "--workers")
+        unknown = [a for a in rest[1:] if a.startswith("-") and a.split("=")[0] != "--workers"]
+        if unknown:
+            raise ConfigError(f"study holdout: unknown flag {unknown[0]}; valid: --workers N (everything else is "
+                              "fixed in the claims file)")
+        if workers and not workers[-1].lstrip("-").isdigit():
+            raise ConfigError(f"--workers {workers[-1]!r} is not an integer; give e.g. --workers 2")
+        holdout(rest[0], workers=int(workers[-1]) if workers else None)
     elif command == "_worker":  # started by `run --workers N`, not by people
         from dyt_lab.study.engine.runner import run_worker
 
@@ -144,4 +168,5 @@ def main(argv: list[str]) -> None:
     elif command in (None, "-h", "--help", "help"):
         print(USAGE)
     else:
-        raise ConfigError(f"unknown study command '{command}'; valid: run, resume, report, confirm, compare (dyt-lab study --help)")
+        raise ConfigError(f"unknown study command '{command}'; valid: run, resume, report, confirm, compare, holdout "
+                          "(dyt-lab study --help)")

@@ -1,0 +1,142 @@
+"""``dyt-lab study holdout``: a pre-registered claims file run on fresh seeds, its report, and its refusals.
+
+One tiny family study (two norms, seeds 0-1, ResNet-tiny on digits, a few batches) and one holdout of it
+(seeds 5-6) run once per module as a user runs them; every refusal is checked to write nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from dyt_lab.cli import main
+from dyt_lab.study.definition.claims import CLAIMS_FILE, HOLDOUT_ATTR
+from dyt_lab.training.predictions import PREDICTIONS_FILE
+from tests.helpers import ROOT, last_line, run_cli
+
+BASE = str(ROOT / "configs" / "experiments" / "resnet_bn_vs_dyt_digits.yaml")
+TINY = {"trainer.max_epochs": 2, "trainer.limit_train_batches": 2, "trainer.limit_val_batches": 1,
+        "trainer.enable_model_summary": False}
+CLAIMS = {"name": "ho", "family": ["fam"], "selection": "both arms at the family's settings",
+          "base": {"configs": [BASE], "overrides": TINY},
+          "arms": {"bn": {"overrides": {"model.norm": "batchnorm"}}, "dyt": {"overrides": {"model.norm": "dyt"}}},
+          "claims": [{"name": "dyt_matches_bn", "arm": "dyt", "against": "bn", "test": "equivalent"},
+                     {"name": "bn_better", "arm": "bn", "against": "dyt", "test": "better"}],
+          "seeds": [5, 6], "margin": 0.005, "root": "studies"}
+
+
+def write_claims(folder: Path, file: str = "claims.yaml", **changes) -> Path:
+    path = folder / file
+    path.write_text(yaml.safe_dump({**CLAIMS, **changes}, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory) -> Path:
+    """A family study and one holdout of it, run to their end from a user's shell."""
+    folder = tmp_path_factory.mktemp("holdout")
+    family = {"study_name": "fam", "root": "studies", "base": {"configs": [BASE], "overrides": TINY},
+              "search_space": {"model.norm": ["dyt", "batchnorm"]}, "sampler": {"name": "grid"},
+              "pruner": {"name": "none"}, "n_trials": 2, "seeds": [0, 1]}
+    (folder / "fam.yaml").write_text(yaml.safe_dump(family))
+    result = run_cli(["study", "run", "--config", "fam.yaml"], cwd=folder, timeout=400)
+    assert result.returncode == 0, result.stderr[-2000:]
+    result = run_cli(["study", "holdout", str(write_claims(folder))], cwd=folder, timeout=400)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (folder / "holdout_stdout.txt").write_text(result.stdout)
+    return folder
+
+
+def refusal(capsys, folder: Path, monkeypatch, *argv: str) -> str:
+    monkeypatch.chdir(folder)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["study", *argv])
+    assert exit_info.value.code == 2
+    return last_line(capsys.readouterr().err)
+
+
+@pytest.mark.slow
+def test_holdout_records_its_claims_and_reports_confirmatory_verdicts(ran):
+    claims_path = ran / "claims.yaml"
+    study = optuna.load_study(study_name="ho", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(ran / "studies" / "ho" / "journal.log"))))
+    record = study.user_attrs[HOLDOUT_ATTR]
+    assert record["sha256"] == hashlib.sha256(claims_path.read_bytes()).hexdigest()
+    assert (ran / "studies" / "ho" / CLAIMS_FILE).read_text() == claims_path.read_text()
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sorted((t.params["model.norm"], t.user_attrs["seed"]) for t in complete) == \
+        [("batchnorm", 5), ("batchnorm", 6), ("dyt", 5), ("dyt", 6)]
+    assert all((ran / t.user_attrs["run_dir"] / PREDICTIONS_FILE).is_file() for t in complete)
+
+    report = (ran / "studies" / "ho" / "report.md").read_text()
+    assert report in (ran / "holdout_stdout.txt").read_text()  # printed as written
+    rows = [line for line in report.splitlines() if line.startswith("| dyt_matches_bn") or line.startswith("| bn_better")]
+    assert len(rows) == 2 and all("(confirmatory)" in row for row in rows)
+    assert "seed-only 95% CI" in report and "seeds × images 95% CI" in report and "McNemar" in report
+    # The two claims are mirror images: the same |Δ|, opposite signs.
+    deltas = [float(row.split("|")[4]) for row in rows]
+    assert deltas[0] == pytest.approx(-deltas[1]) and deltas[0] != 0
+
+
+@pytest.mark.slow
+def test_holdout_refuses_a_second_look(ran, capsys, monkeypatch):
+    before = sorted(p.name for p in (ran / "studies").iterdir())
+    # the same claims again, under their own name: they ran already
+    assert "has run these claims on seeds [5, 6] already" in refusal(capsys, ran, monkeypatch, "holdout", "claims.yaml")
+    # the same claims under another name, on a seed the first holdout used
+    line = refusal(capsys, ran, monkeypatch, "holdout", str(write_claims(ran, "again.yaml", name="ho2", seeds=[6, 7])))
+    assert "these claims ran already as holdout 'ho' on seeds [6]" in line
+    line = refusal(capsys, ran, monkeypatch, "holdout", str(write_claims(ran, "changed.yaml", margin=0.01)))
+    assert "holdout 'ho' ran with another claims file" in line
+    assert "seeds [0] were run by study 'fam'" in refusal(
+        capsys, ran, monkeypatch, "holdout", str(write_claims(ran, "reused.yaml", name="ho3", seeds=[0, 7])))
+    assert sorted(p.name for p in (ran / "studies").iterdir()) == before  # nothing written
+
+
+@pytest.mark.slow
+def test_holdout_report_needs_every_run_s_predictions(ran, capsys, monkeypatch):
+    run_dir = next((ran / "studies" / "ho" / "trials").glob("*seed=6")).relative_to(ran)  # as the study records it
+    saved = (ran / run_dir / PREDICTIONS_FILE).read_bytes()
+    (ran / run_dir / PREDICTIONS_FILE).unlink()
+    try:
+        line = refusal(capsys, ran, monkeypatch, "report", "ho")
+    finally:
+        (ran / run_dir / PREDICTIONS_FILE).write_bytes(saved)
+    assert line.startswith(f"error: run '{run_dir}' has no {PREDICTIONS_FILE}")
+
+
+BAD_CLAIMS = {
+    "unknown_arm": ({"claims": [{"name": "x", "arm": "dytt", "against": "bn"}]},
+                    "claim 'x' arm 'dytt' is not an arm; arms: bn, dyt"),
+    "zero_margin": ({"margin": 0}, "margin 0.0 must be > 0"),
+    "negative_margin": ({"margin": -0.01}, "must be a finite number >= 0"),
+    "self_comparison": ({"claims": [{"name": "x", "arm": "bn", "against": "bn"}]}, "compares arm 'bn' with itself"),
+    "bad_test": ({"claims": [{"name": "x", "arm": "dyt", "against": "bn", "test": "same"}]}, "same"),
+    "no_selection": ({"selection": " "}, "selection is empty"),
+    "missing_family": ({"family": ["famm"]}, "family study 'famm' has no folder"),
+    "searched_arm": ({"arms": {"bn": {"overrides": {"model.norm": "batchnorm"}},
+                               "dyt": {"overrides": {"model.norm": "dyt"},
+                                       "search_space": {"model.alpha_init": [0.5, 1.0]}}}},
+                     "arms.dyt.search_space is set"),
+    "unset_key": ({"arms": {"bn": {"overrides": {"model.norm": "batchnorm"}},
+                            "dyt": {"overrides": {"model.norm": "dyt", "model.alpha_init": 1.0}}}},
+                  "arm(s) ['bn'] do not set 'model.alpha_init'"),
+    "unknown_key": ({"name": "ho_key", "arms": {"bn": {"overrides": {"model.norm": "batchnorm"}},
+                                                "dyt": {"overrides": {"model.normm": "dyt", "model.norm": "dyt"}}},
+                     "seeds": [8, 9]}, "model.normm"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CLAIMS))
+def test_bad_claims_file_is_one_line_and_writes_nothing(case, tmp_path, capsys, monkeypatch):
+    (tmp_path / "studies" / "fam").mkdir(parents=True)
+    (tmp_path / "studies" / "fam" / "study.yaml").write_text(yaml.safe_dump(
+        {"study_name": "fam", "base": {"configs": [BASE]}, "search_space": {"model.norm": ["dyt"]}, "seeds": [0, 1]}))
+    changes, expected = BAD_CLAIMS[case]
+    line = refusal(capsys, tmp_path, monkeypatch, "holdout", str(write_claims(tmp_path, **changes)))
+    assert line.startswith("error: ") and expected in line and "\n" not in line
+    assert sorted(p.name for p in (tmp_path / "studies").iterdir()) == ["fam"]
