@@ -45,3 +45,19 @@ def tmpfs(tmp_path):
     yield mount
     for folder in mounted:
         unmount(folder)
+
+
+def shared_folder(tmp_path_factory, name: str, build) -> Path:
+    """A folder built once per test session by ``build(folder)``, even when xdist spreads the tests that read
+    it over its workers (a shared base folder and a file lock, as xdist's documentation does for session
+    fixtures). ``build`` runs once; a ``.built`` marker tells the other workers it finished."""
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()  # under xdist, its parent is this session's, shared by workers
+    folder = (shared.parent if os.environ.get("PYTEST_XDIST_WORKER") else shared) / name
+    with FileLock(f"{folder}.lock"):
+        if not (folder / ".built").is_file():
+            folder.mkdir(exist_ok=True)
+            build(folder)
+            (folder / ".built").touch()
+    return folder

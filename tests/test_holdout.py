@@ -16,6 +16,7 @@ import yaml
 from dyt_lab.cli import main
 from dyt_lab.study.definition.claims import CLAIMS_FILE, HOLDOUT_ATTR
 from dyt_lab.training.predictions import PREDICTIONS_FILE
+from tests.conftest import shared_folder
 from tests.helpers import ROOT, last_line, run_cli
 
 BASE = str(ROOT / "configs" / "experiments" / "resnet_bn_vs_dyt_digits.yaml")
@@ -29,6 +30,15 @@ CLAIMS = {"name": "ho", "family": ["fam"], "selection": "both arms at the family
           "seeds": [5, 6], "margin": 0.005, "root": "studies"}
 
 
+# The family: two arms tuned alike (the same random draws of the shared learning rate), DyT with its own alpha0.
+FAMILY = {"study_name": "fam", "root": "studies", "base": {"configs": [BASE], "overrides": TINY},
+          "search_space": {"model.optimizer.lr": {"type": "float", "low": 0.001, "high": 0.01, "log": True}},
+          "arms": {"bn": {"overrides": {"model.norm": "batchnorm"}},
+                   "dyt": {"overrides": {"model.norm": "dyt"},
+                           "search_space": {"model.alpha_init": {"type": "float", "low": 0.3, "high": 1.0}}}},
+          "sampler": {"name": "random", "seed": 0}, "pruner": {"name": "none"}, "n_trials": 1, "seeds": [0, 1]}
+
+
 def write_claims(folder: Path, file: str = "claims.yaml", **changes) -> Path:
     path = folder / file
     path.write_text(yaml.safe_dump({**CLAIMS, **changes}, sort_keys=False))
@@ -37,18 +47,19 @@ def write_claims(folder: Path, file: str = "claims.yaml", **changes) -> Path:
 
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory) -> Path:
-    """A family study and one holdout of it, run to their end from a user's shell."""
-    folder = tmp_path_factory.mktemp("holdout")
-    family = {"study_name": "fam", "root": "studies", "base": {"configs": [BASE], "overrides": TINY},
-              "search_space": {"model.norm": ["dyt", "batchnorm"]}, "sampler": {"name": "grid"},
-              "pruner": {"name": "none"}, "n_trials": 2, "seeds": [0, 1]}
-    (folder / "fam.yaml").write_text(yaml.safe_dump(family))
+    """A family study tuned arm by arm and one holdout of it, run to their end from a user's shell, once."""
+    return shared_folder(tmp_path_factory, "holdout", run_family_and_holdout)
+
+
+def run_family_and_holdout(folder: Path) -> None:
+    (folder / "fam.yaml").write_text(yaml.safe_dump(FAMILY))
     result = run_cli(["study", "run", "--config", "fam.yaml"], cwd=folder, timeout=400)
+    assert result.returncode == 0, result.stderr[-2000:]
+    result = run_cli(["study", "report", "fam"], cwd=folder, timeout=400)
     assert result.returncode == 0, result.stderr[-2000:]
     result = run_cli(["study", "holdout", str(write_claims(folder))], cwd=folder, timeout=400)
     assert result.returncode == 0, result.stderr[-2000:]
     (folder / "holdout_stdout.txt").write_text(result.stdout)
-    return folder
 
 
 def refusal(capsys, folder: Path, monkeypatch, *argv: str) -> str:
@@ -57,6 +68,24 @@ def refusal(capsys, folder: Path, monkeypatch, *argv: str) -> str:
         main(["study", *argv])
     assert exit_info.value.code == 2
     return last_line(capsys.readouterr().err)
+
+
+@pytest.mark.slow
+def test_arms_are_tuned_alike_and_reported_with_their_budgets(ran):
+    lrs = {}
+    for arm in ("bn", "dyt"):
+        study = optuna.load_study(study_name=f"fam.{arm}", storage=f"sqlite:///{ran}/studies/fam.{arm}/study.db")
+        complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        assert sorted(t.user_attrs["seed"] for t in complete) == [0, 1]
+        lrs[arm] = {t.params["model.optimizer.lr"] for t in complete}
+        assert ("model.alpha_init" in complete[0].params) == (arm == "dyt")
+    assert lrs["bn"] == lrs["dyt"] and len(lrs["bn"]) == 1  # the same draw of the shared key for both arms
+    report = (ran / "studies" / "fam" / "report.md").read_text()
+    assert "Budgets are **equal**" in report
+    budget = [line.split("|")[1:5] for line in report.splitlines() if line.startswith(("| bn ", "| dyt "))][:2]
+    assert [[cell.strip() for cell in row] for row in budget] == [["bn", "1", "2", "0, 1"], ["dyt", "1", "2", "0, 1"]]
+    assert "## Edges of the searched ranges" in report and "- dyt: " in report
+    assert "| dyt - bn |" in report and "exploratory" in report
 
 
 @pytest.mark.slow

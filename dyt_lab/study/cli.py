@@ -110,7 +110,10 @@ def main(argv: list[str]) -> None:
             raise ConfigError(f"no study '{rest[0]}' to resume: {saved} does not exist")
         run_arms_or_study(load_spec(["--config", str(saved), *rest[1:]], prog="dyt-lab study resume"))
     elif command == "report":
+        import yaml
+
         from dyt_lab.study.definition.claims import CLAIMS_FILE
+        from dyt_lab.study.definition.study_file import DEFAULT_MARGIN, SPEC_FILE
         from dyt_lab.study.report.report import report
 
         args = _parse("report", "Report a study: trials table, best trial, importances, plots.", rest, **REPORT_OPTIONS)
@@ -119,10 +122,16 @@ def main(argv: list[str]) -> None:
             from dyt_lab.study.engine.runner import check_writable
 
             check_writable(folder, "study folder", "the report writes report.md, trials.csv and its plots there")
+        arms = (yaml.safe_load((folder / SPEC_FILE).read_text()) or {}).get("arms") if (folder / SPEC_FILE).is_file() \
+            else None
         if (folder / CLAIMS_FILE).is_file():  # a holdout: its claims' verdicts, nothing chosen after the fact
             from dyt_lab.study.report.holdout import holdout_report
 
             holdout_report(args.name, root=args.root, storage=args.storage)
+        elif arms:  # a study tuned arm by arm: budgets, bests, edges
+            from dyt_lab.study.report.arms import arms_report
+
+            arms_report(args.name, list(arms), root=args.root, margin=args.margin or DEFAULT_MARGIN)
         else:
             report(args.name, root=args.root, storage=args.storage, margin=args.margin)
     elif command == "confirm":
