@@ -94,7 +94,7 @@ def test_study_with_a_pruner_ends_with_n_trials_in_their_states(pruned_study):
             assert t.value > study.trials[0].intermediate_values[0]
         if t.state == TrialState.COMPLETE:
             assert t.user_attrs["epochs"] == 2 and t.value == min(t.intermediate_values.values())
-    assert "4/4 trials (1 complete, 2 pruned, 1 fail)" in stdout
+    assert "4/4 trials (1 complete, 2 pruned, 1 diverged)" in stdout  # a diverged run is a result: exit 0
 
 
 @pytest.mark.slow
@@ -323,6 +323,14 @@ BAD = {
                          "error: the base config: --trainer.accumulate_grad_batches must be a positive integer, got 0"),
     "accelerator": ({"base": {"configs": [BASE], "overrides": {**TINY, "trainer.accelerator": "tpuu"}}},
                     "error: the base config: --trainer: You selected an invalid accelerator name: `accelerator='tpuu'`"),
+    # an objective the model never logs when a validation epoch ends: refused now, not after a trial's first epoch
+    "metric_misspelt": ({"objective": {"metric": "val/accuracy"}},
+                        "error: objective.metric 'val/accuracy' is not a metric ResNetClassifier logs (did you mean "
+                        "'val/acc'?); it logs train/acc, train/loss, train/loss_epoch, val/acc, val/acc_best, "
+                        "val/acc_top5, val/loss"),
+    "metric_test_split": ({"objective": {"metric": "test/acc"}},
+                          "error: objective.metric 'test/acc' is logged only by the test after fit, but a trial is "
+                          "judged (and pruned) after each validation epoch: use val/acc"),
 }
 
 
@@ -531,6 +539,31 @@ def test_ablate_runs_the_best_and_each_one_factor_neighbour_against_it(seeded_st
     assert sum("| reference" in row for row in report.splitlines()) == 1  # the best is the one reference
 
 
+def test_the_objective_metric_check_refuses_only_what_a_dyt_lab_model_cannot_log():
+    """Conservative: a name under val/, train/, test/ that the model's own source never logs; not a name
+    elsewhere (a callback's), nor anything once a class of the user's own could log it."""
+    from types import SimpleNamespace
+
+    from dyt_lab.errors import ConfigError
+    from dyt_lab.study.engine.precheck import check_objective_metric
+    from dyt_lab.training.module import ResNetClassifier
+
+    class MyClassifier(ResNetClassifier):  # a user's own subclass, which may log val/f1
+        pass
+
+    def run_of(cls):
+        return SimpleNamespace(model=cls.__new__(cls), trainer=SimpleNamespace(callbacks=[]))
+
+    space = SearchSpace({"model.norm": ["dyt", "derf"]})
+    for metric in ("val/acc", "val/loss", "val/acc_best", "train/acc", "norms/stem.norm/alpha", "lr-AdamW"):
+        check_objective_metric(metric, run_of(ResNetClassifier), space)
+    for metric in ("val/f1", "val/accuracy", "test/acc"):
+        check_objective_metric(metric, run_of(MyClassifier), space)
+    check_objective_metric("val/f1", run_of(ResNetClassifier), SearchSpace({"model": ["a", "b"]}))  # swaps the class
+    with pytest.raises(ConfigError, match="^objective.metric 'val/f1' is not a metric ResNetClassifier logs"):
+        check_objective_metric("val/f1", run_of(ResNetClassifier), space)
+
+
 def test_confirm_chooses_the_top_k_or_every_arm_at_its_best():
 
     from dyt_lab.errors import ConfigError
@@ -570,7 +603,7 @@ def test_killing_a_trial_fails_it_alone_and_the_study_goes_on(tmp_path):
     path = write_study(tmp_path, "trialkill", n_trials=2,
                        base={"configs": [BASE], "overrides": {**TINY, "trainer.max_epochs": 40}})
     proc = subprocess.Popen([sys.executable, "-m", "dyt_lab", "study", "run", "--config", str(path)], cwd=tmp_path,
-                            env=_python_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                            env=_python_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     trials = tmp_path / "studies" / "trialkill" / "trials"
     deadline = time.monotonic() + 300
     while not list(trials.glob("trial_0000*/study_result.json")):
@@ -578,8 +611,10 @@ def test_killing_a_trial_fails_it_alone_and_the_study_goes_on(tmp_path):
         time.sleep(0.2)
     trial = next(t for t in load(tmp_path, "trialkill").trials if t.number == 0)
     os.kill(trial.user_attrs["trial_pid"], signal.SIGKILL)
-    stdout, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0
+    stdout, stderr = proc.communicate(timeout=300)
+    # The study went on, then says that one run has no completed trial (a rerun retries it)
+    assert proc.returncode == 2 and last_line(stderr).startswith(
+        "error: study trialkill: 1 run has no completed trial: trial 0 (model.norm=")
     study = load(tmp_path, "trialkill")
     assert study.trials[0].state == TrialState.FAIL
     assert study.trials[0].user_attrs["fail_reason"].startswith("killed by SIGKILL")

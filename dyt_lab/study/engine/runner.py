@@ -27,8 +27,7 @@ from pathlib import Path
 
 import optuna
 import yaml
-from optuna.distributions import CategoricalDistribution
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from dyt_lab.errors import EXIT_INTERRUPTED, ConfigError, check_writable, fault_line, write_fault
 from dyt_lab.study.definition.design import check_design
@@ -46,8 +45,24 @@ from dyt_lab.study.definition.study_file import SPEC_FILE, TRIALS, StudySpec
 from dyt_lab.study.engine.launch import warm_up
 from dyt_lab.study.engine.liveness import TrialHeartbeat, clean_retry, reap_dead_trials
 from dyt_lab.study.engine.objective import TrialObjective
-from dyt_lab.study.engine.precheck import check_trials, visible_gpus, worker_gpus
-from dyt_lab.study.engine.replicates import configurations_counted, live_trials, queue_missing_seeds
+from dyt_lab.study.engine.precheck import (
+    SPACE_ATTR,
+    check_trials,
+    check_unchanged,
+    space_record,
+    visible_gpus,
+    worker_gpus,
+)
+from dyt_lab.study.engine.replicates import (
+    configurations_counted,
+    counted_trials,
+    plan_retries,
+    queue_missing_seeds,
+    queue_retries,
+    runs,
+    summary_line,
+    unfinished_line,
+)
 from dyt_lab.study.optuna_internals import in_optimize_loop
 from dyt_lab.study.trial.protocol import SEED_ATTR, die_with_parent
 
@@ -75,18 +90,13 @@ class AskLock:
             self._file = None
 
 
-def counted_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Trials that count toward n_trials: all but queued ones and failures whose config was retried."""
-    return [t for t in live_trials(study) if t.state != TrialState.WAITING]
-
-
 def study_full(study: optuna.Study, spec: StudySpec) -> bool:
-    """n_trials reached: trials, or with seeds configurations whose every seed run has ended or runs."""
+    """n_trials reached (trials, or with seeds configurations) and nothing queued: a queued run (a retry, a
+    configuration's other seeds) runs whatever the count, since it stands for a run the study lacks."""
+    if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        return False
     counted = counted_trials(study)
-    if not spec.seeds:
-        return len(counted) >= spec.n_trials
-    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    return configurations_counted(counted) >= spec.n_trials and not waiting
+    return (configurations_counted(counted) if spec.seeds else len(counted)) >= spec.n_trials
 
 
 def _interrupt(signum, frame) -> None:
@@ -198,6 +208,7 @@ def prepare(spec: StudySpec) -> tuple[SearchSpace, list[str]]:
     space = SearchSpace(spec.search_space)
     check_sampler(spec.sampler, space)
     make_pruner(spec.pruner)
+    check_unchanged(spec, space)  # an existing study's objective and space: before seconds of building runs
     gpus = visible_gpus()
     print(f"study {spec.study_name}: checking {len(space.distributions)} searched keys against dyt-lab fit ...",
           file=sys.stderr)
@@ -218,44 +229,6 @@ def prepare(spec: StudySpec) -> tuple[SearchSpace, list[str]]:
     return space, gpus
 
 
-def check_same_space(study: optuna.Study, space: SearchSpace) -> None:
-    """An existing study's keys must keep what Optuna checks in every new trial: a categorical's choices, a
-    key's kind (list, float, int) and its log flag; otherwise every new trial would fail. A range may change
-    (TPE goes on over the new one), and a key may be dropped."""
-    recorded: dict[str, optuna.distributions.BaseDistribution] = {}
-    for trial in study.get_trials(deepcopy=False):
-        for key, old in trial.distributions.items():
-            recorded.setdefault(key, old)
-    for key, old in recorded.items():
-        new = space.distributions.get(key)
-        if new is None:
-            continue
-        if isinstance(old, CategoricalDistribution) and isinstance(new, CategoricalDistribution):
-            if new.choices == old.choices:
-                continue
-            added = [c for c in new.choices if c not in old.choices]
-            dropped = [c for c in old.choices if c not in new.choices]
-            change = "; ".join(part for part in (f"adds {', '.join(map(str, added))}" if added else "",
-                                                 f"drops {', '.join(map(str, dropped))}" if dropped else "") if part)
-            what, started = f"other choices for {key}: this study file {change or 'reorders them'}", \
-                ", ".join(map(str, old.choices))
-        else:
-            try:
-                optuna.distributions.check_distribution_compatibility(old, new)
-                continue
-            except ValueError as err:
-                what, started = f"another kind of {key} ({err})", _shown_distribution(old)
-        raise ConfigError(f"study '{study.study_name}' exists with {what}; a study cannot change that: give the new "
-                          f"design its own --study_name, or keep what it was started with ({started})")
-
-
-def _shown_distribution(dist: optuna.distributions.BaseDistribution) -> str:
-    if isinstance(dist, CategoricalDistribution):
-        return "choices " + ", ".join(map(str, dist.choices))
-    kind = "int" if isinstance(dist, optuna.distributions.IntDistribution) else "float"
-    return f"{kind} {dist.low} to {dist.high}" + (", log" if dist.log else "")
-
-
 def _create(spec: StudySpec, url: str, space: SearchSpace) -> optuna.Study:
     """Create (or load) the study in its storage, with the study's direction and design."""
     if spec.storage in ("sqlite", "journal"):
@@ -264,10 +237,9 @@ def _create(spec: StudySpec, url: str, space: SearchSpace) -> optuna.Study:
                                                   "grace_period": spec.grace_period}
     study = optuna.create_study(study_name=spec.study_name, storage=open_storage(url, **with_heartbeat),
                                 direction=spec.objective.direction, load_if_exists=True)
-    if study.direction.name.lower() != spec.objective.direction:
-        raise ConfigError(f"study '{spec.study_name}' exists with direction {study.direction.name.lower()}; "
-                          f"objective.direction {spec.objective.direction} cannot change it")
-    check_same_space(study, space)  # before the design below is recorded over the old one
+    if SPACE_ATTR not in study.user_attrs or not any(t.params for t in study.get_trials(deepcopy=False)):
+        # what check_unchanged compares a later study file with, once a trial drew values from it
+        study.set_user_attr(SPACE_ATTR, space_record(space))
     study.set_user_attr("objective", {"metric": spec.objective.metric, "value": spec.objective.value})
     study.set_user_attr("design", {"seeds": spec.seeds, "reference": spec.reference, "gap_from": spec.gap_from,
                                    "margin": spec.margin})
@@ -285,35 +257,54 @@ def enqueue(spec: StudySpec, queue: list[dict], attrs: dict) -> None:
 
 
 def run_study(spec: StudySpec, queue: list[dict] | None = None, attrs: dict | None = None) -> None:
-    """``dyt-lab study run``: prepare, run the workers, print where the report is.
+    """``dyt-lab study run``: prepare, retry failed runs, run the workers, print where the report is.
 
     ``queue`` holds configurations (Optuna params) to run first, ``attrs`` study attributes to record
-    (``dyt-lab study confirm`` uses both).
+    (``dyt-lab study confirm`` uses both). Ends in one ``error:`` line if a run has no completed trial.
     """
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial comes from TrialObjective
     if spec.workers == 1 and spec.isolation == "warm":
         warm_up()  # its imports run beside the checks below, on the other core
     space, gpus = prepare(spec)
-    if queue or attrs:
-        with disk_faults(storage_shown(storage_url(spec.storage, spec.folder))):
+    url = storage_url(spec.storage, spec.folder)
+    with disk_faults(storage_shown(url)):
+        if queue or attrs:
             enqueue(spec, queue or [], attrs or {})
+        retried = retry_failed(spec, url)
     if spec.workers == 1:
         code = work(spec, 0)
     else:
         code = spawn_workers(spec, gpus)
-    study = optuna.load_study(study_name=spec.study_name, storage=open_storage(storage_url(spec.storage, spec.folder)))
-    counted = counted_trials(study)
-    counts = {s.name: sum(t.state == s for t in counted) for s in TrialState}
-    summary = ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n)
-    done = configurations_counted(counted) if spec.seeds else len(counted)
-    unit = f"configurations x {len(spec.seeds)} seeds" if spec.seeds else "trials"
-    print(f"study {spec.study_name}: {done}/{spec.n_trials} {unit} ({summary or 'none'})")
+    study = optuna.load_study(study_name=spec.study_name, storage=open_storage(url))
+    print(summary_line(study, spec, retried))
     if code == EXIT_INTERRUPTED:
         print(f"interrupted: run the same command (or `dyt-lab study resume {spec.study_name}`) to continue")
         raise SystemExit(code)
     print(f"report: dyt-lab study report {spec.study_name}" + (f" --root {spec.root}" if spec.root != "studies" else ""))
     if code:
         raise SystemExit(code)
+    if line := unfinished_line(study, spec):
+        raise ConfigError(line)
+
+
+def retry_failed(spec: StudySpec, url: str) -> int:
+    """Queue again each failed run that has no completed trial, as far as n_trials has room; return how many.
+
+    Under the ask lock, so that two commands started together on this machine do not both queue them.
+    """
+    lock = AskLock(spec.folder / ".ask.lock")
+    lock.acquire()
+    try:
+        study = optuna.load_study(study_name=spec.study_name, storage=open_storage(url))
+        retry, _ = plan_retries(study, spec.n_trials, bool(spec.seeds))
+        queue_retries(study, retry)
+    finally:
+        lock.release()
+    if retry:
+        numbers = ", ".join(str(t.number) for t in retry)
+        print(f"study {spec.study_name}: retrying {runs(len(retry))} with no completed trial (failed: trial "
+              f"{numbers})", flush=True)
+    return len(retry)
 
 
 def spawn_workers(spec: StudySpec, gpus: list[str]) -> int:
