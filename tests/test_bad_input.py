@@ -144,6 +144,12 @@ CASES: dict[str, tuple[list[str], str]] = {
     "study_report_unknown": (["study", "report", "nope_study"], "nope_study"),
     "study_resume_unknown": (["study", "resume", "nope_study"], "nope_study"),
     "study_command_unknown": (["study", "runn"], "runn"),
+    "study_objective_misspelt": (["study", "run", "--config", STUDY, "--objective.metric", "val/accuracy"],
+                                 "'val/accuracy' is not a metric ViTClassifier logs (did you mean 'val/acc'?)"),
+    "confirm_workers_zero": (["study", "confirm", "nope_study", "--workers", "0"], "--workers 0: give 1 or more"),
+    "confirm_ablate_with_top": (["study", "confirm", "nope_study", "--ablate", "--top", "2"],
+                                "--ablate with --top 2: "),
+    "compare_a_study_with_itself": (["study", "compare", "nope_study", "nope_study"], "a study against itself"),
     # timm and torchvision models: a name, an argument, a conversion that does not fit the network
     "timm_name_unknown": ([*TIMM, "--model.net.init_args.name", "resnet19"], "'resnet19' (did you mean 'resnet18'"),
     "timm_argument_unknown": ([*TIMM, "--model.net.init_args.kwargs", "{drop_rat: 0.1}"],

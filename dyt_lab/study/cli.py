@@ -56,9 +56,10 @@ def _parse(command: str, description: str, argv: list[str], **options: dict):
 REPORT_OPTIONS = {"margin": {"type": float | None, "default": None,
                              "help": "equivalence margin in the metric's units (default: the study file's margin)"}}
 CONFIRM_OPTIONS = {
-    "top": {"type": int, "default": 3, "help": "how many of its best configurations to confirm"},
-    "seeds": {"type": str, "default": "10..14", "help": "fresh seeds: a range 10..14 or a list 10,11,12"},
-    "workers": {"type": int | None, "default": None, "help": "processes (default: the study's)"},
+    "top": {"type": int | None, "default": None, "help": "how many of its best configurations to confirm (default 3)"},
+    "seeds": {"type": str | None, "default": None,
+              "help": "fresh seeds: a range 10..14 or a list 10,11,12 (default 10..14)"},
+    "workers": {"type": int | None, "default": None, "help": "processes, 1 or more (default: the study's)"},
     "per": {"type": str | None, "default": None,
             "help": "a factor (e.g. name): confirm the top K of each of its levels, every arm at its best"},
     "tag": {"type": str | None, "default": None,
@@ -67,6 +68,9 @@ CONFIRM_OPTIONS = {
                "help": "one more dyt-lab fit config file after the search's (other data, say)"},
     "ablate": {"action": "store_true",
                "help": "the best configuration and each of its one-factor neighbours (study NAME.confirm.ablation)"},
+    "extend": {"action": "store_true",
+               "help": "add the configurations and seeds this command asks for to an existing confirmation "
+                       "(without it, a confirmation asked to choose otherwise than it ran is refused)"},
 }
 
 
@@ -142,13 +146,17 @@ def main(argv: list[str]) -> None:
         args = _parse("confirm", "Rerun a finished study's best configurations and its reference on fresh seeds.",
                       rest, **CONFIRM_OPTIONS)
         confirm(args.name, args.top, args.seeds, root=args.root, storage=args.storage, workers=args.workers,
-                per=args.per, tag=args.tag, config=args.config, overrides=overrides, ablate=args.ablate)
+                per=args.per, tag=args.tag, config=args.config, overrides=overrides, ablate=args.ablate,
+                extend=args.extend)
     elif command == "compare":
         from dyt_lab.study.report.versus import compare
 
         if len(rest) < 2 or any(a.startswith("-") for a in rest[:2]):
             raise ConfigError("study compare needs two studies: dyt-lab study compare NAME AGAINST "
                               "(e.g. bn_free_search.confirm bn_free_search_reference.confirm)")
+        if rest[0] == rest[1]:
+            raise ConfigError(f"study compare {rest[0]} {rest[1]}: a study against itself pairs every run with "
+                              "itself; give two studies (e.g. NAME.confirm OTHER.confirm)")
         args = _parse("compare", "Pair every configuration of one study with the best of another, seed by seed.",
                       [rest[0], *rest[2:]], **REPORT_OPTIONS)
         if (Path(args.root) / args.name).is_dir():  # else compare says there is no such study

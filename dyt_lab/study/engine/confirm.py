@@ -178,17 +178,67 @@ def check_same_setting(spec: StudySpec) -> None:
                               f"{dict(spec.base.overrides)}: give another --tag for another setting")
 
 
-def confirm(name: str, top: int, seeds_text: str, root: str = "studies", storage: str | None = None,
-            workers: int | None = None, per: str | None = None, tag: str | None = None, config: str | None = None,
-            overrides: dict[str, str] | None = None, ablate: bool = False) -> None:
+DEFAULT_TOP, DEFAULT_SEEDS = 3, "10..14"
+
+
+def shown_seeds(seeds: list[int]) -> str:
+    """Seeds as --seeds takes them: ``10..14`` for a run of consecutive seeds, else ``10,12``."""
+    if len(seeds) > 1 and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{seeds[0]}..{seeds[-1]}"
+    return ",".join(map(str, seeds))
+
+
+def asked_flags(ask: dict, default_seeds: bool = False) -> str:
+    """A confirmation's choice as its flags: ``--top 2 --per name --seeds 10..11`` (``--ablate --seeds ...``)."""
+    flags = "--ablate" if ask["ablate"] else f"--top {ask['top']}" + (f" --per {ask['per']}" if ask["per"] else "")
+    return f"{flags} --seeds {shown_seeds(ask['seeds'])}" + (" (the default)" if default_seeds else "")
+
+
+def previous_ask(spec: StudySpec) -> dict | None:
+    """What an existing confirmation ran with (``top``, ``per``, ``ablate``, ``seeds``) and its record; None if new."""
+    from dyt_lab.study.engine.precheck import existing_study
+
+    study = existing_study(spec)
+    record = study.user_attrs.get(CONFIRMS_ATTR) if study is not None else None
+    if not record:
+        return None
+    seeds = [int(s) for s in (study.user_attrs.get("design") or {}).get("seeds") or []]
+    return {"top": record.get("top"), "per": record.get("per"), "ablate": bool(record.get("ablate")),
+            "seeds": seeds, "record": record}
+
+
+def same_ask(before: dict, ask: dict) -> bool:
+    """Whether two confirmations choose the same: the same seeds, and --ablate, or the same --top and --per."""
+    if before["ablate"] != ask["ablate"] or sorted(before["seeds"]) != sorted(ask["seeds"]):
+        return False
+    return ask["ablate"] or (before["top"], before["per"]) == (ask["top"], ask["per"])
+
+
+def check_options(top: int | None, workers: int | None, ablate: bool) -> None:
+    """The option values no confirmation can run with, one line each, before the study is read."""
+    if ablate and top is not None:
+        raise ConfigError(f"--ablate with --top {top}: --ablate runs the best configuration and each of its "
+                          "one-factor neighbours; leave out --top")
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers {workers}: give 1 or more (processes running trials at once)")
+
+
+def confirm(name: str, top: int | None = None, seeds_text: str | None = None, root: str = "studies",
+            storage: str | None = None, workers: int | None = None, per: str | None = None, tag: str | None = None,
+            config: str | None = None, overrides: dict[str, str] | None = None, ablate: bool = False,
+            extend: bool = False) -> None:
     """Check everything, then create (or resume) ``NAME.confirm`` (or ``NAME.confirm.TAG``) and run it to its end.
 
     ``config`` (a fit config file) and ``overrides`` (dotted key -> value) change the setting the winners
     run in, after the search's own; ``ablate`` runs the best configuration and its one-factor neighbours.
+    An existing confirmation resumes; one asked to choose otherwise (``top``, ``per``, ``ablate``, seeds) is
+    refused unless ``extend``, which adds the new configurations and seeds to it.
     """
     from dyt_lab.study.engine.runner import run_study
 
-    seeds = parse_seeds(seeds_text)
+    check_options(top, workers, ablate)
+    top = DEFAULT_TOP if top is None and not ablate else top
+    seeds = parse_seeds(seeds_text or DEFAULT_SEEDS)
     tag = tag or ("ablation" if ablate else None)
     if (config or overrides) and not tag:
         raise ConfigError("--config and --base.overrides.* change the setting: give --tag NAME (e.g. --tag "
@@ -216,8 +266,8 @@ def confirm(name: str, top: int, seeds_text: str, root: str = "studies", storage
         chosen = choose(study, space, top, parent.reference, per)
     searched = search_seeds(study)  # reads each run's config where the study has no seed attributes: once
     if overlap := sorted(set(seeds) & searched):
-        raise ConfigError(f"--seeds {seeds_text} overlaps the seeds the search ran ({overlap}); fresh seeds "
-                          f"must differ from {sorted(searched)}")
+        raise ConfigError(f"--seeds {seeds_text or DEFAULT_SEEDS} overlaps the seeds the search ran ({overlap}); "
+                          f"fresh seeds must differ from {sorted(searched)}")
     spec = confirm_spec(parent, seeds, len(chosen), workers, tag)
     spec.root = root
     if storage:
@@ -225,11 +275,39 @@ def confirm(name: str, top: int, seeds_text: str, root: str = "studies", storage
     spec.base = replace(parent.base, configs=[*parent.base.configs, *([config] if config else [])],
                         overrides={**parent.base.overrides, **(overrides or {})})
     check_same_setting(spec)
-    if ablate:  # each neighbour's paired difference to the best: what that one choice is worth
-        spec.reference = categorical_levels(chosen[0]["params"], space)
     queued = [{"params": e["params"], "levels": e["levels"], "search_mean": e["mean"], "search_seeds": e["seeds"]}
               for e in chosen]
+    ask = {"top": 1 if ablate else top, "per": per, "ablate": ablate, "seeds": seeds}
+    record = {"study": name, "top": ask["top"], "per": per, "ablate": ablate, "config": config,
+              "overrides": overrides or {}}
+    before = previous_ask(spec)
+    if before is not None and not same_ask(before, ask) and not extend:
+        raise ConfigError(f"study '{spec.study_name}' ran with {asked_flags(before)}; this command asks for "
+                          f"{asked_flags(ask, seeds_text is None)}: run it as it ran to resume it, or add --extend "
+                          "to add the new configurations and seeds to it")
+    if before is not None and extend:
+        queued, record = extended(spec, before, ask, queued, record)
+    elif before is not None:  # resumed: the configurations it chose, even if the search has found others since
+        queued, record = before["record"].get("configurations") or queued, {**before["record"], **record}
+    spec.n_trials = len(queued)
+    if ablate:  # each neighbour's paired difference to the best: what that one choice is worth
+        spec.reference = categorical_levels(queued[0]["params"], space)
     run_study(spec, queue=[q["params"] for q in queued],
-              attrs={CONFIRMS_ATTR: {"study": name, "top": 1 if ablate else top, "per": per, "ablate": ablate,
-                                     "config": config, "overrides": overrides or {},
-                                     "configurations": json.loads(json.dumps(queued, default=str))}})
+              attrs={CONFIRMS_ATTR: {**record, "configurations": json.loads(json.dumps(queued, default=str))}})
+
+
+def extended(spec: StudySpec, before: dict, ask: dict, queued: list[dict], record: dict) -> tuple[list[dict], dict]:
+    """``--extend``: the confirmation's configurations and seeds, then those this command adds (spec updated)."""
+    old = before["record"].get("configurations") or []
+    key = lambda entry: json.dumps(entry["params"], sort_keys=True, default=str)  # noqa: E731  (as stored)
+    added = [q for q in queued if key(q) not in {key(o) for o in old}]
+    new_seeds = [s for s in ask["seeds"] if s not in before["seeds"]]
+    spec.seeds = [*before["seeds"], *new_seeds]
+    if not ask["ablate"] and ask["per"] == before["per"]:  # the union of two top-K lists is the larger one
+        record["top"] = max(int(before["top"]), int(ask["top"]))
+    record["extended_from"] = [*before["record"].get("extended_from", []),
+                               {k: before[k] for k in ("top", "per", "ablate", "seeds")}]
+    print(f"study {spec.study_name}: extending it from {asked_flags(before)} with {asked_flags(ask)}: "
+          f"{len(added)} more configuration{'s' if len(added) != 1 else ''}, "
+          f"{len(new_seeds)} more seed{'s' if len(new_seeds) != 1 else ''}", flush=True)
+    return [*old, *added], record
