@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from dyt_lab.cli import main
-from dyt_lab.training.predictions import read_predictions
+from dyt_lab.predictions import read_predictions
 from tests.helpers import QUICKSTART, ROOT, fit_args, run_cli
 
 

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from dyt_lab.cli import main
+from dyt_lab.predictions import PREDICTIONS_FILE
 from dyt_lab.study.definition.claims import CLAIMS_FILE, HOLDOUT_ATTR
-from dyt_lab.training.predictions import PREDICTIONS_FILE
 from tests.conftest import shared_folder
 from tests.helpers import ROOT, last_line, run_cli
 
@@ -169,3 +169,19 @@ def test_bad_claims_file_is_one_line_and_writes_nothing(case, tmp_path, capsys, 
     line = refusal(capsys, tmp_path, monkeypatch, "holdout", str(write_claims(tmp_path, **changes)))
     assert line.startswith("error: ") and expected in line and "\n" not in line
     assert sorted(p.name for p in (tmp_path / "studies").iterdir()) == ["fam"]
+
+
+@pytest.mark.slow
+def test_compare_adds_the_test_set_s_sampling_to_its_intervals(ran, capsys, monkeypatch):
+    monkeypatch.chdir(ran)
+    main(["study", "compare", "fam.dyt", "fam.bn"])
+    written = (ran / "studies" / "fam.dyt" / "versus_fam.bn.md").read_text()
+    seed_only, crossed = written.split("## Over seeds and test images")
+    row = next(line for line in crossed.splitlines() if line.startswith("| configuration=the only one"))
+    cells = [cell.strip() for cell in row.split("|")[1:-1]]
+    delta_points = float(cells[1])
+    seed_row = next(line for line in seed_only.splitlines() if line.startswith("| configuration=the only one"))
+    assert delta_points == pytest.approx(100 * float(seed_row.split("|")[5]), abs=0.01)  # the same Δ, in points
+    low, high = (float(x) for x in cells[3].strip("[]").split(","))
+    assert low <= delta_points <= high and (high - low) > 0  # images add width even where two seeds agree
+    assert "paired by seed ([0, 1]) and by test image (180 images)" in crossed

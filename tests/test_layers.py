@@ -16,6 +16,7 @@ PACKAGE = Path(dyt_lab.__file__).parent
 LAYERS = {
     "dyt_lab": 0, "dyt_lab.errors": 0,
     "dyt_lab.parse_errors": 0.5,  # reads jsonargparse's and YAML's messages into ConfigError lines
+    "dyt_lab.predictions": 0.5,  # the per-image test predictions file: written in training, read by the report
     "dyt_lab.norms": 1,
     "dyt_lab.models": 2,
     "dyt_lab.data": 3, "dyt_lab.training": 3,

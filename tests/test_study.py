@@ -507,7 +507,8 @@ def test_confirm_elsewhere_reruns_the_same_winners_with_the_other_setting_and_co
     for config in configs:  # each row's Δ is the mean of its two per-seed differences to the other study's best
         delta = sum(ours[(config, s)] - theirs[(best, s)] for s in (5, 6)) / 2
         assert sum(f"| {delta:+.4f} |" in row for row in written.splitlines()) >= 1
-    rows = [[cell.strip() for cell in row.split("|")[1:-1]] for row in written.splitlines() if row.startswith("| ")]
+    seed_level = written.split("## Over seeds and test images")[0]  # then the same pairs with the test images
+    rows = [[cell.strip() for cell in row.split("|")[1:-1]] for row in seed_level.splitlines() if row.startswith("| ")]
     assert [r[1] for r in rows[2:]] == ["2", "2"]  # header, rule, then two configurations of two pairs each
 
     with pytest.raises(SystemExit) as exit_info:  # the search ran seeds 0-1, the confirmation 5-6: no pair

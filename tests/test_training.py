@@ -254,7 +254,7 @@ def test_the_testbeds_fast_path_trains_as_the_path_the_first_studies_ran(tmp_pat
 
 
 def test_test_pass_saves_each_test_image_prediction(tmp_path):
-    from dyt_lab.training.predictions import read_predictions
+    from dyt_lab.predictions import read_predictions
 
     cli = run_lightning(fit_args(tmp_path, "--trainer.max_epochs=1", "--trainer.limit_train_batches=3",
                                  "--model.depth=1", "--test_after_fit=true"))

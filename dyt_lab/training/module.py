@@ -27,9 +27,9 @@ from dyt_lab.models.alpha_rules import AlphaRule
 from dyt_lab.models.placement import Placement, Rules
 from dyt_lab.norms import NormError, NormSpec
 from dyt_lab.norms.convert import NormConversion, find_norm_sites
+from dyt_lab.predictions import write_predictions
 from dyt_lab.training.calibration import AlphaCalibration
 from dyt_lab.training.clipping import AdaptiveGradientClipping
-from dyt_lab.training.predictions import sampler_positions, write_predictions
 from dyt_lab.training.schedule import WarmupCosineLR
 
 MemoryFormat = Literal["channels_last", "contiguous"]
@@ -198,7 +198,10 @@ class ImageClassifier(LightningModule):
         if not self._test_outputs or log_dir is None or self.trainer.sanity_checking:
             return
         outputs = torch.cat(self._test_outputs, dim=1)  # (2, n): this rank's predictions and labels
-        positions = sampler_positions(self.trainer.test_dataloaders).to(outputs.device)[: outputs.shape[1]]
+        # The split positions this rank was served, in order: arange for one process; under DDP the share
+        # Lightning's DistributedSampler (no shuffle, padded to equal lengths) handed this rank.
+        positions = torch.as_tensor(list(self.trainer.test_dataloaders.sampler), device=outputs.device)
+        positions = positions[: outputs.shape[1]]
         rows = torch.cat([positions[None], outputs])  # (3, n)
         if self.trainer.world_size > 1:  # DistributedSampler pads every rank to the same n
             rows = self.all_gather(rows).transpose(0, 1).reshape(3, -1)  # (3, world_size * n)

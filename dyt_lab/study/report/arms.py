@@ -18,12 +18,12 @@ import numpy as np
 import pandas as pd
 from optuna.distributions import CategoricalDistribution
 
+from dyt_lab.errors import ConfigError
 from dyt_lab.study.definition.space import SearchSpace, saved_space
 from dyt_lab.study.definition.storage import find_storage, load_existing
 from dyt_lab.study.report.comparison import TEST, seed_run_table
 from dyt_lab.study.report.markdown import markdown_table
-from dyt_lab.study.report.per_image import correctness
-from dyt_lab.study.report.resampling import compare_crossed
+from dyt_lab.study.report.per_image import crossed_family, points_interval
 
 EDGE = 0.1  # a best within the outer tenth of a range (on its own scale) is "at the edge"
 
@@ -60,8 +60,6 @@ def arm_table(name: str, root: str) -> tuple[pd.DataFrame, SearchSpace, list[str
     study = load_existing(name, find_storage(name, root, None))
     space = saved_space(folder)
     table = seed_run_table(study, space)
-    runs = {t.number: t.user_attrs.get("run_dir") for t in study.get_trials(deepcopy=False)}
-    table["run_dir"] = table["trial"].map(runs)
     failed = sum(t.state.name == "FAIL" for t in study.get_trials(deepcopy=False))
     return table, space, [k for k in space.distributions if k in table.columns], failed
 
@@ -117,19 +115,14 @@ def versus_first(arms: list[str], bests: dict[str, pd.DataFrame], margin: float,
     others = [a for a in arms[1:] if a in bests]
     if reference not in bests or not others:
         return []
-    seeds = sorted(set.intersection(*(set(bests[a].index) for a in [reference, *others])))
-    if len(seeds) < 2 or any(bests[a]["run_dir"].isna().any() for a in [reference, *others]):
-        return []
+    runs = {a: bests[a]["run_dir"].dropna().to_dict() for a in [reference, *others]}
     try:
-        correct = {a: correctness([bests[a].loc[s, "run_dir"] for s in seeds]) for a in [reference, *others]}
-    except Exception as err:  # runs from before predictions were saved: the seed-level tables above stand alone
+        table, seeds = crossed_family({f"{a} - {reference}": (runs[a], runs[reference]) for a in others}, margin)
+    except ConfigError as err:  # runs from before predictions were saved, or too few shared seeds
         return ["## Arms at their bests", f"No image-level comparison: {err}"]
-    d = np.stack([correct[a].astype(np.int8) - correct[reference] for a in others])
-    table = compare_crossed(d, margin)
-    rows = [[f"{a} - {reference}", f"{100 * r['mean_diff']:+.2f}",
-             f"[{100 * r['seed_ci_low']:+.2f}, {100 * r['seed_ci_high']:+.2f}]",
-             f"[{100 * r['ci_low']:+.2f}, {100 * r['ci_high']:+.2f}]", f"{100 * r['mde']:.2f}", r["verdict"]]
-            for a, r in zip(others, table.to_dict("records"))]
+    rows = [[r["label"], f"{100 * r['mean_diff']:+.2f}", points_interval(r["seed_ci_low"], r["seed_ci_high"]),
+             points_interval(r["ci_low"], r["ci_high"]), f"{100 * r['mde']:.2f}", r["verdict"]]
+            for r in table.to_dict("records")]
     return ["## Arms at their bests, on the search's seeds (exploratory)",
             f"test/acc difference in points, paired by seed ({seeds}) and test image; Holm over the table, margin "
             f"±{100 * margin:g}. The bests were chosen on these seeds, so these numbers are biased upward; budgets "

@@ -33,7 +33,7 @@ KNOWN_POINTS = {("batch", "batch_std", "none"): "BatchNorm", ("none", "alpha", "
                 ("batch", "alpha", "none"): "BN center only", ("batch", "alpha_channel", "tanh"): "centered, per-channel alpha"}
 EXTRA = {"val/acc": "val/acc (last)", "train/loss_epoch": "train loss (last)"}  # last-epoch metrics shown
 TEST = "test/acc"  # the best checkpoint on the held-out split (``--test_after_fit``, on in every trial)
-NOT_FACTORS = ["seed", "value", "trial", *EXTRA.values(), TEST]
+NOT_FACTORS = ["seed", "value", "trial", "run_dir", *EXTRA.values(), TEST]
 
 
 def metric_bounds(metric: str) -> tuple[float, float] | None:
@@ -51,7 +51,8 @@ def seed_run_table(study: optuna.Study, space: SearchSpace) -> pd.DataFrame:
         factors.update(levels)
         rows.append({**levels, "seed": trial.user_attrs.get(SEED_ATTR, 0), "value": trial.value,
                      **{label: last.get(metric) for metric, label in EXTRA.items()},
-                     TEST: (trial.user_attrs.get(TEST_METRICS_ATTR) or {}).get(TEST), "trial": trial.number})
+                     TEST: (trial.user_attrs.get(TEST_METRICS_ATTR) or {}).get(TEST), "trial": trial.number,
+                     "run_dir": trial.user_attrs.get("run_dir")})
     # a level a configuration does not set (LayerNorm has no alpha_init) is "-", not NaN, so it groups
     return pd.DataFrame(rows).fillna({k: "-" for k in factors})
 

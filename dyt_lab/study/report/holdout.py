@@ -13,15 +13,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 from optuna.trial import TrialState
 
 from dyt_lab.errors import ConfigError
 from dyt_lab.study.definition.claims import HOLDOUT_ATTR
 from dyt_lab.study.definition.storage import find_storage, load_existing
 from dyt_lab.study.report.markdown import markdown_table
-from dyt_lab.study.report.per_image import correctness
-from dyt_lab.study.report.resampling import compare_crossed, mcnemar_by_seed
+from dyt_lab.study.report.per_image import correctness, crossed_family, points_interval
+from dyt_lab.study.report.resampling import mcnemar_by_seed
 from dyt_lab.study.report.statistics import ALPHA
 from dyt_lab.study.trial.protocol import SEED_ATTR
 
@@ -29,13 +28,6 @@ from dyt_lab.study.trial.protocol import SEED_ATTR
 def points(x: float) -> str:
     """An accuracy difference in points, signed: ``+0.4``."""
     return "-" if x is None or not math.isfinite(x) else f"{100 * x:+.2f}"
-
-
-def interval(low: float, high: float) -> str:
-    """``[-0.31, +0.52]`` in points, within the +-100 a difference of accuracies can reach, or ``too few seeds``."""
-    if not (math.isfinite(low) and math.isfinite(high)):
-        return "too few seeds"
-    return f"[{points(max(low, -1.0))}, {points(min(high, 1.0))}]"
 
 
 def confirmed(test: str, row) -> bool:
@@ -74,14 +66,12 @@ def holdout_report(name: str, root: str = "studies", storage: str | None = None)
     runs = runs_by_arm(study, record["arms"])
     claims = record["claims"]
     used = sorted({c[role] for c in claims for role in ("arm", "against")})
-    seeds = sorted(set.intersection(*(set(runs[arm]) for arm in used)))
-    if len(seeds) < 2:
-        raise ConfigError(f"holdout '{name}' has {len(seeds)} seed(s) with a completed run of every arm "
-                          f"{used}: run it to its end first (dyt-lab study holdout {record['file']})")
-    correct = {arm: correctness([runs[arm][s] for s in seeds]) for arm in used}  # arm -> (S, N)
-    d = np.stack([correct[c["arm"]].astype(np.int8) - correct[c["against"]] for c in claims])  # (K, S, N)
-    table = compare_crossed(d, record["margin"])
-    n_images = d.shape[2]
+    if min(len(runs[arm]) for arm in used) < 2:
+        raise ConfigError(f"holdout '{name}' has fewer than 2 completed runs of an arm of {used}: run it to its end "
+                          f"first (dyt-lab study holdout {record['file']})")
+    table, seeds = crossed_family({c["name"]: (runs[c["arm"]], runs[c["against"]]) for c in claims}, record["margin"])
+    correct = {arm: correctness([runs[arm][s] for s in seeds]) for arm in used}  # arm -> (S, N), for McNemar
+    n_images = int(table["n_images"].iloc[0])
 
     arm_rows = [[arm, str(len(runs[arm])), f"{correct[arm].mean():.4f}" if arm in correct else "-",
                  f"{correct[arm].mean(axis=1).std(ddof=1):.4f}" if arm in correct else "-",
@@ -91,7 +81,7 @@ def holdout_report(name: str, root: str = "studies", storage: str | None = None)
         ok = confirmed(claim["test"], row)
         claim_rows.append([
             claim["name"], f"{claim['arm']} - {claim['against']}", claim["test"], points(row["mean_diff"]),
-            interval(row["seed_ci_low"], row["seed_ci_high"]), interval(row["ci_low"], row["ci_high"]),
+            points_interval(row["seed_ci_low"], row["seed_ci_high"]), points_interval(row["ci_low"], row["ci_high"]),
             f"{row['p_diff_holm']:.3g}", f"{row['p_tost_holm']:.3g}",
             f"{row['share_seed']:.0%} / {row['share_image']:.0%} / {row['share_interaction']:.0%}",
             ("confirmed" if ok else "not confirmed") + " (confirmatory)"])

@@ -10,9 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from dyt_lab.errors import ConfigError
-from dyt_lab.training.predictions import PREDICTIONS_FILE, read_predictions
+from dyt_lab.predictions import PREDICTIONS_FILE, read_predictions
+from dyt_lab.study.report.resampling import compare_crossed
 
 
 def correctness(run_dirs: list[str | Path]) -> np.ndarray:
@@ -34,3 +36,24 @@ def correctness(run_dirs: list[str | Path]) -> np.ndarray:
                               f"({len(first[1]['index'])} and {len(saved['index'])} images): they cannot pair by image")
         rows.append(saved["pred"] == saved["label"])
     return np.stack(rows)
+
+
+def crossed_family(pairs: dict[str, tuple[dict[int, str], dict[int, str]]], margin: float) -> tuple[pd.DataFrame, list[int]]:
+    """Each labelled comparison (A's run folder by seed, B's by seed) on test accuracy, A - B, as one Holm family
+    over seeds x images (``resampling.compare_crossed``), on the seeds every pair shares; and those seeds."""
+    seeds = sorted(set.intersection(*(set(a) & set(b) for a, b in pairs.values())))
+    if len(seeds) < 2:
+        raise ConfigError(f"the comparisons share {len(seeds)} seed(s) with a run on both sides: an interval over "
+                          "seeds x images needs 2 or more")
+    d = np.stack([correctness([a[s] for s in seeds]).astype(np.int8) - correctness([b[s] for s in seeds])
+                  for a, b in pairs.values()])  # (K, S, N)
+    table = compare_crossed(d, margin)
+    table.insert(0, "label", list(pairs))
+    return table, seeds
+
+
+def points_interval(low: float, high: float) -> str:
+    """``[-0.31, +0.52]``: an accuracy difference's interval in points, within the +-100 it can reach."""
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return "too few seeds"
+    return f"[{100 * max(low, -1.0):+.2f}, {100 * min(high, 1.0):+.2f}]"

@@ -24,6 +24,7 @@ from dyt_lab.study.definition.study_file import DEFAULT_MARGIN, check_margin
 from dyt_lab.study.report import statistics
 from dyt_lab.study.report.comparison import NOT_FACTORS, TEST, _p, metric_bounds, seed_run_table, verdict_text
 from dyt_lab.study.report.markdown import markdown_table
+from dyt_lab.study.report.per_image import crossed_family, points_interval
 
 
 def seed_runs(name: str, root: str, storage: str | None) -> tuple[pd.DataFrame, dict, str]:
@@ -79,6 +80,8 @@ def compare(name: str, against: str, root: str = "studies", storage: str | None 
              _p(r["p_diff_holm"]), _p(r["p_tost_holm"]), verdict_text(r["verdict"], margin)]
             for r in result.to_dict("records")]
     left_out = sorted(set(ours["label"]) - set(paired))
+    crossed = image_level_section(ours, theirs[theirs["label"] == best], list(result["configuration"]), margin) \
+        if value == TEST else []
     text = "\n\n".join([
         f"# Study {name} against study {against}",
         f"Each configuration of `{name}` minus the best configuration of `{against}` ({best}, mean {value} "
@@ -88,9 +91,33 @@ def compare(name: str, against: str, root: str = "studies", storage: str | None 
         f"test (TOST, ±{margin:g}) are Holm-adjusted over the table."
         + (f" Left out, no seed in common: {'; '.join(left_out)}." if left_out else ""),
         markdown_table(["configuration", "pairs", f"{name} {value}", f"{against} {value}", "Δ", "95% CI",
-                        "p (Holm)", "TOST p (Holm)", "verdict"], rows)]) + "\n"
+                        "p (Holm)", "TOST p (Holm)", "verdict"], rows), *crossed]) + "\n"
     out = Path(root) / name / f"versus_{against}.md"
     out.write_text(text)
     print(text)
     print(f"written: {out}")
     return out
+
+
+def image_level_section(ours: pd.DataFrame, reference: pd.DataFrame, labels: list[str], margin: float) -> list[str]:
+    """The same differences with the test set's sampling in their intervals (seeds x images), and their power."""
+    runs_of = lambda frame: frame.dropna(subset=["run_dir"]).set_index("seed")["run_dir"].to_dict()  # noqa: E731
+    pairs = {label: (runs_of(ours[ours["label"] == label]), runs_of(reference)) for label in labels}
+    try:
+        table, seeds = crossed_family(pairs, margin)
+    except ConfigError as err:  # runs from before predictions were saved, or too few shared seeds
+        return ["## Over seeds and test images", f"Not computed: {err}"]
+    rows = [[r["label"], f"{100 * r['mean_diff']:+.2f}", points_interval(r["seed_ci_low"], r["seed_ci_high"]),
+             points_interval(r["ci_low"], r["ci_high"]), f"{r['share_image']:.0%}", _p(r["p_diff_holm"]),
+             _p(r["p_tost_holm"]), verdict_text(r["verdict"], margin),
+             "-" if r["verdict"] in ("better", "worse", "equivalent") else
+             f"{100 * r['mde']:.2f}; ±{100 * margin:g}: {r['seeds_needed']} seeds or {r['images_needed']} images"]
+            for r in table.to_dict("records")]
+    return ["## Over seeds and test images",
+            f"The same differences in points, paired by seed ({seeds}) and by test image ({int(table['n_images'].iloc[0])} "
+            "images), with the test set's own sampling in the interval (crossed random effects, method of moments, "
+            "Satterthwaite df: dyt_lab/study/report/resampling.py); seed-only is the interval above. Holm over the "
+            "table. For an inconclusive row: the difference it detects with 80% power, and the seeds (or images) "
+            "that would show equivalence within the margin ('inf': no number of them would).",
+            markdown_table(["configuration", "Δ (points)", "seed-only 95% CI", "seeds × images 95% CI", "image share",
+                            "p (Holm)", "TOST p (Holm)", "verdict", "detectable (80%); needed"], rows)]

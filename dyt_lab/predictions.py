@@ -1,5 +1,8 @@
 """Per-image test predictions: what a run got right on which test image, kept in its run folder.
 
+The file format's one home, below both its writer (``training/module.py``) and its reader (the study
+report), which may not import each other.
+
 Every test pass (``fit --test_after_fit``, ``dyt-lab test``, each study trial) writes
 ``test_predictions.npz`` beside its TensorBoard events: for each test image, its position in the test
 split, the predicted class and the label (int32/int16, about 40 KB for 10,000 images, compressed).
@@ -12,15 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 PREDICTIONS_FILE = "test_predictions.npz"
-
-
-def sampler_positions(loader) -> torch.Tensor:
-    """The test-split positions a loader serves, in its order: ``arange`` for a plain loader; under DDP
-    the rank's share that Lightning's DistributedSampler (no shuffle, padded) hands it."""
-    return torch.as_tensor(list(iter(loader.sampler)), dtype=torch.long)
 
 
 def write_predictions(folder: str | Path, index: np.ndarray, pred: np.ndarray, label: np.ndarray) -> Path:
