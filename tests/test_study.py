@@ -446,6 +446,13 @@ def test_confirm_reruns_the_best_and_the_reference_on_fresh_seeds_and_resumes(se
     assert "## Confirmed on fresh seeds" in report and "seeds [5, 6]" in report and "confirmed test/acc mean" in report
     assert "the best configuration of the search and its best reference configuration" in report
     assert "Not confirmed" not in report
+    # the confirmed difference again with the test images' sampling: the same Δ, in points
+    seed_level = next(line for line in report.splitlines() if line.startswith("- ") and "p = " in line)
+    crossed = report.split("The same differences over seeds × test images")[1].splitlines()
+    crossed_line = next(line for line in crossed if line.startswith("- "))
+    assert float(crossed_line.split(": ")[1].split(" points")[0]) == pytest.approx(
+        100 * float(seed_level.split(": ")[1].split(" ")[0]), abs=0.01)
+    assert "seeds [5, 6], 180 images" in report
 
 
 @pytest.mark.parametrize("args, expected", [

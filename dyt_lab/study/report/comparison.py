@@ -15,10 +15,12 @@ import pandas as pd
 from optuna.trial import TrialState
 from statsmodels.stats.multitest import multipletests
 
+from dyt_lab.errors import ConfigError
 from dyt_lab.study.definition.design import design_cells, trial_levels, varying_factors
 from dyt_lab.study.definition.space import SearchSpace
 from dyt_lab.study.report import factorial, statistics
 from dyt_lab.study.report.markdown import markdown_table
+from dyt_lab.study.report.per_image import crossed_family, points_interval
 from dyt_lab.study.report.plots import main_effects_plot, response_plot
 from dyt_lab.study.trial.protocol import LAST_METRICS_ATTR, SEED_ATTR, TEST_METRICS_ATTR
 
@@ -394,7 +396,31 @@ def confirmed_section(confirm_study: optuna.Study, space: SearchSpace, search: p
                  + verdict_text(d["verdict"], margin) + "**"
                  for d in diffs.to_dict("records")]
         out += [f"Paired difference to the reference on the fresh seeds ({value}), confirmed:", "\n".join(lines)]
+        if use_test:
+            out += crossed_lines(fresh, factors, reference, margin)
     return out
+
+
+def crossed_lines(fresh: pd.DataFrame, factors: list[str], reference: dict, margin: float) -> list[str]:
+    """The confirmed differences again over seeds x test images (the test set's sampling in the interval)."""
+    text = fresh.assign(**{f: fresh[f].astype(str) for f in factors})
+    is_ref = (text[list(reference)] == [str(v) for v in reference.values()]).all(axis=1)
+    runs_of = lambda rows: rows.dropna(subset=["run_dir"]).set_index("seed")["run_dir"].to_dict()  # noqa: E731
+    pairs = {", ".join(f"{f}={k[i]}" for i, f in enumerate(factors)): (runs_of(rows), runs_of(text[is_ref]))
+             for k, rows in text[~is_ref].groupby(factors, sort=False)}
+    try:
+        table, seeds = crossed_family(pairs, margin)
+    except ConfigError as err:  # runs from before predictions were saved
+        return [f"Over seeds and test images: not computed ({err})."]
+    return ["The same differences over seeds × test images (the test set's own sampling in the interval; "
+            f"seeds {seeds}, {int(table['n_images'].iloc[0])} images; Holm over these rows):",
+            "\n".join(f"- {r['label']}: {100 * r['mean_diff']:+.2f} points {points_interval(r['ci_low'], r['ci_high'])} "
+                      f"(seed-only {points_interval(r['seed_ci_low'], r['seed_ci_high'])}): **"
+                      + verdict_text(r["verdict"], margin) + "**"
+                      + ("" if r["verdict"] in ("better", "worse", "equivalent") else
+                         f"; detects {100 * r['mde']:.2f} points with 80% power; ±{100 * margin:g} would need "
+                         f"{r['seeds_needed']} seeds or {r['images_needed']} images")
+                      for r in table.to_dict("records"))]
 
 
 def replicated_sections(study: optuna.Study, space: SearchSpace, design: dict, folder: Path, metric: str,
