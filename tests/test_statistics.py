@@ -484,3 +484,22 @@ def test_a_reference_is_kept_only_where_the_table_holds_it():
     assert reference_in(table, factors, {"squash": "tanh", "center": "sample", "shift": "none"}) is None
     assert reference_in(table[table["center"] == "none"], factors, {"squash": "tanh", "center": "sample"}) is None
     assert reference_in(table, factors, None) is None
+
+
+def test_an_inconclusive_verdict_says_what_it_could_detect_and_what_would_decide_it():
+    from dyt_lab.study.report.comparison import verdict_text
+    from dyt_lab.study.report.statistics import compare_pairs, detectable
+
+    noisy = [np.array([0.004, -0.006, 0.009, -0.002]), np.array([0.02, 0.03, 0.025, 0.028])]
+    out = compare_pairs(noisy, margin=0.005)
+    row = out.iloc[0].to_dict()
+    assert row["verdict"] == "inconclusive"
+    # detectable at Holm's first step over the 2 comparisons, from the row's own SE and df
+    assert row["mde"] == pytest.approx(float(detectable(row["std_err"], row["df"], 2)))
+    assert row["mde"] > abs(row["mean_diff"])
+    wider = compare_pairs(noisy, margin=0.01).iloc[0]
+    assert 2 <= wider["seeds_needed"] < row["seeds_needed"]  # a wider margin needs fewer seeds
+    text = verdict_text(row["verdict"], 0.005, row)
+    assert text.startswith(f"inconclusive (detects ≥{row['mde']:.4f} with 80% power; ±0.005 would need "
+                           f"{row['seeds_needed']:g} seeds")
+    assert verdict_text("better", 0.005, out.iloc[1].to_dict()) == "better"

@@ -139,9 +139,17 @@ def _with_ci(frame: pd.DataFrame, estimate: str, prefix: str = "") -> list[str]:
             zip(frame[estimate], frame[f"{prefix}ci_low"], frame[f"{prefix}ci_high"])]
 
 
-def verdict_text(verdict: str, margin: float) -> str:
-    """A verdict as the tables print it: ``equivalent`` names its margin."""
-    return f"equivalent (±{margin:g})" if verdict == "equivalent" else verdict
+def verdict_text(verdict: str, margin: float, row: dict | None = None) -> str:
+    """A verdict as the tables print it: ``equivalent`` names its margin; ``inconclusive`` says, from ``row``'s
+    ``mde`` and ``seeds_needed`` (``statistics.verdicts``), what it could have detected and what would decide it."""
+    if verdict == "equivalent":
+        return f"equivalent (±{margin:g})"
+    if verdict != "inconclusive" or row is None or not np.isfinite(row.get("mde", np.nan)):
+        return verdict
+    needed = row.get("seeds_needed", np.nan)
+    decide = "" if not isinstance(needed, (int, float)) or np.isnan(needed) else \
+        f"; ±{margin:g} would need {needed:g} seeds, test images as they are" if np.isfinite(needed) else ""
+    return f"inconclusive (detects ≥{row['mde']:.4f} with 80% power{decide})"
 
 
 def _p(p) -> str:
@@ -178,7 +186,7 @@ def configurations_section(table: pd.DataFrame, factors: list[str], reference: d
         shown["p"] = merged["p_diff"].map(_p)
         shown["p (Holm)"] = merged["p_diff_holm"].map(_p)
         verdict = merged["verdict"].where(~pd.Series(is_ref), "reference").fillna("no reference cell")
-        shown["verdict"] = [verdict_text(v, margin) for v in verdict]
+        shown["verdict"] = [verdict_text(v, margin, r) for v, r in zip(verdict, merged.to_dict("records"))]
     if not shown["name"].astype(bool).any():
         shown = shown.drop(columns="name")
     return _table(shown)
@@ -393,7 +401,7 @@ def confirmed_section(confirm_study: optuna.Study, space: SearchSpace, search: p
                                value, bounds=metric_bounds(value if use_test else metric))
         lines = [f"- {', '.join(f'{f}={d[f]}' for f in factors)}: {d['mean_diff']:+.4f} "
                  f"{_ci(d['ci_low'], d['ci_high'])}, p = {_p(d['p_diff'])} (Holm {_p(d['p_diff_holm'])}): **"
-                 + verdict_text(d["verdict"], margin) + "**"
+                 + verdict_text(d["verdict"], margin, d) + "**"
                  for d in diffs.to_dict("records")]
         out += [f"Paired difference to the reference on the fresh seeds ({value}), confirmed:", "\n".join(lines)]
         if use_test:

@@ -31,10 +31,9 @@ import math
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 from statsmodels.stats.contingency_tables import mcnemar
 
-from dyt_lab.study.report.statistics import ALPHA, check_margin, t_tests, verdicts
+from dyt_lab.study.report.statistics import ALPHA, check_margin, detectable, equivalence_se, t_tests, verdicts
 
 CHUNK = 250  # bootstrap replicates per matrix product: W is (CHUNK, N) float32, 10 MB at N = 10,000
 
@@ -182,15 +181,15 @@ def compare_crossed(d, margin: float, higher_is_better: bool = True, n_boot: int
     for name in ("share_seed", "share_image", "share_interaction"):
         out[name] = parts[name]
     out = verdicts(out, margin, higher_is_better)
-    return pd.concat([out, _planning(parts, out["std_err"].to_numpy(), S, N, K, margin, power)], axis=1)
+    out["mde"] = detectable(out["std_err"], out["df"], K, power)
+    return pd.concat([out, _planning(parts, S, N, K, margin, power)], axis=1)
 
 
-def _planning(parts: dict, se: np.ndarray, S: int, N: int, K: int, margin: float,
-              power: float) -> pd.DataFrame:
-    """mde, seeds_needed and images_needed per comparison; a family of K is tested at ALPHA / K.
+def _planning(parts: dict, S: int, N: int, K: int, margin: float, power: float) -> pd.DataFrame:
+    """seeds_needed and images_needed per comparison; a family of K is tested at ALPHA / K.
 
     ALPHA / K is Holm's first (strictest) step, Bonferroni's level: a comparison that clears it clears Holm.
-    - mde = (t_{1 - a/2, df} + t_{power, df}) SE: the true difference the two-sided test finds with ``power``.
+    ``mde`` is ``statistics.detectable``: (t_{1 - a/2, df} + t_{power, df}) SE.
     - TOST at +-margin, true difference 0, passes with ``power`` when
       SE <= SE_target = margin / (z_{1-a} + z_{(1+power)/2}), the usual normal approximation (e.g. Chow,
       Shao & Wang's equivalence sample size: both one-sided tests must pass, so each takes half of beta).
@@ -198,17 +197,13 @@ def _planning(parts: dict, se: np.ndarray, S: int, N: int, K: int, margin: float
       images N (seeds fixed) solve sigma2_seed / S + sigma2_image / N + sigma2_resid / (S N) = SE_target^2;
       inf when the fixed factor's part alone is already too large (more of the other cannot decide it).
     """
-    a = ALPHA / K
-    df = parts["df"]
-    with np.errstate(invalid="ignore"):
-        mde = (stats.t.ppf(1 - a / 2, df) + stats.t.ppf(power, df)) * se
-    target = (margin / (stats.norm.ppf(1 - a) + stats.norm.ppf((1 + power) / 2))) ** 2
+    target = equivalence_se(margin, K, power) ** 2
     seeds, images = [], []
     for s2_seed, s2_image, s2_resid in zip(parts["sigma2_seed"].ravel(), parts["sigma2_image"].ravel(),
                                            parts["sigma2_resid"].ravel()):
         seeds.append(_solve(s2_seed + s2_resid / N, target - s2_image / N, least=2))
         images.append(_solve(s2_image + s2_resid / S, target - s2_seed / S, least=2))
-    return pd.DataFrame({"mde": mde, "seeds_needed": pd.Series(seeds, dtype=object),
+    return pd.DataFrame({"seeds_needed": pd.Series(seeds, dtype=object),
                          "images_needed": pd.Series(images, dtype=object)})
 
 

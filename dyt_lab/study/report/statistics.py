@@ -107,6 +107,22 @@ def summarize(table: pd.DataFrame, factors: list[str], value: str = "value", see
     return out.sort_values("mean", ascending=False, ignore_index=True)
 
 
+def detectable(se, df, family_size: int, power: float = 0.8) -> np.ndarray:
+    """The true difference the two-sided test finds with ``power`` at ALPHA / family_size (Holm's first, strictest
+    step, so it holds after Holm): (t_{1-a/2, df} + t_{power, df}) * se."""
+    a = ALPHA / max(family_size, 1)
+    with np.errstate(invalid="ignore"):
+        return (stats.t.ppf(1 - a / 2, df) + stats.t.ppf(power, df)) * np.asarray(se, dtype=float)
+
+
+def equivalence_se(margin: float, family_size: int, power: float = 0.8) -> float:
+    """The standard error at which TOST within +-margin passes with ``power`` for a true difference of 0:
+    margin / (z_{1-a} + z_{(1+power)/2}), a = ALPHA / family_size (the usual normal approximation: both one-sided
+    tests must pass, so each takes half of the miss rate; normal quantiles, since a planned design's df is unknown)."""
+    a = ALPHA / max(family_size, 1)
+    return margin / (stats.norm.ppf(1 - a) + stats.norm.ppf((1 + power) / 2))
+
+
 def verdicts(frame: pd.DataFrame, margin: float, higher_is_better: bool = True) -> pd.DataFrame:
     """Holm-adjust ``p_diff`` and ``p_tost`` over the frame's rows and add each row's verdict.
 
@@ -126,6 +142,12 @@ def verdicts(frame: pd.DataFrame, margin: float, higher_is_better: bool = True) 
         [out["p_diff"].isna(), out["p_tost_holm"] < ALPHA, (out["p_diff_holm"] < ALPHA) & (gain > 0),
          out["p_diff_holm"] < ALPHA], ["too few seeds", "equivalent", "better", "worse"], "inconclusive")
     out["margin"] = margin
+    if {"std_err", "df"} <= set(out.columns):  # what an inconclusive row could have seen, after Holm
+        out["mde"] = detectable(out["std_err"], out["df"], int(out["p_diff"].notna().sum()))
+    if {"std_diff"} <= set(out.columns):  # seeds that would decide it at the margin, images fixed as they were
+        target = equivalence_se(margin, int(out["p_diff"].notna().sum()))
+        out["seeds_needed"] = [math.nan if not np.isfinite(sd) else math.inf if target <= 0 or sd / target > 1e9
+                               else max(2, math.ceil((sd / target) ** 2)) for sd in out["std_diff"]]
     return out
 
 

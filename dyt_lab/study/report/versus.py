@@ -77,7 +77,7 @@ def compare(name: str, against: str, root: str = "studies", storage: str | None 
     result = result.sort_values("mean_diff", ascending=not maximize, ignore_index=True)
     rows = [[r["configuration"], str(r["n_pairs"]), f"{r['ours']:.4f}", f"{r['theirs']:.4f}",
              f"{r['mean_diff']:+.4f}", "too few seeds" if pd.isna(r["ci_low"]) else f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]",
-             _p(r["p_diff_holm"]), _p(r["p_tost_holm"]), verdict_text(r["verdict"], margin)]
+             _p(r["p_diff_holm"]), _p(r["p_tost_holm"]), verdict_text(r["verdict"], margin, r)]
             for r in result.to_dict("records")]
     left_out = sorted(set(ours["label"]) - set(paired))
     crossed = image_level_section(ours, theirs[theirs["label"] == best], list(result["configuration"]), margin) \
