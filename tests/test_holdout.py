@@ -185,3 +185,18 @@ def test_compare_adds_the_test_set_s_sampling_to_its_intervals(ran, capsys, monk
     low, high = (float(x) for x in cells[3].strip("[]").split(","))
     assert low <= delta_points <= high and (high - low) > 0  # images add width even where two seeds agree
     assert "paired by seed ([0, 1]) and by test image (180 images)" in crossed
+
+
+def test_a_best_at_the_edge_of_its_range_is_named_with_a_wider_range():
+    from dyt_lab.study.definition.space import SearchSpace
+    from dyt_lab.study.definition.study_file import Distribution
+    from dyt_lab.study.report.arms import edges
+
+    space = SearchSpace({"lr": Distribution(type="float", low=0.001, high=0.1, log=True),
+                         "wd": Distribution(type="float", low=0.0, high=0.3),
+                         "rate": [0.001, 0.002, 0.004, 0.008]})
+    found = edges({"lr": 0.09, "wd": 0.15, "rate": 0.008}, space)
+    assert found == ["lr=0.09 at the high edge of [0.001, 0.1]: try high=0.4",
+                     "rate=0.008 is the highest of its choices"]
+    assert edges({"lr": 0.01, "wd": 0.01, "rate": 0.002}, space) == ["wd=0.01 at the low edge of [0, 0.3]: the range's "
+                                                                     "natural end"]

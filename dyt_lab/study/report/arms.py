@@ -49,8 +49,11 @@ def edges(best: dict, space: SearchSpace) -> list[str]:
             low_side = where < EDGE
             wider = (dist.low / 4 if log else dist.low - (dist.high - dist.low) / 4) if low_side else \
                 (dist.high * 4 if log else dist.high + (dist.high - dist.low) / 4)
-            found.append(f"{key}={value:.3g} at the {'low' if low_side else 'high'} edge of [{dist.low:g}, "
-                         f"{dist.high:g}]: try {'low' if low_side else 'high'}={wider:.3g}")
+            if low_side and not log and dist.low >= 0 > wider:  # a rate, a fraction: nothing below 0
+                wider = 0.0 if dist.low > 0 else None
+            side = "low" if low_side else "high"
+            found.append(f"{key}={value:.3g} at the {side} edge of [{dist.low:g}, {dist.high:g}]: "
+                         + (f"try {side}={wider:.3g}" if wider is not None else "the range's natural end"))
     return found
 
 
