@@ -721,3 +721,42 @@ def test_trials_that_run_ddp_are_recognised_so_they_start_as_fresh_processes(tmp
     assert not study_runs_ddp({"model.norm": ["dyt", "derf"]})
     assert study_runs_ddp({"trainer.devices": [1, 2]})  # one value of several is enough
     assert study_runs_ddp({"trainer.strategy": ["auto", "ddp_spawn"]})
+
+
+def test_alpha_spending_releases_little_early_and_all_of_alpha_by_the_last_look():
+    from dyt_lab.study.engine.sequential import look_levels, spent
+
+    levels = look_levels(batch=5, max_seeds=20)
+    assert [n for n, _ in levels] == [5, 10, 15, 20]
+    assert sum(level for _, level in levels) == pytest.approx(0.05)
+    assert spent(1.0) == pytest.approx(0.05) and levels[0][1] < 1e-4 < levels[1][1] < levels[-1][1]
+    assert [n for n, _ in look_levels(batch=3, max_seeds=7)] == [3, 6, 7]  # the last look takes what is left
+
+
+@pytest.mark.slow
+def test_confirm_with_seeds_auto_adds_seeds_look_by_look_at_the_spent_level(seeded_study, capsys):
+    folder, _ = seeded_study
+    root = str(folder / "studies")
+    main(["study", "confirm", "seeded", "--top", "1", "--seeds", "auto", "--max_seeds", "4", "--batch", "2",
+          "--root", root, "--workers", "1", "--tag", "seq"])
+    out = capsys.readouterr().out
+    study = load(folder, "seeded.confirm.seq")
+    record = study.user_attrs["sequential"]
+    assert record["max_seeds"] == 4 and record["spending"] == "obrien_fleming"
+    looks = record["looks"]
+    assert [look["seeds"] for look in looks] in ([2], [2, 4])  # it stops at the first look that decides all
+    seeds_run = {t.user_attrs["seed"] for t in study.trials if t.state == TrialState.COMPLETE}
+    assert seeds_run == set(range(10, 10 + looks[-1]["seeds"]))
+    assert looks[0]["level"] < 0.01 and f"look 1: 2 seeds, level {looks[0]['level']:.2g}" in out
+    assert (len(looks) == 1) == all(v in ("better", "worse", "equivalent") for v in looks[0]["verdicts"].values())
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--seeds", "auto"], "error: --seeds auto needs --max_seeds N"),
+    (["--seeds", "auto", "--max_seeds", "4", "--batch", "1"], "error: --batch 1: give 2 or more"),
+    (["--seeds", "10..11", "--max_seeds", "4"], "error: --max_seeds and --batch go with --seeds auto"),
+])
+def test_seeds_auto_bad_input_is_one_line(tmp_path, capsys, args, expected):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["study", "confirm", "nosuch", "--root", str(tmp_path), *args])
+    assert exit_info.value.code == 2 and last_line(capsys.readouterr().err).startswith(expected)

@@ -11,7 +11,7 @@ USAGE = """\
 usage: dyt-lab study run --config configs/study/NAME.yaml [--KEY VALUE ...] [--workers N]
        dyt-lab study resume NAME [--root studies] [--KEY VALUE ...]
        dyt-lab study report NAME [--root studies] [--storage URL] [--margin 0.005]
-       dyt-lab study confirm NAME --top K --seeds 10..14 [--per FACTOR] [--root studies] [--workers N]
+       dyt-lab study confirm NAME --top K --seeds 10..14|auto [--max_seeds N --batch 5] [--per FACTOR] [--workers N]
                              [--tag TAG [--config FIT.yaml] [--base.overrides.KEY=VALUE ...]] [--ablate]
        dyt-lab study compare NAME AGAINST [--root studies] [--margin 0.005]
        dyt-lab study holdout CLAIMS.yaml [--workers N]
@@ -68,6 +68,9 @@ CONFIRM_OPTIONS = {
                "help": "one more dyt-lab fit config file after the search's (other data, say)"},
     "ablate": {"action": "store_true",
                "help": "the best configuration and each of its one-factor neighbours (study NAME.confirm.ablation)"},
+    "max_seeds": {"type": int | None, "default": None,
+                  "help": "with --seeds auto: the most fresh seeds to run, in batches, until every comparison is decided"},
+    "batch": {"type": int, "default": 5, "help": "with --seeds auto: fresh seeds added at each look"},
     "extend": {"action": "store_true",
                "help": "add the configurations and seeds this command asks for to an existing confirmation "
                        "(without it, a confirmation asked to choose otherwise than it ran is refused)"},
@@ -145,9 +148,21 @@ def main(argv: list[str]) -> None:
         rest, overrides = pop_override_flags(rest)
         args = _parse("confirm", "Rerun a finished study's best configurations and its reference on fresh seeds.",
                       rest, **CONFIRM_OPTIONS)
-        confirm(args.name, args.top, args.seeds, root=args.root, storage=args.storage, workers=args.workers,
-                per=args.per, tag=args.tag, config=args.config, overrides=overrides, ablate=args.ablate,
-                extend=args.extend)
+        options = dict(workers=args.workers, per=args.per, tag=args.tag, config=args.config, overrides=overrides,
+                       ablate=args.ablate)
+        if args.seeds == "auto":  # looks until decided, each at the level an alpha-spending rule releases
+            from dyt_lab.study.engine.sequential import confirm_until_decided
+
+            if args.extend:
+                raise ConfigError("--seeds auto extends the confirmation look by look: leave out --extend")
+            confirm_until_decided(args.name, args.top, args.max_seeds, args.batch, root=args.root,
+                                  storage=args.storage, **options)
+        elif args.max_seeds is not None or args.batch != 5:
+            raise ConfigError("--max_seeds and --batch go with --seeds auto (fresh seeds until every comparison is "
+                              "decided); with fixed --seeds, leave them out")
+        else:
+            confirm(args.name, args.top, args.seeds, root=args.root, storage=args.storage, extend=args.extend,
+                    **options)
     elif command == "compare":
         from dyt_lab.study.report.versus import compare
 

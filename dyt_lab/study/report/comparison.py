@@ -102,7 +102,8 @@ def _table(frame: pd.DataFrame) -> str:
 
 
 def differences_to(table: pd.DataFrame, factors: list[str], reference: dict, higher_is_better: bool,
-                   margin: float, value: str = "value", bounds: tuple[float, float] | None = None) -> pd.DataFrame:
+                   margin: float, value: str = "value", bounds: tuple[float, float] | None = None,
+                   confidence: float = 1 - statistics.ALPHA) -> pd.DataFrame:
     """Each configuration's paired difference to its reference cell, as one Holm family.
 
     With one reference cell (a confirm study: the reference at its best), every configuration is compared
@@ -126,7 +127,7 @@ def differences_to(table: pd.DataFrame, factors: list[str], reference: dict, hig
             continue  # no reference cell, or no single closest one
         kept.append(config)
         diffs.append((seeds_of(config) - seeds_of(agree[shared.index(max(shared))])).dropna().to_numpy())
-    out = statistics.compare_pairs(diffs, higher_is_better=higher_is_better, margin=margin, bounds=bounds)
+    out = statistics.compare_pairs(diffs, confidence, higher_is_better=higher_is_better, margin=margin, bounds=bounds)
     return pd.concat([pd.DataFrame(kept, columns=factors), out], axis=1)
 
 
@@ -370,10 +371,9 @@ def confirmed_section(confirm_study: optuna.Study, space: SearchSpace, search: p
     test-split difference to the reference on the fresh seeds (one Holm family). ``space``: the search's,
     which the confirm study keeps."""
     info = confirm_study.user_attrs.get("confirms", {})
-    fresh = seed_run_table(confirm_study, space)
+    fresh, factors, reference = confirmation_design(confirm_study, space, search)
     if fresh.empty:
         return ["## Confirmed on fresh seeds", f"Study {confirm_study.study_name}: no completed run yet."]
-    factors = [f for f in varying_factors(pd.concat([search, fresh]).drop(columns=NOT_FACTORS, errors="ignore"))]
     use_test = fresh[TEST].notna().all()
     value = TEST if use_test else "value"
     confirmed = statistics.summarize(fresh, factors, value=value, bounds=metric_bounds(metric))
@@ -385,7 +385,6 @@ def confirmed_section(confirm_study: optuna.Study, space: SearchSpace, search: p
         before = search_stats[search_stats[factors].astype(str).apply(tuple, axis=1) == key]
         rows.append({**{f: str(r[f]) for f in factors}, "search (val, chosen)": f"{before['mean'].iloc[0]:.4f}" if len(before) else "-",
                      "seeds": r["n"], f"confirmed {value} mean": f"{r['mean']:.4f}", "95% CI": _ci(r["ci_low"], r["ci_high"])})
-    reference = reference_in(fresh, factors, as_cell(confirm_study.user_attrs.get("design", {}).get("reference")))
     with_reference = " and its best reference configuration" if reference else ""
     top, per = info.get("top", "?"), info.get("per")
     chosen = "the best configuration" if top == 1 else f"the {top} best configurations"
@@ -409,15 +408,49 @@ def confirmed_section(confirm_study: optuna.Study, space: SearchSpace, search: p
     return out
 
 
-def crossed_lines(fresh: pd.DataFrame, factors: list[str], reference: dict, margin: float) -> list[str]:
-    """The confirmed differences again over seeds x test images (the test set's sampling in the interval)."""
+def confirmation_design(confirm_study: optuna.Study, space: SearchSpace,
+                        search: pd.DataFrame) -> tuple[pd.DataFrame, list[str], dict | None]:
+    """A confirmation's completed seed runs, the factors that tell its configurations apart (with the search's),
+    and its reference cell (None where it has none)."""
+    fresh = seed_run_table(confirm_study, space)
+    if fresh.empty:
+        return fresh, [], None
+    factors = varying_factors(pd.concat([search, fresh]).drop(columns=NOT_FACTORS, errors="ignore"))
+    return fresh, factors, reference_in(fresh, factors, as_cell(confirm_study.user_attrs.get("design", {}).get("reference")))
+
+
+def reference_pairs(fresh: pd.DataFrame, factors: list[str], reference: dict) -> dict[str, tuple[dict, dict]]:
+    """Each configuration's label -> (its run folders by seed, the reference's run folders by seed)."""
     text = fresh.assign(**{f: fresh[f].astype(str) for f in factors})
     is_ref = (text[list(reference)] == [str(v) for v in reference.values()]).all(axis=1)
     runs_of = lambda rows: rows.dropna(subset=["run_dir"]).set_index("seed")["run_dir"].to_dict()  # noqa: E731
-    pairs = {", ".join(f"{f}={k[i]}" for i, f in enumerate(factors)): (runs_of(rows), runs_of(text[is_ref]))
-             for k, rows in text[~is_ref].groupby(factors, sort=False)}
+    return {", ".join(f"{f}={k[i]}" for i, f in enumerate(factors)): (runs_of(rows), runs_of(text[is_ref]))
+            for k, rows in text[~is_ref].groupby(factors, sort=False)}
+
+
+def confirmation_verdicts(confirm_study: optuna.Study, space: SearchSpace, search: pd.DataFrame, margin: float,
+                          alpha: float = statistics.ALPHA) -> tuple[pd.DataFrame, str]:
+    """Every confirmed configuration against the reference as one Holm family at level ``alpha``: over seeds x
+    test images where every run saved its predictions, else over seeds on the test split (the objective where
+    runs have none); and which of the two it is. Empty where there is no reference or no run yet."""
+    fresh, factors, reference = confirmation_design(confirm_study, space, search)
+    if fresh.empty or not reference:
+        return pd.DataFrame(), "none"
+    if fresh[TEST].notna().all():
+        try:
+            return crossed_family(reference_pairs(fresh, factors, reference), margin, alpha)[0], "seeds x images"
+        except ConfigError:  # runs from before predictions were saved
+            pass
+    value = TEST if fresh[TEST].notna().all() else "value"
+    diffs = differences_to(fresh, factors, reference, confirm_study.direction.name.lower() == "maximize", margin,
+                           value, confidence=1 - alpha)
+    return diffs.assign(label=[", ".join(f"{f}={r[f]}" for f in factors) for r in diffs.to_dict("records")]), "seeds"
+
+
+def crossed_lines(fresh: pd.DataFrame, factors: list[str], reference: dict, margin: float) -> list[str]:
+    """The confirmed differences again over seeds x test images (the test set's sampling in the interval)."""
     try:
-        table, seeds = crossed_family(pairs, margin)
+        table, seeds = crossed_family(reference_pairs(fresh, factors, reference), margin)
     except ConfigError as err:  # runs from before predictions were saved
         return [f"Over seeds and test images: not computed ({err})."]
     return ["The same differences over seeds × test images (the test set's own sampling in the interval; "

@@ -15,6 +15,7 @@ import pandas as pd
 from dyt_lab.errors import ConfigError
 from dyt_lab.predictions import PREDICTIONS_FILE, read_predictions
 from dyt_lab.study.report.resampling import compare_crossed
+from dyt_lab.study.report.statistics import ALPHA
 
 
 def correctness(run_dirs: list[str | Path]) -> np.ndarray:
@@ -38,7 +39,8 @@ def correctness(run_dirs: list[str | Path]) -> np.ndarray:
     return np.stack(rows)
 
 
-def crossed_family(pairs: dict[str, tuple[dict[int, str], dict[int, str]]], margin: float) -> tuple[pd.DataFrame, list[int]]:
+def crossed_family(pairs: dict[str, tuple[dict[int, str], dict[int, str]]], margin: float,
+                   alpha: float = ALPHA) -> tuple[pd.DataFrame, list[int]]:
     """Each labelled comparison (A's run folder by seed, B's by seed) on test accuracy, A - B, as one Holm family
     over seeds x images (``resampling.compare_crossed``), on the seeds every pair shares; and those seeds."""
     seeds = sorted(set.intersection(*(set(a) & set(b) for a, b in pairs.values())))
@@ -47,7 +49,7 @@ def crossed_family(pairs: dict[str, tuple[dict[int, str], dict[int, str]]], marg
                           "seeds x images needs 2 or more")
     d = np.stack([correctness([a[s] for s in seeds]).astype(np.int8) - correctness([b[s] for s in seeds])
                   for a, b in pairs.values()])  # (K, S, N)
-    table = compare_crossed(d, margin)
+    table = compare_crossed(d, margin, alpha=alpha)
     table.insert(0, "label", list(pairs))
     return table, seeds
 

@@ -140,7 +140,7 @@ def _counts(rng: np.random.Generator, n_draws: int, n: int) -> np.ndarray:
 
 
 def compare_crossed(d, margin: float, higher_is_better: bool = True, n_boot: int = 2000, seed: int = 0,
-                    power: float = 0.8, se: str = "moments") -> pd.DataFrame:
+                    power: float = 0.8, se: str = "moments", alpha: float = ALPHA) -> pd.DataFrame:
     """A family of A-B comparisons from per-image differences: seed-only and seeds x images tests, power.
 
     ``d`` is (K, S, N) or a list of K (S, N) arrays. ``verdict`` is on the seeds x images t-test (SE from
@@ -165,7 +165,7 @@ def compare_crossed(d, margin: float, higher_is_better: bool = True, n_boot: int
         out["seed_" + key] = by_seed[key]
     seed_frame = pd.DataFrame({"mean_diff": out["mean_diff"], "p_diff": by_seed["p_diff"],
                                "p_tost": by_seed["p_tost"]})
-    out["seed_verdict"] = verdicts(seed_frame, margin, higher_is_better)["verdict"].to_numpy()
+    out["seed_verdict"] = verdicts(seed_frame, margin, higher_is_better, alpha)["verdict"].to_numpy()
 
     # Seeds x images. The moment SE is the default: the bootstrap counts the seed x image part three times
     # (Owen 2007), so where that part is large its intervals cover well above 95% (tests/test_resampling.py).
@@ -180,7 +180,7 @@ def compare_crossed(d, margin: float, higher_is_better: bool = True, n_boot: int
     out["boot_low"], out["boot_high"] = np.quantile(boot, [ALPHA / 2, 1 - ALPHA / 2], axis=1)
     for name in ("share_seed", "share_image", "share_interaction"):
         out[name] = parts[name]
-    out = verdicts(out, margin, higher_is_better)
+    out = verdicts(out, margin, higher_is_better, alpha)  # alpha: the level of a verdict (a look's, sequentially)
     out["mde"] = detectable(out["std_err"], out["df"], K, power)
     return pd.concat([out, _planning(parts, S, N, K, margin, power)], axis=1)
 

@@ -123,24 +123,25 @@ def equivalence_se(margin: float, family_size: int, power: float = 0.8) -> float
     return margin / (stats.norm.ppf(1 - a) + stats.norm.ppf((1 + power) / 2))
 
 
-def verdicts(frame: pd.DataFrame, margin: float, higher_is_better: bool = True) -> pd.DataFrame:
-    """Holm-adjust ``p_diff`` and ``p_tost`` over the frame's rows and add each row's verdict.
+def verdicts(frame: pd.DataFrame, margin: float, higher_is_better: bool = True, alpha: float = ALPHA) -> pd.DataFrame:
+    """Holm-adjust ``p_diff`` and ``p_tost`` over the frame's rows and add each row's verdict at level ``alpha``.
 
     ``frame`` has mean_diff, std_err, df, p_diff and p_tost per comparison (rows with NaN p are not in
     the family). Equivalence wins over a difference: a significant gap smaller than the margin is
-    ``equivalent``, which is what a reader needs to know.
+    ``equivalent``, which is what a reader needs to know. A sequential confirmation's looks pass the
+    level each look may spend (``engine/sequential.py``).
     """
     out = frame.copy()
     for column in ("p_diff", "p_tost"):
         valid = out[column].notna().to_numpy()
         adjusted = np.full(len(out), np.nan)
         if valid.any():
-            adjusted[valid] = multipletests(out.loc[valid, column], alpha=ALPHA, method="holm")[1]
+            adjusted[valid] = multipletests(out.loc[valid, column], alpha=alpha, method="holm")[1]
         out[f"{column}_holm"] = adjusted
     gain = out["mean_diff"] if higher_is_better else -out["mean_diff"]
     out["verdict"] = np.select(
-        [out["p_diff"].isna(), out["p_tost_holm"] < ALPHA, (out["p_diff_holm"] < ALPHA) & (gain > 0),
-         out["p_diff_holm"] < ALPHA], ["too few seeds", "equivalent", "better", "worse"], "inconclusive")
+        [out["p_diff"].isna(), out["p_tost_holm"] < alpha, (out["p_diff_holm"] < alpha) & (gain > 0),
+         out["p_diff_holm"] < alpha], ["too few seeds", "equivalent", "better", "worse"], "inconclusive")
     out["margin"] = margin
     if {"std_err", "df"} <= set(out.columns):  # what an inconclusive row could have seen, after Holm
         out["mde"] = detectable(out["std_err"], out["df"], int(out["p_diff"].notna().sum()))
@@ -190,7 +191,7 @@ def compare_pairs(differences: list[np.ndarray], confidence: float = 1 - ALPHA, 
     out["ci_low"], out["ci_high"] = _clip(tests["ci_low"], tests["ci_high"], span)
     out["p_diff"], out["p_tost"] = tests["p_diff"], tests["p_tost"]
     out.loc[out["p_diff"].isna(), "interval"] = "too few seeds"
-    return verdicts(out, margin, higher_is_better)
+    return verdicts(out, margin, higher_is_better, alpha=1 - confidence)
 
 
 def paired_differences(table: pd.DataFrame, factors: list[str], reference: dict, value: str = "value",
