@@ -11,10 +11,17 @@ import pytest
 import yaml
 
 from dyt_lab.study.definition.space import SearchSpace, choice_label, saved_space
-from dyt_lab.study.engine.objective import TRIAL_NAME_LIMIT, trial_dir_name
+from dyt_lab.study.engine.objective import (
+    CONFIGURATION_ATTR,
+    TRIAL_NAME_LIMIT,
+    retried_trial,
+    trial_dir_name,
+    trial_row,
+)
+from dyt_lab.study.engine.replicates import configuration_key
 from dyt_lab.training.records import HPARAM_FIRST, HPARAM_METRICS, experiment_summary, one_column_each
 from tests.helpers import fit_args, run_cli
-from tests.test_study import BASE, TINY, load, write_study
+from tests.test_study import BASE, TINY, load, pruned_study, write_study  # noqa: F401  (pruned_study: a fixture)
 
 
 def served(logdir):
@@ -107,9 +114,9 @@ def test_a_studys_tensorboard_ticks_its_searched_keys_and_seed_and_names_runs_by
     assert "batch_size" not in names[0]
 
     experiment, groups = served(logdir)
-    varied = ["model.alpha_init", "model.optimizer.lr", "seed_everything"]
+    varied = ["model.alpha_init", "model.optimizer.lr", "seed_everything", "trial.state"]
     assert [info.name for info in experiment.hparam_infos if info.differs] == varied
-    assert ticked(experiment)[:3] == varied
+    assert ticked(experiment)[:4] == varied
     assert [m.name.tag for m in experiment.metric_infos] == ["val/acc", "val/acc_best", "test/acc", "train/loss_epoch"]
     assert sorted(group.name for group in groups) == names  # each row is named by its run
     for group in groups:
@@ -117,6 +124,7 @@ def test_a_studys_tensorboard_ticks_its_searched_keys_and_seed_and_names_runs_by
         assert {"val/acc", "val/acc_best", "test/acc", "train/loss_epoch"} <= logged  # each declared metric has a value
     seeds = sorted(group.hparams["seed_everything"].number_value for group in groups)
     assert seeds == [0, 1]
+    assert [group.hparams["trial.state"].string_value for group in groups] == ["complete", "complete"]
 
 
 @pytest.mark.slow
@@ -152,3 +160,48 @@ def test_a_single_fit_with_a_norm_mapping_ticks_the_same_five_arguments(tmp_path
     experiment, (group,) = served(tmp_path / "runs")
     assert ticked(experiment) == sorted(HPARAM_FIRST)
     assert group.hparams["model.norm"].string_value == "dyt(alpha_init=2.0)"
+
+
+def test_a_trials_row_carries_its_state_and_the_trial_it_retries(tmp_path):
+    """The row the worker writes when a trial ends: the fit's hparams.yaml, or the searched values if the
+    fit ended before it wrote one; its state; and, for a retry, its parent (the last of Optuna's retry
+    history, which copies the user attributes, an older ``retry_of`` among them)."""
+    import optuna
+
+    ran, early = tmp_path / "trials" / "trial_0002", tmp_path / "trials" / "trial_0003"
+    ran.mkdir(parents=True)
+    early.mkdir()
+    (ran / "hparams.yaml").write_text("model.norm: dyt\nmodel.alpha_init: 0.5\nseed_everything: 1\n")
+    trial_row(ran, "failed", None, 1.0, fallback={"model.norm": "ignored"})
+    trial_row(early, "interrupted", 2, 1.0, fallback={"model.norm": "derf", "model.rules": {"stem": "dyt"}})
+    _, groups = served(tmp_path / "trials")
+    rows = {group.name: {k: getattr(v, v.WhichOneof("kind")) for k, v in group.hparams.items()} for group in groups}
+    assert rows == {"trial_0002": {"model.norm": "dyt", "model.alpha_init": 0.5, "seed_everything": 1,
+                                   "trial.state": "failed", "trial.retry_of": ""},
+                    "trial_0003": {"model.norm": "derf", "model.rules": "{'stem': 'dyt'}",
+                                   "trial.state": "interrupted", "trial.retry_of": "2"}}
+
+    def frozen(user_attrs, system_attrs):
+        return optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING, user_attrs=user_attrs,
+                                         system_attrs=system_attrs)
+
+    assert retried_trial(frozen({}, {})) is None
+    assert retried_trial(frozen({"retry_of": 4}, {})) == 4  # queued by a rerun
+    assert retried_trial(frozen({"retry_of": 4}, {"failed_trial": 7, "retry_history": [7, 9]})) == 9
+
+
+@pytest.mark.slow
+def test_a_studys_rows_show_how_each_trial_ended_and_its_dashboard_names_the_metric(pruned_study):  # noqa: F811
+    """Completed, pruned and diverged trials of one study, read back from their event files; the study
+    names its objective's metric and each trial its configuration, for optuna-dashboard."""
+    folder, _ = pruned_study
+    study = load(folder, "pruned")
+    experiment, groups = served(folder / "studies" / "pruned" / "trials")
+    assert "trial.state" in ticked(experiment) and "trial.retry_of" in [i.name for i in experiment.hparam_infos]
+    states = {group.name: group.hparams["trial.state"].string_value for group in groups}
+    assert sorted(states.values()) == ["complete", "diverged", "pruned", "pruned"]
+    for trial in study.trials:
+        shown = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "diverged"}[trial.state.name]
+        assert states[trial.user_attrs["run_dir"].rsplit("/", 1)[-1]] == shown
+        assert trial.user_attrs[CONFIGURATION_ATTR] == configuration_key(trial)
+    assert study.metric_names == ["val/loss"]

@@ -113,16 +113,20 @@ class HParamsLogger(TensorBoardLogger):
     TensorBoardLogger's runs do.
     """
 
-    def __init__(self, *args, varied: list[str] | None = None, metrics: list[str] | None = None, **kwargs) -> None:
+    def __init__(self, *args, varied: list[str] | None = None, metrics: list[str] | None = None,
+                 outcome_columns: list[str] | None = None, **kwargs) -> None:
         """TensorBoardLogger's arguments, and:
 
         Args:
             varied: config keys (``model.optimizer.lr``) marked as differing; default ``HPARAM_FIRST``.
             metrics: scalar tags shown as the HParams tab's metric columns; default ``HPARAM_METRICS``.
+            outcome_columns: columns only the run's end decides (a study trial's ``trial.state``): declared
+                when the run starts, and its row left to whoever writes them when it ends (the study's worker).
         """
         super().__init__(*args, **kwargs)
         self.varied = list(HPARAM_FIRST if varied is None else varied)
         self.metrics = list(HPARAM_METRICS if metrics is None else metrics)
+        self.outcome_columns = list(outcome_columns or [])
 
 
 def log_hparams_to_tensorboard(trainer: Trainer, hparams: dict[str, object]) -> None:
@@ -142,9 +146,13 @@ def log_hparams_to_tensorboard(trainer: Trainer, hparams: dict[str, object]) -> 
             varied, metrics = (logger.varied, logger.metrics) if own else (HPARAM_FIRST, HPARAM_METRICS)
             logger.log_hyperparams(hparams)  # hparams.yaml; no summary since default_hp_metric=False
             shown = one_column_each(hparams, HPARAM_FIRST) if list(varied) == list(HPARAM_FIRST) else hparams
+            outcome = logger.outcome_columns if own else []
             writer = logger.experiment.file_writer  # SummaryWriter's public FileWriter, as add_hparams uses it
-            writer.add_summary(experiment_summary(shown, varied, metrics))
-            writer.add_summary(summary_v2.hparams_pb(shown, trial_id="", start_time_secs=time.time()))
+            writer.add_summary(experiment_summary({**shown, **dict.fromkeys(outcome, "")}, varied, metrics))
+            if outcome:  # TensorBoard keeps a run's first row: the row waits for the outcome, from hparams.yaml
+                logger.save()  # writes hparams.yaml now, whenever and however the run ends
+            else:
+                writer.add_summary(summary_v2.hparams_pb(shown, trial_id="", start_time_secs=time.time()))
             writer.flush()
 
 

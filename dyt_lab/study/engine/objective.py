@@ -5,7 +5,8 @@ freed when it exits, a DDP trial uses Lightning's own launcher, and ``kill -9`` 
 The process is forked from a warm one or started fresh (``launch.py``); ``command.txt`` re-runs it.
 The trial's run folder (``<study>/trials/trial_NNNN-<its values>``, named by ``trial_dir_name`` alone) holds
 its TensorBoard events, the resolved config.yaml, checkpoints, stdout/stderr and the result file its
-StudyPruning callback writes.
+StudyPruning callback writes. Its row in TensorBoard's HParams tab is written when it ends, with its state
+(``trial_row``): a trial stopped after one epoch is never a row that looks like a finished one.
 """
 
 from __future__ import annotations
@@ -20,14 +21,21 @@ import time
 from pathlib import Path
 
 import optuna
+import yaml
 
-from dyt_lab.errors import fault_line, write_fault
+from dyt_lab.errors import EXIT_DIVERGED, fault_line, write_fault
 from dyt_lab.study.definition.space import Configuration, SearchSpace, config_flag
-from dyt_lab.study.definition.storage import trial_id
+from dyt_lab.study.definition.storage import retry_history, trial_id
 from dyt_lab.study.definition.study_file import TRIALS, StudySpec, flatten_overrides
 from dyt_lab.study.engine.launch import fit_command, start_trial
 from dyt_lab.study.engine.liveness import WORKER_ATTR, worker_tag
-from dyt_lab.study.engine.replicates import first_free_seed, queue_missing_seeds
+from dyt_lab.study.engine.replicates import (
+    RETRY_ATTR,
+    configuration_key,
+    first_free_seed,
+    queue_missing_seeds,
+    runs,
+)
 from dyt_lab.study.trial.protocol import (
     EVERY_TRIAL,
     LAST_METRICS_ATTR,
@@ -42,6 +50,13 @@ from dyt_lab.study.trial.protocol import (
     read_result,
 )
 
+# user attribute: the trial's configuration (configuration_key), the same for its seeds and its retries, so that
+# optuna-dashboard can group a configuration's trials
+CONFIGURATION_ATTR = "configuration"
+# HParams columns a trial's row gets when it ends: how it ended (complete, pruned, failed, diverged,
+# interrupted), and the trial it runs again (empty if it is no retry)
+STATE_COLUMN, RETRY_COLUMN = "trial.state", "trial.retry_of"
+
 
 def base_args(spec: StudySpec) -> list[str]:
     """The fit arguments every trial shares: base configs, quiet logs, fixed overrides."""
@@ -54,14 +69,16 @@ def study_args(spec: StudySpec, run_dir: Path) -> list[str]:
     """The fit arguments the study owns: the trial's TensorBoard run in ``run_dir``, the pruning callback.
 
     Every trial's run marks the same columns as varied (the searched keys with more than one value,
-    and the seed), since TensorBoard takes the HParams experiment summary of whichever run it reads first.
+    the seed, and the trial's state), since TensorBoard takes the HParams experiment summary of whichever
+    run it reads first. The run declares the state columns and leaves its row to the worker (``trial_row``).
     """
     varied = [key for key, dist in SearchSpace(spec.search_space).distributions.items() if not dist.single()]
     varied += [SEED_KEY] if spec.seeds and len(spec.seeds) > 1 else []
     metrics = list(dict.fromkeys([spec.objective.metric, "val/acc_best", "test/acc", "train/loss_epoch"]))
     logger = {"class_path": "dyt_lab.training.records.HParamsLogger",
               "init_args": {"save_dir": str(run_dir.parent.parent), "name": run_dir.parent.name,
-                            "version": run_dir.name, "default_hp_metric": False, "varied": varied, "metrics": metrics}}
+                            "version": run_dir.name, "default_hp_metric": False, "varied": [*varied, STATE_COLUMN],
+                            "metrics": metrics, "outcome_columns": [STATE_COLUMN, RETRY_COLUMN]}}
     # Every trial tests its best checkpoint, so the report carries held-out test accuracy beside val/acc_best.
     return [config_flag("trainer.logger", logger), f"--trainer.callbacks+={PRUNING_CALLBACK}", "--test_after_fit=true"]
 
@@ -103,6 +120,37 @@ def failure_reason(code: int, result: dict) -> str:
     return f"exit code {code}: {error or 'no output'}"
 
 
+def retried_trial(trial: optuna.trial.FrozenTrial) -> int | None:
+    """The number of the trial this one runs again: the last in Optuna's retry history (a dead worker's or
+    an interrupted trial's), else the failed trial a rerun queued it for (``retry_of``); None for no retry."""
+    history = retry_history(trial)
+    if history:  # first: Optuna's retry copies the user attributes, an older retry_of among them
+        return history[-1]
+    return None if trial.user_attrs.get(RETRY_ATTR) is None else int(trial.user_attrs[RETRY_ATTR])
+
+
+def trial_row(run_dir: Path, state: str, retry_of: int | None, started: float, fallback: dict) -> None:
+    """Write the trial's row in TensorBoard's HParams tab as it ended, in an event file of its own in ``run_dir``:
+    the hyperparameters its fit recorded in hparams.yaml (``fallback``, the searched values and the seed, if it
+    ended before), ``trial.state`` and ``trial.retry_of``. TensorBoard keeps the first row a run has, so the
+    fit writes none (``HParamsLogger(outcome_columns=...)``)."""
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.plugins.hparams import summary_v2
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    if not run_dir.is_dir():  # removed meanwhile: the writer would make it again, for this file alone
+        return
+    recorded = run_dir / "hparams.yaml"
+    hparams = (yaml.safe_load(recorded.read_text()) or {}) if recorded.is_file() else fallback
+    hparams = {key: value if isinstance(value, (bool, int, float, str)) else str(value)
+               for key, value in hparams.items()}
+    hparams.update({STATE_COLUMN: state, RETRY_COLUMN: "" if retry_of is None else str(retry_of)})
+    writer = EventFileWriter(str(run_dir))
+    writer.add_event(Event(wall_time=time.time(), summary=summary_v2.hparams_pb(hparams, trial_id="",
+                                                                                start_time_secs=started)))
+    writer.close()  # its thread writes: a full disk raises here
+
+
 def disk_full_reason(reason: str, result: dict, run_dir: Path) -> str | None:
     """A failed trial's reason if its disk was full or read-only, naming its folder; None otherwise.
 
@@ -141,6 +189,7 @@ class TrialObjective:
             trial.set_user_attr(WORKER_ATTR, worker_tag())
             trial.set_user_attr("fail_reason", None)  # nor does it keep its predecessor's failure
             configuration = self.space.suggest(trial)
+            trial.set_user_attr(CONFIGURATION_ATTR, configuration_key(trial))
             if spec.seeds:  # this seed run's seed, and the configuration's other seeds queued next
                 trial.set_user_attr(SEED_ATTR, first_free_seed(trial.study, trial, spec.seeds))
                 queue_missing_seeds(trial.study, spec.seeds)
@@ -155,13 +204,16 @@ class TrialObjective:
         trial.set_user_attr("run_dir", str(run_dir))
         fit_args = [*base_args(spec), *configuration.flags(),
                     *([config_flag(SEED_KEY, seed)] if seed is not None else []), *study_args(spec, run_dir)]
-        binding = {"storage": self.storage_url, "study_name": spec.study_name, "trial_id": self._trial_id(trial),
+        tid = self._trial_id(trial)
+        binding = {"storage": self.storage_url, "study_name": spec.study_name, "trial_id": tid,
                    "pruner": {"name": spec.pruner.name, "kwargs": spec.pruner.kwargs},
                    "metric": spec.objective.metric, "direction": spec.objective.direction,
                    "value": spec.objective.value, "result": str(run_dir / RESULT_FILE), "parent_pid": os.getpid()}
         shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
         self.log(f"trial {number} started: {shown}" + (f" seed={seed}" if seed is not None else ""))
-        started = time.monotonic()
+        fallback = {k: v for k, v in {**configuration.values, SEED_KEY: seed}.items() if v is not None}
+        started, row = time.monotonic(), {"run_dir": run_dir, "retry_of": retried_trial(self.storage.get_trial(tid)),
+                                          "started": time.time(), "fallback": fallback}
         try:  # the trial folder's own writes: a full or read-only disk fails the trial, and stops the study
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "command.txt").write_text(shlex.join(fit_command(fit_args)) + "\n")  # to re-run it by hand
@@ -169,8 +221,26 @@ class TrialObjective:
             proc = start_trial(self.isolation, fit_args, {**os.environ, TRIAL_ENV: json.dumps(binding)}, run_dir)
         except OSError as err:
             return self._unwritable(trial, err, run_dir)
-        code = self._wait(trial, proc, run_dir, started)
-        return self._outcome(trial, code, run_dir, time.monotonic() - started)
+        try:
+            code = self._wait(trial, proc, run_dir, started)
+        except KeyboardInterrupt:
+            self._row(trial, "interrupted", row)
+            raise
+        try:
+            value = self._outcome(trial, code, run_dir, time.monotonic() - started)
+        except optuna.TrialPruned:
+            self._row(trial, "pruned", row)
+            raise
+        self._row(trial, "complete" if not math.isnan(value) else "diverged" if code == EXIT_DIVERGED else "failed",
+                  row)
+        return value
+
+    def _row(self, trial: optuna.Trial, state: str, row: dict) -> None:
+        """The trial's row in TensorBoard's HParams tab (``row``: trial_row's other arguments)."""
+        try:
+            trial_row(state=state, **row)
+        except (OSError, yaml.YAMLError) as err:  # a full disk, a half-written hparams.yaml: the trial's result stands
+            self.log(f"trial {trial.number}: no TensorBoard row ({type(err).__name__}: {err})")
 
     def _trial_id(self, trial: optuna.Trial) -> int:
         """The trial's storage id (what the trial process and the storage's methods take)."""
@@ -236,7 +306,7 @@ class TrialObjective:
             subset = {e: v for e, v in history.items() if e <= epoch}
             trial.report(objective_value(subset, objective.direction, objective.value), step=epoch)
         value = objective_value(history, objective.direction, objective.value)
-        took = f"{result.get('epochs', 0)} epochs, {seconds:.0f} s"
+        took = f"{runs(result.get('epochs', 0), 'epoch')}, {seconds:.0f} s"
         if code == 0 and result.get("pruned"):
             self.log(f"trial {trial.number} PRUNED at epoch {max(history)}: {objective.metric}={value:.4g} ({took})")
             raise optuna.TrialPruned(f"pruned at epoch {max(history)}")

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -210,7 +211,7 @@ def prepare(spec: StudySpec) -> tuple[SearchSpace, list[str]]:
     make_pruner(spec.pruner)
     check_unchanged(spec, space)  # an existing study's objective and space: before seconds of building runs
     gpus = visible_gpus()
-    print(f"study {spec.study_name}: checking {len(space.distributions)} searched keys against dyt-lab fit ...",
+    print(f"study {spec.study_name}: checking {runs(len(space.distributions), 'searched key')} against dyt-lab fit ...",
           file=sys.stderr)
     if check_trials(spec, space, len(gpus)) and spec.isolation == "warm":
         print("note: trials run DDP (several devices or nodes), which starts its own processes: "
@@ -230,13 +231,16 @@ def prepare(spec: StudySpec) -> tuple[SearchSpace, list[str]]:
 
 
 def _create(spec: StudySpec, url: str, space: SearchSpace) -> optuna.Study:
-    """Create (or load) the study in its storage, with the study's direction and design."""
+    """Create (or load) the study in its storage, with the study's direction, design and metric name."""
     if spec.storage in ("sqlite", "journal"):
         spec.folder.mkdir(parents=True, exist_ok=True)
     with_heartbeat = {} if is_journal(url) else {"heartbeat_interval": spec.heartbeat_interval,
                                                   "grace_period": spec.grace_period}
     study = optuna.create_study(study_name=spec.study_name, storage=open_storage(url, **with_heartbeat),
                                 direction=spec.objective.direction, load_if_exists=True)
+    with warnings.catch_warnings():  # experimental since Optuna 3.2, and what optuna-dashboard names the value by
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([spec.objective.metric])
     if SPACE_ATTR not in study.user_attrs or not any(t.params for t in study.get_trials(deepcopy=False)):
         # what check_unchanged compares a later study file with, once a trial drew values from it
         study.set_user_attr(SPACE_ATTR, space_record(space))
