@@ -57,14 +57,19 @@ def edges(best: dict, space: SearchSpace) -> list[str]:
     return found
 
 
-def arm_table(name: str, root: str) -> tuple[pd.DataFrame, SearchSpace, list[str], int]:
-    """An arm study's completed seed runs (with run_dir), its search space, its factors and its failed runs."""
+def arm_table(name: str, root: str) -> tuple[pd.DataFrame, SearchSpace, list[str], str]:
+    """An arm study's completed seed runs, its search space, its factors, and its failed (or interrupted) runs:
+    how many, and how many of those a later run of the same configuration and seed completed."""
     folder = Path(root) / name
     study = load_existing(name, find_storage(name, root, None))
     space = saved_space(folder)
     table = seed_run_table(study, space)
-    failed = sum(t.state.name == "FAIL" for t in study.get_trials(deepcopy=False))
-    return table, space, [k for k in space.distributions if k in table.columns], failed
+    trials = study.get_trials(deepcopy=False)
+    done = {(str(t.params), t.user_attrs.get("seed")) for t in trials if t.state.name == "COMPLETE"}
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    unresolved = sum((str(t.params), t.user_attrs.get("seed")) not in done for t in failed)
+    shown = f"{len(failed)} ({len(failed) - unresolved} rerun to completion)" if failed else "0"
+    return table, space, [k for k in space.distributions if k in table.columns], shown
 
 
 def arms_report(name: str, arms: list[str], root: str = "studies", margin: float = 0.005) -> Path:
@@ -84,7 +89,7 @@ def arms_report(name: str, arms: list[str], root: str = "studies", margin: float
         best_runs = table[np.logical_and.reduce([table[k] == v for k, v in best_levels.items()])]
         bests[arm] = best_runs.set_index("seed")
         budget_rows.append([arm, str(len(means)), str(len(table)), ", ".join(map(str, sorted(table["seed"].unique()))),
-                            str(failed)])
+                            failed])
         best_rows.append([arm, f"{means['mean'].iloc[0]:.4f}", str(int(means["count"].iloc[0])),
                           f"{best_runs[TEST].mean():.4f}" if best_runs[TEST].notna().all() else "-",
                           ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
@@ -97,7 +102,7 @@ def arms_report(name: str, arms: list[str], root: str = "studies", margin: float
         "Each arm is a study of its own, `" + f"{name}.ARM" + "`, with the same search over the shared keys, the same "
         "sampler, number of configurations and seeds, plus its own keys. Budgets are " +
         ("**equal**" if equal else "**not equal** (a comparison below favours the arm that got more)") + ".",
-        "## Budget", markdown_table(["arm", "configurations", "seed runs", "seeds", "failed runs"], budget_rows),
+        "## Budget", markdown_table(["arm", "configurations", "seed runs", "seeds", "failed or interrupted runs"], budget_rows),
         "## Each arm at its best (by mean objective over its seeds)",
         markdown_table(["arm", "objective (mean)", "seeds", "test/acc (mean)", "best configuration"], best_rows),
         "## Edges of the searched ranges", "\n".join(edge_lines),
