@@ -63,14 +63,13 @@ class NoLitLoggerTip(logging.Filter):
 
 # The logger Lightning's rank_zero_info writes to (lightning/pytorch/utilities/rank_zero.py).
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(NoLitLoggerTip())
+# seed_everything's "Seed set to 0", which LightningCLI logs before it builds anything, so before every
+# config error; the seed is in the run's config.yaml and its HParams row. Lightning's documented way to
+# quiet its console lines is the level of the Python logger that writes them.
+logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
 
-
-USAGE_EXTRA = """\
-dyt_lab commands besides LightningCLI's fit | validate | test | predict:
-  dyt-lab study run|resume|report ...   Optuna studies over configs (dyt-lab study --help)
-  dyt-lab probe ...                     norm diagnostics for a config or checkpoint (dyt-lab probe --help)
-  dyt-lab norms                         the norm registry: names, formulas, layouts
-"""
+# The LightningCLI parser's --help, reached by options before the command (dyt-lab --help is dyt_lab.cli's)
+DESCRIPTION = "dyt-lab fit | validate | test | predict: LightningCLI's commands (dyt-lab --help lists all commands)"
 TRAINER_DEFAULTS = {
     "logger": {
         "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
@@ -286,7 +285,8 @@ class DytLabCLI(LightningCLI):
             score = "nothing to train (max_epochs already reached; raise --trainer.max_epochs to go on)"
         else:
             score = "no validation metric"
-        print(f"\nDone: {score} after {self.trainer.current_epoch} epochs.\n"
+        epochs = self.trainer.current_epoch
+        print(f"\nDone: {score} after {epochs} epoch{'s' if epochs != 1 else ''}.\n"
               f"Run folder:  {logger.log_dir}  (config.yaml, placement.txt, checkpoints/)\n"
               f"TensorBoard: tensorboard --logdir {logger.save_dir}   then open http://localhost:6006",
               file=sys.stderr)
@@ -376,7 +376,7 @@ def run_lightning(argv: list[str] | None = None) -> DytLabCLI:
     outcome = RunOutcome()
     try:
         return DytLabCLI(args=args, outcome=outcome, save_config_kwargs={"overwrite": True},
-                         parser_kwargs={"epilog": USAGE_EXTRA})
+                         parser_kwargs={"description": DESCRIPTION})
     except MisconfigurationException as err:  # Lightning's own name for a user's setting it cannot work with
         raise ConfigError(str(err).strip().splitlines()[0]) from err
     except SystemExit as stop:

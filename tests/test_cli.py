@@ -85,3 +85,15 @@ def test_load_run_builds_without_running():
     model, datamodule, trainer = load_run(["--config", str(QUICKSTART), "--model.depth=1"])
     assert len(model.net.blocks) == 1 and model.hparams.num_classes == 10  # linked from the data
     assert type(datamodule).__name__ == "Digits" and trainer.max_epochs == 30
+
+
+def test_help_lists_every_dyt_lab_command_and_each_commands_help_stays_its_own(capsys):
+    main(["--help"])
+    said = capsys.readouterr().out
+    assert said.startswith("usage: dyt-lab COMMAND") and "Lightning Trainer command line tool" not in said
+    listed = [line.split()[0] for line in said.split("commands:\n")[1].splitlines() if line.strip()]
+    assert listed == ["fit", "validate", "test", "predict", "study", "probe", "norms"]
+    assert "confirm | compare | holdout" in said
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--help"])
+    assert exit_info.value.code in (0, None) and "--trainer.max_epochs" in capsys.readouterr().out

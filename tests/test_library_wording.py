@@ -183,3 +183,25 @@ def test_lightnings_litlogger_tip_is_filtered_where_it_is_logged(caplog):
         Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     assert caplog.records, "Lightning logged nothing about the new Trainer: the test sees no log at all"
     assert not [r.getMessage() for r in caplog.records if "litlogger" in r.getMessage().lower()]
+
+
+def test_lightnings_seed_line_is_quiet_where_it_is_logged(caplog):
+    """Lightning logs "Seed set to N" on the logger runs.py sets to WARNING; its warnings still show.
+    If Lightning moves the line to another logger, it precedes every config error again and this test says so."""
+    import logging
+
+    from lightning.pytorch import seed_everything
+
+    import dyt_lab.runs  # noqa: F401  (sets the level)
+
+    with caplog.at_level(logging.INFO):  # on the root logger: the seed logger's own level still decides
+        seed_everything(3, verbose=True)
+    assert not [r.getMessage() for r in caplog.records if "Seed set to" in r.getMessage()]
+    logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.NOTSET)
+    try:
+        with caplog.at_level(logging.INFO):
+            seed_everything(3, verbose=True)
+        assert any("Seed set to 3" in r.getMessage() for r in caplog.records), \
+            "Lightning no longer logs its seed line on lightning.fabric.utilities.seed: runs.py quiets nothing"
+    finally:
+        logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)

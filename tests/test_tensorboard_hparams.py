@@ -128,11 +128,12 @@ def test_a_studys_tensorboard_ticks_its_searched_keys_and_seed_and_names_runs_by
 
 
 @pytest.mark.slow
-def test_a_single_fits_tensorboard_ticks_its_real_arguments(tmp_path):
+def test_a_single_fits_tensorboard_ticks_its_real_arguments(tmp_path, capsys):
     from dyt_lab.runs import run_lightning
 
     run_lightning(fit_args(tmp_path / "runs", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
                            "--trainer.limit_val_batches=1", "--model.norm=dyt", config=BASE))
+    assert "after 1 epoch.\n" in capsys.readouterr().err  # not "1 epochs"
     experiment, (group,) = served(tmp_path / "runs")
     assert ticked(experiment) == sorted(HPARAM_FIRST)  # the tab sorts the differing columns by name
     assert [info.name for info in experiment.hparam_infos if info.differs] == sorted(HPARAM_FIRST)
@@ -194,8 +195,9 @@ def test_a_trials_row_carries_its_state_and_the_trial_it_retries(tmp_path):
 def test_a_studys_rows_show_how_each_trial_ended_and_its_dashboard_names_the_metric(pruned_study):  # noqa: F811
     """Completed, pruned and diverged trials of one study, read back from their event files; the study
     names its objective's metric and each trial its configuration, for optuna-dashboard."""
-    folder, _ = pruned_study
+    folder, stdout = pruned_study
     study = load(folder, "pruned")
+    assert "(1 epoch, " in stdout and "1 epochs" not in stdout  # the pruned trials' lines
     experiment, groups = served(folder / "studies" / "pruned" / "trials")
     assert "trial.state" in ticked(experiment) and "trial.retry_of" in [i.name for i in experiment.hparam_infos]
     states = {group.name: group.hparams["trial.state"].string_value for group in groups}
