@@ -27,7 +27,9 @@ EXPECTED = re.compile(r"^-?\s*Expected a (?!path but|dot import path)(.+)$")
 CLASS_PATH = re.compile(r"Problem with given class_path '([^']+)'")
 UNKNOWN_OPTION = re.compile(r"Option '([^']+)' is not accepted")
 UNKNOWN_KEY = re.compile(r"does not accept option '([^']+)'")
+GROUP_KEY = re.compile(r"Group '([^']+)' does not accept option '([^']+)'")
 UNKNOWN_FLAG = re.compile(r"unrecognized arguments: (\S+)")
+SUBTYPE_CLASS = re.compile(r"<class '((?:\w+\.)+\w+)'>")  # a Union's class with a module: a mapping of its arguments
 # Lines that only describe the tree, never the problem.
 STRUCTURE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value type:",
              "Given value:", "Problem with given class_path", "Expected a path but", "Expected a dot import path",
@@ -70,15 +72,54 @@ def innermost_block(lines: list[str]) -> list[str]:
 
 def close_names(name: str, class_path: str | None) -> str:
     """", did you mean 'norm'?" for an argument ``class_path`` has, or ''."""
-    if not class_path:
-        return ""
     try:
-        module, _, attr = class_path.rpartition(".")
-        names = list(inspect.signature(getattr(importlib.import_module(module), attr)).parameters)
-    except Exception:  # not importable: the message already says so
+        names = list(inspect.signature(owner_class(class_path)).parameters)
+    except Exception:  # not importable (None): the message already says so
         return ""
     close = difflib.get_close_matches(name, names, n=1)
     return f" (did you mean '{close[0]}'?)" if close else f"; its arguments: {', '.join(names)}"
+
+
+def owner_class(class_path: str | None):
+    """The class ``class_path`` names, or None if it cannot be imported (the message already says so)."""
+    if not class_path:
+        return None
+    try:
+        module, _, attr = class_path.rpartition(".")
+        return getattr(importlib.import_module(module), attr)
+    except Exception:
+        return None
+
+
+def argument_doc(owner, name: str) -> str:
+    """The docstring line of ``owner``'s argument ``name`` (what ``--help`` shows for it), or ''."""
+    from docstring_parser import parse  # jsonargparse[signatures] reads --help from docstrings with it
+
+    for doc in (inspect.getdoc(getattr(owner, "__init__", None)), inspect.getdoc(owner)):
+        found = [p.description for p in parse(doc or "").params if p.arg_name == name and p.description]
+        if found:
+            return found[0]
+    return ""
+
+
+def mapping_expected(block: list[str], owner_path: str | None, key: str) -> str | None:
+    """``a NormConversion mapping {to, kinds, sites} or None, e.g. {to: dyt}`` where a Union's class was never
+    tried because the value given is no mapping (jsonargparse then lists only the other types); else None.
+
+    The example is the ``{...}`` of the argument's own docstring line in its ``owner_path`` class.
+    """
+    subtypes = next((line for line in block if line.strip().startswith("Subtypes:")), "")
+    classes = [c for c in (owner_class(path) for path in SUBTYPE_CLASS.findall(subtypes)) if inspect.isclass(c)]
+    if not classes:
+        return None
+    cls = classes[0]
+    try:
+        arguments = ", ".join(inspect.signature(cls).parameters)
+    except (TypeError, ValueError):
+        return None
+    none = " or None" if "NoneType" in subtypes else ""
+    example = re.search(r"\{.*\}", argument_doc(owner_class(owner_path), key)) if owner_path else None
+    return f"a {cls.__name__} mapping {{{arguments}}}{none}" + (f", e.g. {example.group(0)}" if example else "")
 
 
 def condensed(message: str, prefix: str = "--") -> str:
@@ -123,6 +164,10 @@ def condensed(message: str, prefix: str = "--") -> str:
     value = f" '{given}'" if given is not None and not given.startswith(("Namespace(", "NestedArg(")) else ""
     if reasons:
         return f"{prefix}{flag}{value}: {'; '.join(dict.fromkeys(reasons))}"
+    owner = class_paths[-1] if class_paths and flag.count(".") <= 1 else None
+    mapping = mapping_expected(block, owner, flag.rsplit(".", 1)[-1]) if given is not None else None
+    if mapping:
+        return f"{prefix}{flag}{value}: expected {mapping}"
     if expected:
         return f"{prefix}{flag}{value}: expected {expected_types(expected)}"
     return " ".join(line.strip() for line in lines)
@@ -138,6 +183,21 @@ def unknown_hint(message: str, keys: list[str], flags: list[str]) -> str:
         close = difflib.get_close_matches(unknown_flag.group(1), flags, n=1)
         return f" (did you mean {close[0]}?)" if close else "; see --help for the flags"
     return ""
+
+
+def config_key_hint(message: str, keys: list[str]) -> str:
+    """`` (did you mean 'n_trials'?)`` for a config file's unknown key, among the parser's dotted ``keys``, or
+    the valid ones; '' for another message. jsonargparse says ``Option 'n_trial' is not accepted`` at the top
+    and ``Group 'objective' does not accept option 'metirc'`` (``'overides.x'`` for a mapping) below it."""
+    group, option = GROUP_KEY.search(message), UNKNOWN_OPTION.search(message)
+    if not group and not option:
+        return ""
+    prefix, name = (f"{group.group(1)}.", group.group(2)) if group else ("", option.group(1))
+    names = list(dict.fromkeys(k[len(prefix):].split(".")[0] for k in keys if k.startswith(prefix) and k != prefix))
+    close = difflib.get_close_matches(name.split(".")[0], names, n=1)
+    if close:
+        return f" (did you mean '{prefix}{close[0]}'?)"
+    return f"; valid keys{f' of {prefix[:-1]}' if prefix else ''}: {', '.join(names)}"
 
 
 def flag_values(argv: list[str], *names: str) -> list[str]:

@@ -28,6 +28,8 @@ FIT = ["fit", "--config", QUICK]
 TIMM = [*FIT, "--config", str(REPO / "configs" / "model" / "timm_resnet18.yaml")]  # timm's resnet18 by name
 # Lines Lightning or dyt_lab print on every start; they are not part of the error message.
 CHATTER = ("Seed set to", "GPU available", "TPU available", "HPU available", "💡 Tip", "Tip:", "Using default")
+# Lines that must not precede an error at all: the seed is not what went wrong (test_no_seed_line_before_a_mistake)
+NEVER_BEFORE_AN_ERROR = ("Seed set to",)
 
 # name: (argv, the text the message must hold). Paths are relative to each case's working folder,
 # which holds the files that `inputs` below writes.
@@ -46,6 +48,8 @@ CASES: dict[str, tuple[list[str], str]] = {
     "flag_unknown": ([*FIT, "--nope", "1"], "--nope"),
     "trainer_flag_misspelt": ([*FIT, "--trainer.max_epocs", "3"], "max_epocs"),
     "subcommand_unknown": (["fitt", "--config", QUICK], "fitt"),
+    "command_misspelt": (["studdy"], "unknown command 'studdy' (did you mean 'study'?); dyt-lab commands: fit, "
+                                     "validate, test, predict, study, probe, norms"),
     "model_class_unknown": ([*FIT, "--model", "nope.Class"], "nope.Class"),
     "data_class_unknown": ([*FIT, "--data", "nope.Class"], "nope.Class"),
     "lr_not_a_number": ([*FIT, "--model.optimizer.init_args.lr", "fast"], "'fast'"),
@@ -59,6 +63,10 @@ CASES: dict[str, tuple[list[str], str]] = {
     "norm_unknown": ([*FIT, "--model.norm", "nope"], "'nope'"),
     "base_norm_unknown": ([*FIT, "--model.base_norm", "nope"], "'nope'"),
     "placement_unknown": ([*FIT, "--model.placement", "bogus"], "bogus"),
+    "rules_preset_the_model_lacks": (["fit", "--config", RESNET, "--model.rules", "{stage4: batchnorm}"],
+                                     "--model.rules 'stage4': neither a preset of this ResNet nor a pattern matching "
+                                     "a site; its presets: all, stem, downsample, first_in_block, last_in_block, "
+                                     "stage1, stage2, stage3; sites look like: stem.norm"),
     "alpha_rule_unknown": ([*FIT, "--model.alpha_rule", "stage"], "'stage': expected one of 'constant', 'depth', 'data'"),
     "alpha_rule_without_dyt": (["fit", "--config", RESNET, "--model.norm", "batchnorm", "--model.alpha_rule", "data"],
                                "alpha_rule 'data' needs a DyT-family norm at some site"),
@@ -136,7 +144,12 @@ CASES: dict[str, tuple[list[str], str]] = {
     "probe_nothing_to_probe": (["probe"], "give --config, --ckpt_path or both"),
     # studies
     "study_config_missing": (["study", "run", "--config", "nope.yaml"], "nope.yaml"),
-    "study_key_unknown": (["study", "run", "--config", STUDY, "--n_trialz", "3"], "n_trialz"),
+    "study_key_unknown": (["study", "run", "--config", STUDY, "--n_trialz", "3"],
+                          "--n_trialz 3 (did you mean --n_trials?)"),
+    "study_file_key_misspelt": (["study", "run", "--config", STUDY, "--config", "study_typo.yaml"],
+                                "study file: Option 'n_trial' is not accepted (did you mean 'n_trials'?)"),
+    "study_file_nested_key_misspelt": (["study", "run", "--config", STUDY, "--config", "study_nested_typo.yaml"],
+                                       "'objective' does not accept option 'metirc' (did you mean 'objective.metric'?)"),
     "study_trials_zero": (["study", "run", "--config", STUDY, "--n_trials", "0"], "0"),
     "study_workers_zero": (["study", "run", "--config", STUDY, "--workers", "0"], "0"),
     "study_storage_unknown_dialect": (["study", "run", "--config", STUDY, "--storage", "nosuchdb://x"],
@@ -167,6 +180,9 @@ CASES: dict[str, tuple[list[str], str]] = {
                              "unknown kind 'ln' for convert_norms; valid kinds: layernorm"),
     "convert_norm_unknown": ([*TIMM, "--model.convert", "{to: dytt}"], "'dytt' (did you mean 'dyt'?)"),
     "convert_key_misspelt": ([*TIMM, "--model.convert", "{to: dyt, site: [layer4.*]}"], "'site'"),
+    "convert_not_a_mapping": ([*TIMM, "--model.convert", "dyt"],
+                              "--model.convert 'dyt': expected a NormConversion mapping {to, kinds, sites} or None, "
+                              "e.g. {to: dyt, kinds: [batchnorm], sites: [layer4.*]}"),
 }
 
 
@@ -176,6 +192,8 @@ def inputs(folder: Path) -> None:
     (folder / "unknown_key.yaml").write_text("trainer:\n  max_epochs: 1\nbogus: 3\n")
     (folder / "bad_syntax.yaml").write_text("trainer:\n  max_epochs: [1\n model: x\n")
     (folder / "wrong_type.yaml").write_text("trainer:\n  max_epochs: ten\n")
+    (folder / "study_typo.yaml").write_text("n_trial: 3\n")
+    (folder / "study_nested_typo.yaml").write_text("objective:\n  metirc: val/loss\n")
     net = "model:\n  class_path: dyt_lab.training.ImageClassifier\n  init_args:\n    net:\n      class_path: "
     (folder / "timm_vit_class.yaml").write_text(  # timm's own classes, injected by class path
         f"{net}timm.models.vision_transformer.VisionTransformer\n      init_args: {{img_size: 8, patch_size: 2, "
@@ -273,3 +291,12 @@ def test_a_mistake_is_one_line_naming_it(outcomes, name):
     assert any(line.startswith("error:") for line in lines), lines
     assert named in " ".join(lines), (named, lines)
     assert not result["changed"], f"left behind: {result['changed']}"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_no_seed_line_before_a_mistake(outcomes):
+    """Lightning's "Seed set to 0" came before every error found once the seed was set: not what went wrong."""
+    said = {name: [line for line in (r["stderr"] + r["stdout"]).splitlines() if line.startswith(NEVER_BEFORE_AN_ERROR)]
+            for name, r in outcomes.items()}
+    assert not {name: lines for name, lines in said.items() if lines}

@@ -102,13 +102,19 @@ class NormPlacement:
         return build_norm(self.spec_for(site), num_features, layout)
 
     def check_all_matched(self) -> None:
-        """Raise if a rule or placement pattern matched none of the sites that were built."""
-        for key in [k for k, _ in self.rules] + self.placement_names:
+        """Raise if a rule or placement pattern matched none of the sites that were built, naming the argument
+        that holds it and the presets that select sites of this model (resnet_tiny has no stage4)."""
+        rules = [k for k, _ in self.rules]
+        for key in rules + self.placement_names:
             if key not in self._matched:
                 examples = ", ".join(list(self.sites)[:3])
+                presets = ", ".join(p for p in self.presets if site_patterns.select(self.sites, p, self.presets))
+                if key in rules:
+                    raise PlacementError(f"--model.rules '{key}': neither a preset of this {self.family} nor a "
+                                         f"pattern matching a site; its presets: {presets}; sites look like: "
+                                         f"{examples}, ...")
                 raise PlacementError(f"placement '{key}' is neither a {self.family} preset nor a pattern "
-                                     f"matching a site; presets: {', '.join(self.presets)}; "
-                                     f"sites look like: {examples}, ...")
+                                     f"matching a site; presets: {presets}; sites look like: {examples}, ...")
 
 
 class NormSitesMixin:

@@ -288,7 +288,7 @@ def load_spec(argv: list[str], prog: str = "dyt-lab study run") -> StudySpec:
     """Parse study files and flags into a checked StudySpec, or raise a one-line ConfigError."""
     from jsonargparse import ArgumentError
 
-    from dyt_lab.parse_errors import check_config_files
+    from dyt_lab.parse_errors import check_config_files, config_key_hint, unknown_hint
 
     parser = spec_parser(prog)
     argv, extra_overrides = pop_override_flags(argv)
@@ -296,7 +296,9 @@ def load_spec(argv: list[str], prog: str = "dyt-lab study run") -> StudySpec:
     try:
         cfg = parser.parse_args(argv)
     except ArgumentError as err:
-        raise ConfigError(f"study file: {one_line(err)}") from None
+        keys = [key for key in parser.get_defaults().keys() if key != "config"]
+        hint = config_key_hint(str(err), keys) or unknown_hint(str(err), keys, [f"--{key}" for key in keys])
+        raise ConfigError(f"study file: {one_line(err)}{hint}") from None
     spec = spec_from_namespace(parser, cfg)
     spec.base.overrides = {**flatten_overrides(spec.base.overrides), **extra_overrides}
     return spec
