@@ -37,6 +37,7 @@ from dyt_lab.errors import (
     stop_on_ctrl_c,
 )
 from dyt_lab.models.external import NAME_IT, net_build_failure
+from dyt_lab.models.resnet import resolve_recipe
 from dyt_lab.parse_errors import check_config_files, condensed, flag_values, unknown_hint
 from dyt_lab.training import ImageClassifier
 from dyt_lab.training.callbacks import DivergenceStop, LearningRateLog, RunOutcome
@@ -223,6 +224,12 @@ class DytLabCLI(LightningCLI):
         ckpt_path = config.get("ckpt_path")
         logger = config.trainer.get("logger")
         save_dir = logger.init_args.get("save_dir") if isinstance(logger, Namespace) else None
+        for model in (config.get("model"), self._model_given):  # config.yaml shows what a recipe set, as values
+            if isinstance(model, Namespace) and "recipe" in (model.get("init_args") or {}):
+                given = model.init_args.as_dict()
+                for key, value in resolve_recipe(given).items():
+                    if value != given[key]:
+                        model.init_args[key] = value
         if self.subcommand == "fit" and save_dir and "://" not in str(save_dir):  # remote: its library says
             check_writable(Path(save_dir), "save_dir", "give another --trainer.logger.init_args.save_dir")
         if ckpt_path == "last" and self.subcommand == "fit":

@@ -4,23 +4,29 @@ NF scaling, adaptive gradient clipping, per-sample centring, recipes, and a real
 from __future__ import annotations
 
 import math
+import re
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
+from tbparse import SummaryReader
 from torch import nn
 
-from dyt_lab.errors import ConfigError
+from dyt_lab.cli import main
+from dyt_lab.errors import EXIT_CONFIG_ERROR, ConfigError
 from dyt_lab.models import ResNet
 from dyt_lab.models.alpha_rules import calibrate_alpha, dyt_sites
-from dyt_lab.models.batch_free import RECIPES, BranchScale, ScaledStdConv2d
+from dyt_lab.models.batch_free import BranchScale, ScaledStdConv2d
+from dyt_lab.models.recipes import RECIPES
 from dyt_lab.models.resnet import ResidualBlock
 from dyt_lab.norms import DyT, PointwiseNorm, build_norm
 from dyt_lab.runs import run_lightning
 from dyt_lab.training import ResNetClassifier
+from dyt_lab.training.checkpoints import conflicting_hyperparameters
 from dyt_lab.training.clipping import AdaptiveGradientClipping
-from tests.helpers import ROOT, fit_args
+from tests.helpers import ROOT, fit_args, last_line
 
 RESNET_DIGITS = ROOT / "configs" / "experiments" / "resnet_bn_vs_dyt_digits.yaml"
 TINY = ["--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"]
@@ -319,3 +325,51 @@ def test_a_fit_with_agc_clips_through_the_callback(tmp_path, monkeypatch):
                                  "--trainer.callbacks+=dyt_lab.training.clipping.AdaptiveGradientClipping",
                                  "--trainer.callbacks.clipping=0.05", config=RESNET_DIGITS))
     assert calls[2:] == [0.05, 0.05]
+
+
+TESTBED = ROOT / "configs" / "experiments" / "bn_factors_mnist5k.yaml"  # sets norm (factored BN) and alpha_init 0.5
+
+
+def test_a_recipe_over_a_config_names_the_key_that_blocks_it_and_records_what_it_used(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(fit_args(tmp_path, *TINY, "--model.recipe=bn_free", config=TESTBED))
+    assert exit_info.value.code == EXIT_CONFIG_ERROR and not (tmp_path / "bn_factors_mnist5k").exists()
+    assert last_line(capsys.readouterr().err) == (
+        "error: --model.recipe bn_free: the config sets model.norm ({name: factored, center: batch, scale: batch_std, "
+        "squash: none}), which the recipe would replace (as set: alpha_rule 'data' needs a DyT-family norm at some "
+        "site); give --model.norm null or drop it")
+    run_lightning(fit_args(tmp_path, *TINY, "--trainer.max_epochs=1", "--model.recipe=bn_free", "--model.norm=null",
+                           config=TESTBED))
+    run_dir = tmp_path / "bn_factors_mnist5k" / "version_0"
+    recipe = RECIPES["bn_free"]
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["init_args"]
+    assert config["norm"] == recipe["norm"] and config["alpha_rule"] == "data" and config["weight_standardization"]
+    assert config["alpha_init"] == 0.5  # the config's own wins over the recipe's 0.16, and the table says so
+    hparams = yaml.safe_load((run_dir / "hparams.yaml").read_text())
+    assert {hparams[f"model.norm.{k}"] for k in ("name", "center", "shift")} == {"dyt_general", "sample", "scalar"}
+    assert hparams["model.alpha_rule"] == "data" and hparams["model.weight_standardization"] is True
+    reader = SummaryReader(str(run_dir))
+    shown = dict(zip(reader.hparams["tag"], reader.hparams["value"]))  # the HParams tab's columns
+    assert shown["model.norm"] == "dyt_general(squash=tanh, alpha=scalar, shift=scalar, center=sample)"
+    table = (run_dir / "placement.txt").read_text()
+    assert re.search(r"^stem\.norm +channels_first +dyt_general\(alpha_init=0\.5, shift=scalar, center=sample\)$",
+                     table, re.M)
+    assert "\nconvs: scaled weight standardisation" in table and "\nalpha0 rule: data" in table
+    assert "\nrecipe: bn_free (found at lr 0.0105; the optimizer is the config's); the config's own: alpha_init 0.5 " \
+           "(recipe: 0.16)" in table
+
+
+def test_a_resolved_recipe_rebuilds_the_same_model_and_an_older_checkpoint_still_fits_its_config():
+    model = ResNetClassifier("resnet_tiny", num_classes=10, in_channels=1, recipe="bn_free")
+    assert model.hparams["norm"] == RECIPES["bn_free"]["norm"] and model.hparams["alpha_init"] == 0.16
+    assert str(ResNetClassifier(**model.hparams).net) == str(model.net)  # resolving again changes nothing
+    # a checkpoint saved before recipes were resolved holds the defaults the recipe replaced
+    before = {**model.hparams, "_class_path": "dyt_lab.training.ResNetClassifier", "norm": "batchnorm",
+              "alpha_rule": "constant", "alpha_init": None, "weight_standardization": None}
+    config = {"class_path": "dyt_lab.training.ResNetClassifier", "init_args": dict(model.hparams)}
+    assert conflicting_hyperparameters(config, {"hyper_parameters": before}) == []
+    assert conflicting_hyperparameters(config, {"hyper_parameters": {**before, "recipe": None}}) == [
+        "model.alpha_init=0.16 (checkpoint: None)", "model.alpha_rule=data (checkpoint: constant)",
+        "model.norm={'name': 'dyt_general', 'squash': 'tanh', 'alpha': 'scalar', 'shift': 'scalar', 'center': 'sample'} "
+        "(checkpoint: batchnorm)", "model.recipe=bn_free (checkpoint: None)",
+        "model.weight_standardization=True (checkpoint: None)"]

@@ -1,4 +1,4 @@
-"""Batch-free building blocks for the ResNet: standardised convolutions, branch gains, NF scaling, recipes.
+"""Batch-free building blocks for the ResNet: standardised convolutions, branch gains, NF scaling.
 
 Each block replaces one thing BatchNorm does without reading a batch statistic:
 
@@ -13,14 +13,14 @@ Each block replaces one thing BatchNorm does without reading a batch statistic:
   fixed ``alpha``.
 - ``nf_next_std``: NF-ResNets' bookkeeping of the expected std of each block's input, whose
   reciprocal rescales the branch's input so every branch starts from unit variance.
-- ``RECIPES``: named bundles of these options (and of norm, alpha rule and gradient clipping), so a
-  batch-free design is one flag, ``--model.recipe bn_free``, and changes in one place.
+
+Named bundles of these options (and of norm, alpha rule and gradient clipping) are recipes
+(``dyt_lab.models.recipes``): a batch-free design is one flag, ``--model.recipe bn_free``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -113,45 +113,3 @@ def check_finite(option: str, value: float | None) -> float | None:
                               or not math.isfinite(value)):
         raise ConfigError(f"{option} must be a finite number (or null: off), got {value!r}")
     return value
-
-
-# name -> the ResNet options it sets (``agc``: the lambda of the adaptive gradient clipping that
-# ResNetClassifier adds as a callback). The search chooses the final batch-free design; this is
-# where it is written down.
-RECIPES: dict[str, dict[str, Any]] = {
-    # the winner of configs/study/bn_free_search.yaml, confirmed on fresh seeds (docs/findings.md, "An
-    # alternative to BatchNorm"): scaled weight standardisation, and at every norm site a tanh of the
-    # input minus each sample's per-channel mean (batch-free, not point-wise), with one learnable alpha
-    # set from the first batch so that alpha * std(input) = 0.16 (tanh nearly linear at the start) and a
-    # learnable scalar shift; no branch gain, NF scaling or AGC (the search left them off). Its learning
-    # rate, with AdamW and warmup + cosine over 10 epochs at batch 64: about 0.01.
-    "bn_free": {"weight_standardization": True, "alpha_rule": "data", "alpha_init": 0.16,
-                "norm": {"name": "dyt_general", "squash": "tanh", "alpha": "scalar", "shift": "scalar",
-                         "center": "sample"}},
-    # NF-ResNets' own recipe in this ResNet: no norm at all, signal propagation by weight standardisation
-    # and alpha/beta scaling, skip gain 0 and AGC (without NF's activation gains: this ResNet has none)
-    "nf_resnet": {"weight_standardization": True, "nf_alpha": 0.2, "branch_gain": 0.0, "norm": "identity",
-                  "agc": 0.01},
-}
-
-
-def recipe_options(recipe: str | None) -> dict[str, Any]:
-    """The options of a named recipe ({} for None), or a one-line ConfigError naming the recipes."""
-    if recipe is None:
-        return {}
-    if recipe not in RECIPES:
-        raise ConfigError(f"unknown recipe {recipe!r}; valid recipes: {', '.join(RECIPES)}")
-    return dict(RECIPES[recipe])
-
-
-def apply_recipe(recipe: str | None, given: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """``given`` with every option the recipe names filled in where ``given`` holds its default.
-
-    An option set to anything else wins over the recipe; an option left at (or set to) its
-    default takes the recipe's value.
-    """
-    resolved = dict(given)
-    for key, value in recipe_options(recipe).items():
-        if resolved[key] == defaults[key]:
-            resolved[key] = value
-    return resolved

@@ -21,7 +21,9 @@ from torch import nn
 
 from dyt_lab.errors import ConfigError
 from dyt_lab.models.alpha_rules import RULE_TEXT
-from dyt_lab.norms import DYT_FAMILY, NormSpec, build_norm, norm_name
+from dyt_lab.models.batch_free import BranchScale, ScaledStdConv2d
+from dyt_lab.models.recipes import RECIPE_LR, flow
+from dyt_lab.norms import DYT_FAMILY, FactoredNorm, NormSpec, PointwiseNorm, build_norm, norm_name
 from dyt_lab.norms import sites as site_patterns
 from dyt_lab.norms.convert import with_alpha_init
 
@@ -127,12 +129,33 @@ class NormSitesMixin:
         return dict(self.placement.sites)
 
 
+# Options (-> the attribute holding each, and its plain value) a label shows where they differ from it:
+# dyt_general's are DyT's, factored's are BatchNorm's.
+SHOWN_OPTIONS = {
+    PointwiseNorm: {"squash": ("squash", "tanh"), "alpha": ("alpha_shape", "scalar"),
+                    "shift": ("shift_shape", None), "center": ("center", "none")},
+    FactoredNorm: {"center": ("center", "batch"), "scale": ("scale", "batch_std"), "squash": ("squash", "none")},
+}
+
+
+def norm_options(module: nn.Module) -> dict[str, object]:
+    """What a built norm's label shows besides its name: alpha0 where it has an alpha, and each option that
+    makes it other than its name's plain layer (a dyt_general's centring and shift, a factored point)."""
+    has_alpha = isinstance(module, DYT_FAMILY) or (isinstance(module, FactoredNorm) and module.alpha is not None)
+    options: dict[str, object] = {"alpha_init": f"{module.alpha_init:g}"} if has_alpha else {}
+    for kind, shown in SHOWN_OPTIONS.items():
+        if isinstance(module, kind):
+            options.update({option: getattr(module, attribute) for option, (attribute, plain) in shown.items()
+                            if getattr(module, attribute) != plain})
+    return options
+
+
 def describe_norm(module: nn.Module) -> str:
-    """A short label for a built norm: ``layernorm``, ``dyt(alpha_init=0.5)``."""
-    name = norm_name(module)
-    if isinstance(module, DYT_FAMILY):
-        return f"{name}(alpha_init={module.alpha_init:g})"
-    return name
+    """A short label for a built norm: ``layernorm``, ``dyt(alpha_init=0.5)``,
+    ``dyt_general(alpha_init=0.16, shift=scalar, center=sample)``."""
+    options = norm_options(module)
+    rest = ", ".join(f"{key}={value}" for key, value in options.items())
+    return f"{norm_name(module)}({rest})" if options else norm_name(module)
 
 
 def describe_placement(model: nn.Module) -> dict[str, str]:
@@ -140,13 +163,38 @@ def describe_placement(model: nn.Module) -> dict[str, str]:
     return {site: describe_norm(model.get_submodule(site)) for site in model.norm_sites()}
 
 
+def design_lines(net: nn.Module) -> list[str]:
+    """What the network does besides its norms, read from its modules: weight standardisation, branch
+    gains and NF scaling, and the recipe it was built with (and the recipe's options set otherwise)."""
+    modules = list(net.modules())
+    lines = []
+    if any(isinstance(m, ScaledStdConv2d) for m in modules):
+        lines.append("convs: scaled weight standardisation, W = gain * (W - mean) / (std * sqrt(fan_in)), "
+                     "gain learnable from 1")
+    scale = next((m for m in modules if isinstance(m, BranchScale)), None)  # every block's is alike
+    if scale is not None:
+        parts = [f"NF scaling (alpha {scale.alpha:g}, input / its expected std)"] if scale.alpha != 1.0 else []
+        parts += ["a learnable scalar gain at the end (SkipInit)"] if scale.gain is not None else []
+        lines.append(f"residual branches: {', '.join(parts)}")
+    recipe = getattr(net, "recipe", None)
+    if recipe is not None:
+        found = f" (found at lr {RECIPE_LR[recipe]:g}; the optimizer is the config's)" if recipe in RECIPE_LR else ""
+        kept = getattr(net, "recipe_overrides", {})
+        instead = "; the config's own: " + ", ".join(f"{key} {flow(used)} (recipe: {flow(theirs)})"
+                                                     for key, (used, theirs) in kept.items())
+        lines.append(f"recipe: {recipe}{found}{instead if kept else ''}")
+    return lines
+
+
 def format_placement(model: nn.Module) -> str:
-    """The site -> norm table as aligned text, one site a line, then the alpha0 rule unless it is constant."""
+    """The site -> norm table as aligned text, one site a line, then what else the network does (``design_lines``)
+    and the alpha0 rule unless it is constant."""
     table = describe_placement(model)
     layouts = model.norm_sites()
     width = max(len(site) for site in table)
     lines = [f"{'site':<{width}}  {'layout':<14}  norm", f"{'-' * width}  {'-' * 14}  {'-' * 20}"]
     lines += [f"{site:<{width}}  {layouts[site]:<14}  {label}" for site, label in table.items()]
+    lines += design_lines(model.get_submodule(""))  # "": the network itself, through any wrapper
     # the rule is read from the sites (apply_alpha_rule tags them): a constant rule's table is what it always was
     rules = dict.fromkeys(getattr(model.get_submodule(site), "alpha_rule", None) for site in table)
     lines += [f"alpha0 rule: {rule}: {RULE_TEXT[rule]}" for rule in rules if rule is not None]

@@ -23,12 +23,12 @@ import torch
 from torch import nn
 
 from dyt_lab.errors import ConfigError, check_int
+from dyt_lab.models import recipes
 from dyt_lab.models.alpha_rules import AlphaRule, apply_alpha_rule
 from dyt_lab.models.arguments import check_preset, pick
 from dyt_lab.models.batch_free import (
     BranchScale,
     ScaledStdConv2d,
-    apply_recipe,
     check_finite,
     check_flag,
     check_positive,
@@ -180,7 +180,15 @@ class Bottleneck(ResidualBlock):
 
 def _defaults() -> dict:
     """ResNet's argument defaults: what a recipe may fill in."""
-    return {name: p.default for name, p in inspect.signature(ResNet.__init__).parameters.items()}
+    return {name: p.default for name, p in inspect.signature(ResNet.__init__).parameters.items() if name != "self"}
+
+
+def resolve_recipe(args: dict) -> dict:
+    """ResNet's (or ResNetClassifier's) arguments with their recipe's options written in: what a run records.
+
+    Idempotent, and a no-op without a recipe but for ``norm``/``alpha_rule`` null, which become their defaults.
+    """
+    return recipes.resolve(args, _defaults())
 
 
 def resnet_site_presets(block: str) -> dict[str, list[str]]:
@@ -210,12 +218,12 @@ class ResNet(NormSitesMixin, nn.Module):
         widths: list[int] | None = None,
         stem: Literal["imagenet", "cifar"] | None = None,
         zero_init_residual: bool = False,
-        norm: NormSpec = "batchnorm",
+        norm: NormSpec | None = "batchnorm",
         placement: Placement = "all",
         base_norm: NormSpec = "batchnorm",
         rules: Rules | None = None,
         alpha_init: float | None = None,
-        alpha_rule: AlphaRule = "constant",
+        alpha_rule: AlphaRule | None = "constant",
         recipe: str | None = None,
         weight_standardization: bool | None = None,
         branch_gain: float | None = None,
@@ -233,16 +241,19 @@ class ResNet(NormSitesMixin, nn.Module):
             widths: channels per stage, before the bottleneck expansion (None: the preset's).
             stem: 'imagenet' (7x7/2 conv + max-pool) or 'cifar' (3x3 conv) (None: the preset's).
             zero_init_residual: start each block's last norm weight at zero, so blocks start as identity.
-            norm: the norm placed at the sites selected by placement (a registry name or mapping).
+            norm: the norm placed at the sites selected by placement (a registry name or mapping) (None: the
+                recipe's, or batchnorm).
             placement: presets (all, stem, downsample, stage1..4, first_in_block, last_in_block) or globs.
             base_norm: the norm at every site not selected by placement.
             rules: {pattern: norm, ...} or [{pattern: norm}, ...], tried in order before placement; first match wins.
             alpha_init: alpha0 for every DyT-family site whose spec does not set its own.
             alpha_rule: alpha0 per site: constant (alpha_init), depth (alpha_init / sqrt(k), k the site's block,
-                stem 1), data (alpha_init / std of the site's input on the first training batch).
-            recipe: a named bundle of these options (bn_free: weight_standardization, branch_gain 0, norm dyt, alpha_rule
-                data; nf_resnet: weight_standardization, nf_alpha 0.2, branch_gain 0, norm identity, agc 0.01); it
-                sets each option it names that is left at its default, an option set otherwise wins.
+                stem 1), data (alpha_init / std of the site's input on the first training batch) (None: the
+                recipe's, or constant).
+            recipe: a named bundle of these options (bn_free: weight_standardization, norm dyt_general centred per
+                sample with a shift, alpha_rule data, alpha_init 0.16, found at lr 0.0105; nf_resnet:
+                weight_standardization, nf_alpha 0.2, branch_gain 0, norm identity, agc 0.01); it sets each option it
+                names that is left at its default or null, an option set otherwise wins.
             weight_standardization: scaled weight standardisation of every conv, W = gain * (W - mean) / (std *
                 sqrt(fan_in)) per output channel, learnable gain init 1 (NF-ResNets) (None: off, or the recipe's).
             branch_gain: a learnable scalar at the end of each residual branch, starting at this value (0: SkipInit,
@@ -254,16 +265,27 @@ class ResNet(NormSitesMixin, nn.Module):
                 only records it, ResNetClassifier's trainer applies it (None: off, or the recipe's).
         """
         super().__init__()
+        passed = locals()  # the arguments as passed: the recipe resolves them, a blocked recipe rebuilds from them
+        given = {name: passed[name] for name in _defaults()}
         check_preset("ResNet", preset, RESNET_PRESETS)
-        options = apply_recipe(recipe, {"norm": norm, "alpha_rule": alpha_rule, "weight_standardization":
-                                        weight_standardization, "branch_gain": branch_gain, "nf_alpha": nf_alpha,
-                                        "agc": agc, "alpha_init": alpha_init},
-                               _defaults())
-        norm, alpha_rule, alpha_init = options["norm"], options["alpha_rule"], options["alpha_init"]
-        standardized = check_flag("ResNet weight_standardization", options["weight_standardization"])
-        branch_gain = check_finite("ResNet branch_gain", options["branch_gain"])
-        nf_alpha = check_positive("ResNet nf_alpha", options["nf_alpha"])
-        self.agc = check_positive("ResNet agc (the clipping lambda)", options["agc"])  # a training option, kept here
+        self.recipe = recipe
+        # option -> (the value used, the recipe's), for the site table
+        self.recipe_overrides = {key: (given[key], value) for key, value in recipes.overridden(given, _defaults()).items()}
+        try:
+            self._build(**resolve_recipe(given))
+        except ConfigError as err:  # an option set over the recipe may be why: name it rather than the symptom
+            raise recipes.blocked(given, _defaults(), err, ResNet) from None
+
+    def _build(self, preset: str, num_classes: int, in_channels: int, block: str | None, layers: list[int] | None,
+               widths: list[int] | None, stem: str | None, zero_init_residual: bool, norm: NormSpec,
+               placement: Placement, base_norm: NormSpec, rules: Rules | None, alpha_init: float | None,
+               alpha_rule: AlphaRule, recipe: str | None, weight_standardization: bool | None,
+               branch_gain: float | None, nf_alpha: float | None, agc: float | None) -> None:
+        """Build the layers from the resolved arguments (the recipe's options written in)."""
+        standardized = check_flag("ResNet weight_standardization", weight_standardization)
+        branch_gain = check_finite("ResNet branch_gain", branch_gain)
+        nf_alpha = check_positive("ResNet nf_alpha", nf_alpha)
+        self.agc = check_positive("ResNet agc (the clipping lambda)", agc)  # a training option, kept here
         p = RESNET_PRESETS[preset]
         block, stem = pick(block, p.block), pick(stem, p.stem)
         layers, widths = list(pick(layers, p.layers)), list(pick(widths, p.widths))

@@ -76,13 +76,22 @@ def read_matching_checkpoint(model: torch.nn.Module, path: str | Path) -> dict:
 LINKED = ("num_classes", "in_channels", "image_size")  # set from the data module, not by users
 
 
+def _resolved(args: dict) -> dict:
+    """A ResNet's arguments with their recipe written in (a checkpoint saved before recipes were resolved
+    holds the defaults the recipe replaced); any other model's as they are."""
+    from dyt_lab.models.resnet import resolve_recipe
+
+    return resolve_recipe(args) if "recipe" in args else args
+
+
 def conflicting_hyperparameters(model_config: dict, ckpt: dict) -> list[str]:
     """The model arguments a run's config sets otherwise than the checkpoint it starts from.
 
     ``model_config`` is the config's ``model`` section (``class_path`` and ``init_args``); the
     checkpoint holds the same as Lightning's ``hyper_parameters``. Each entry reads
     ``model.norm=layernorm (checkpoint: dyt)``. An optimizer or scheduler is compared argument by
-    argument. ``ckpt`` is the checkpoint as ``read_checkpoint`` returns it.
+    argument, a recipe by the options it sets. ``ckpt`` is the checkpoint as ``read_checkpoint``
+    (or ``read_hyperparameters``) returns it.
     """
     from dyt_lab.training.records import flat_hparams
 
@@ -91,7 +100,7 @@ def conflicting_hyperparameters(model_config: dict, ckpt: dict) -> list[str]:
     if mine_class and theirs_class and mine_class != theirs_class:
         return [f"model={mine_class} (checkpoint: {theirs_class})"]
     plain = lambda v: json.loads(json.dumps(v, default=str))  # noqa: E731  tuples and lists alike
-    mine = model_config.get("init_args") or {}
+    mine, saved = _resolved(dict(model_config.get("init_args") or {})), _resolved(saved)
     conflicts = []
     for key in sorted((mine.keys() & saved.keys()) - set(LINKED)):
         a, b = plain(mine[key]), plain(saved[key])

@@ -25,6 +25,7 @@ from dyt_lab.errors import ConfigError
 from dyt_lab.models import NetBuilder, ResNet, ViT, site_table
 from dyt_lab.models.alpha_rules import AlphaRule
 from dyt_lab.models.placement import Placement, Rules
+from dyt_lab.models.resnet import resolve_recipe
 from dyt_lab.norms import NormError, NormSpec
 from dyt_lab.norms.convert import NormConversion, find_norm_sites
 from dyt_lab.predictions import write_predictions
@@ -303,12 +304,12 @@ class ResNetClassifier(AlphaCalibration, ImageClassifier):
         widths: list[int] | None = None,
         stem: Literal["imagenet", "cifar"] | None = None,
         zero_init_residual: bool = False,
-        norm: NormSpec = "batchnorm",
+        norm: NormSpec | None = "batchnorm",
         placement: Placement = "all",
         base_norm: NormSpec = "batchnorm",
         rules: Rules | None = None,
         alpha_init: float | None = None,
-        alpha_rule: AlphaRule = "constant",
+        alpha_rule: AlphaRule | None = "constant",
         recipe: str | None = None,
         weight_standardization: bool | None = None,
         branch_gain: float | None = None,
@@ -332,16 +333,20 @@ class ResNetClassifier(AlphaCalibration, ImageClassifier):
             widths: channels per stage, before the bottleneck expansion (None: the preset's).
             stem: 'imagenet' (7x7/2 conv + max-pool) or 'cifar' (3x3 conv) (None: the preset's).
             zero_init_residual: start each block's last norm weight at zero, so blocks start as identity.
-            norm: the norm placed at the sites selected by placement (a registry name or mapping).
+            norm: the norm placed at the sites selected by placement (a registry name or mapping) (None: the
+                recipe's, or batchnorm).
             placement: presets (all, stem, downsample, stage1..4, first_in_block, last_in_block) or globs.
             base_norm: the norm at every site not selected by placement.
             rules: {pattern: norm, ...} or [{pattern: norm}, ...], tried in order before placement; first match wins.
             alpha_init: alpha0 for every DyT-family site whose spec does not set its own.
             alpha_rule: alpha0 per site: constant (alpha_init), depth (alpha_init / sqrt(k), k the site's block),
-                data (alpha_init / std of the site's input on the first training batch of a fresh run).
-            recipe: a named bundle of these options (bn_free: weight_standardization, branch_gain 0, norm dyt, alpha_rule
-                data; nf_resnet: weight_standardization, nf_alpha 0.2, branch_gain 0, norm identity, agc 0.01); it
-                sets each option it names that is left at its default, an option set otherwise wins.
+                data (alpha_init / std of the site's input on the first training batch of a fresh run) (None: the
+                recipe's, or constant).
+            recipe: a named bundle of these options (bn_free: weight_standardization, norm dyt_general centred per
+                sample with a shift, alpha_rule data, alpha_init 0.16, found at lr 0.0105; nf_resnet:
+                weight_standardization, nf_alpha 0.2, branch_gain 0, norm identity, agc 0.01); it sets each option it
+                names that is left at its default or null, an option set otherwise wins. The run records the
+                options it used, not the defaults the recipe replaced.
             weight_standardization: scaled weight standardisation of every conv, W = gain * (W - mean) / (std *
                 sqrt(fan_in)) per output channel, learnable gain init 1 (NF-ResNets) (None: off, or the recipe's).
             branch_gain: a learnable scalar at the end of each residual branch, starting at this value (0: SkipInit,
@@ -364,9 +369,15 @@ class ResNetClassifier(AlphaCalibration, ImageClassifier):
                      placement=placement, base_norm=base_norm, rules=rules, alpha_init=alpha_init, alpha_rule=alpha_rule,
                      recipe=recipe, weight_standardization=weight_standardization, branch_gain=branch_gain,
                      nf_alpha=nf_alpha, agc=agc)
+        # What the recipe set, as values: hparams (checkpoints, hparams.yaml, the HParams tab) show the options
+        # the run used, not the defaults it replaced; resolved again on a reload, they give the same model.
+        used = resolve_recipe({"recipe": recipe, "norm": norm, "alpha_rule": alpha_rule, "alpha_init": alpha_init,
+                               "weight_standardization": weight_standardization, "branch_gain": branch_gain,
+                               "nf_alpha": nf_alpha, "agc": agc})
         super().__init__(net=net, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
-                         convert=convert, alpha_init=alpha_init, optimizer=optimizer, scheduler=scheduler,
+                         convert=convert, alpha_init=used["alpha_init"], optimizer=optimizer, scheduler=scheduler,
                          label_smoothing=label_smoothing, memory_format=memory_format)
+        self.hparams.update(used)
 
     def configure_callbacks(self):
         """Adaptive gradient clipping where ``agc`` (or the recipe) asks for it; it replaces a user's AGC callback."""
