@@ -45,6 +45,7 @@ from dyt_lab.training.checkpoints import (
     AtomicCheckpointIO,
     check_fits,
     conflicting_hyperparameters,
+    evaluation_folder,
     find_last_checkpoint,
     read_checkpoint,
     run_config_of,
@@ -232,8 +233,13 @@ class DytLabCLI(LightningCLI):
                         model.init_args[key] = value
         if self.subcommand == "fit" and save_dir and "://" not in str(save_dir):  # remote: its library says
             check_writable(Path(save_dir), "save_dir", "give another --trainer.logger.init_args.save_dir")
+        if self.subcommand != "fit" and save_dir and "://" not in str(save_dir):  # a pass is not a training run
+            logger.init_args.save_dir, logger.init_args.name = evaluation_folder(
+                self.subcommand, ckpt_path, save_dir, logger.init_args.name)
+            logger.init_args.version = None
         if ckpt_path == "last" and self.subcommand == "fit":
-            found = find_last_checkpoint(logger.init_args.save_dir, logger.init_args.name)
+            given = self._model_given.as_dict() if isinstance(self._model_given, Namespace) else None
+            found = find_last_checkpoint(logger.init_args.save_dir, logger.init_args.name, given)
             if found is None:
                 print(f"no last.ckpt under {logger.init_args.save_dir}/{logger.init_args.name}: "
                       "starting from scratch", file=sys.stderr)

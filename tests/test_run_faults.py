@@ -1,4 +1,5 @@
-"""Faults during a run: Ctrl-C, a full disk, a write cut off. The previous checkpoint always survives."""
+"""Faults during a run: Ctrl-C, a full disk, a write cut off (the previous checkpoint always survives), and
+resuming or scoring the right run (``--ckpt_path last`` among runs of other models; eval/ folders)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from lightning.pytorch import Callback
 
 from dyt_lab.cli import main
 from dyt_lab.errors import EXIT_CONFIG_ERROR, EXIT_INTERRUPTED
+from dyt_lab.runs import run_lightning
 from dyt_lab.training.checkpoints import AtomicCheckpointIO
 from tests.helpers import fit_args, last_line, run_cli
 
@@ -140,3 +142,35 @@ def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(tmp_
     assert exit_info.value.code == EXIT_INTERRUPTED
     # --ckpt_path last would resume an older run's last.ckpt, or start over while saying it resumes
     assert "before its first checkpoint" in line and "--ckpt_path last" not in line, line
+
+
+TINY = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
+        "--model.depth=1"]
+
+
+def test_ckpt_path_last_resumes_the_newest_run_of_the_configs_model_and_a_pass_writes_under_eval(tmp_path, capsys):
+    runs = tmp_path / "quickstart"
+    mine = run_lightning(fit_args(tmp_path, *TINY))  # version_0: the config's model (DyT)
+    run_lightning(fit_args(tmp_path, *TINY, "--model.norm=layernorm"))  # version_1: newer, another model
+    capsys.readouterr()
+    resumed = run_lightning(fit_args(tmp_path, *TINY, "--trainer.max_epochs=2", "--ckpt_path=last"))
+    assert resumed.trainer.log_dir == mine.trainer.log_dir == str(runs / "version_0")
+    assert resumed.trainer.current_epoch == 2
+    said = capsys.readouterr().err
+    assert f"resuming {runs / 'version_0'}" in said and "version_1: model.norm=dyt (checkpoint: layernorm)" in said
+    # no run of this model: every candidate in one line, nothing written
+    with pytest.raises(SystemExit) as exit_info:
+        main(fit_args(tmp_path, *TINY, "--model.norm=rmsnorm", "--ckpt_path=last"))
+    line = last_line(capsys.readouterr().err)
+    assert exit_info.value.code == EXIT_CONFIG_ERROR and line.startswith("error: --ckpt_path 'last': no run under ")
+    # resumed above, version_0 is now the newest: listed first, and its config is the one suggested
+    assert "; version_0: model.norm=rmsnorm (checkpoint: dyt); version_1: model.norm=rmsnorm (checkpoint: layernorm);" \
+        in line and f"--config {runs}/version_0/config.yaml --ckpt_path last" in line
+    # test and validate of a run's checkpoint: under that run's eval/, not a new training version_N
+    ckpt = runs / "version_0" / "checkpoints" / "last.ckpt"
+    for subcommand in ("test", "validate"):
+        run_lightning([subcommand, f"--ckpt_path={ckpt}", "--trainer.enable_progress_bar=false"])
+    assert sorted(p.name for p in runs.iterdir()) == ["version_0", "version_1"]
+    evaluated = runs / "version_0" / "eval"
+    assert (evaluated / "test_last" / "version_0" / "test_predictions.npz").is_file()
+    assert (evaluated / "validate_last" / "version_0" / "config.yaml").is_file()

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import torch
@@ -14,17 +15,77 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from dyt_lab.errors import ConfigError
 
 
-def find_last_checkpoint(save_dir: str, name: str) -> tuple[Path, int] | None:
-    """The newest ``<save_dir>/<name>/version_N/checkpoints/last.ckpt`` and its N, or None."""
+def last_checkpoints(save_dir: str, name: str) -> list[tuple[Path, int]]:
+    """Every ``<save_dir>/<name>/version_N/checkpoints/last.ckpt`` and its N, newest first."""
     found = []
     for ckpt in Path(save_dir, name).glob("version_*/checkpoints/last.ckpt"):
         match = re.fullmatch(r"version_(\d+)", ckpt.parent.parent.name)
         if match:
             found.append((ckpt.stat().st_mtime, int(match.group(1)), ckpt))
-    if not found:
-        return None
-    _, version, ckpt = max(found)
-    return ckpt, version
+    return [(ckpt, version) for _, version, ckpt in sorted(found, reverse=True)]
+
+
+def read_hyperparameters(path: str | Path) -> dict:
+    """A checkpoint's saved model arguments, without reading its weights into memory (mmap), or a ConfigError."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # corrupt, truncated or foreign: one line, as read_checkpoint says it
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"cannot read checkpoint '{path}' (truncated or not a checkpoint?): {first}") from None
+    return {"hyper_parameters": ckpt.get("hyper_parameters") or {}} if isinstance(ckpt, dict) else {}
+
+
+def find_last_checkpoint(save_dir: str, name: str, model_config: dict | None = None) -> tuple[Path, int] | None:
+    """The newest ``last.ckpt`` under ``<save_dir>/<name>`` trained as ``model_config``'s model, and its run's N.
+
+    None if the folder holds no ``last.ckpt`` at all. Runs of another model (another class, norm, lr: what
+    ``conflicting_hyperparameters`` compares) are passed over, and said so on stderr when a newer one was;
+    if every run is of another model, a ConfigError lists them with how to continue one. Without
+    ``model_config`` the newest run is taken, whatever its model.
+    """
+    runs = last_checkpoints(save_dir, name)
+    if model_config is None or not runs:
+        return runs[0] if runs else None
+    others = []  # (version, how its model differs from the config's)
+    for ckpt, version in runs:
+        try:
+            conflicts = conflicting_hyperparameters(model_config, read_hyperparameters(ckpt))
+        except ConfigError as err:
+            conflicts = [str(err)]
+        if not conflicts:
+            if others:
+                print(f"--ckpt_path last: resuming {ckpt.parent.parent}, the newest run of this config's model "
+                      f"(passed over: {_listed(others)})", file=sys.stderr)
+            return ckpt, version
+        others.append((version, conflicts))
+    folder = Path(save_dir, name)
+    raise ConfigError(f"--ckpt_path 'last': no run under {folder} was trained as this config's model; "
+                      f"{_listed(others)}; continue one with its own config (dyt-lab fit --config "
+                      f"{folder}/version_{others[0][0]}/config.yaml --ckpt_path last), or leave out --ckpt_path "
+                      "to start a new run")
+
+
+def _listed(others: list[tuple[int, list[str]]], most: int = 3) -> str:
+    """``version_2: model.norm=dyt (checkpoint: layernorm); version_1: ...``, ``most`` runs and differences each."""
+    def conflicts(found: list[str]) -> str:
+        return ", ".join(found[:most]) + (f" (and {len(found) - most} more)" if len(found) > most else "")
+    listed = "; ".join(f"version_{version}: {conflicts(found)}" for version, found in others[:most])
+    return listed + (f"; and {len(others) - most} more runs" if len(others) > most else "")
+
+
+def evaluation_folder(subcommand: str, ckpt_path: str | None, save_dir: str, name: str) -> tuple[str, str]:
+    """The logger's ``(save_dir, name)`` for a validate / test / predict pass: an ``eval/`` folder, not a run's.
+
+    A checkpoint in a run folder (``<run>/checkpoints/best.ckpt``) is scored into
+    ``<run>/eval/test_best/version_K``, beside the run it scores; any other pass into
+    ``<save_dir>/<name>/eval/<subcommand>[_<checkpoint>]/version_K``. Either way no ``version_N`` of
+    training runs is taken, and ``--ckpt_path last`` (which reads ``version_N/checkpoints``) never
+    mistakes a pass for a run.
+    """
+    ckpt = Path(ckpt_path) if ckpt_path and Path(ckpt_path).is_file() else None
+    in_run = ckpt is not None and ckpt.parent.name == "checkpoints"
+    base = ckpt.parent.parent if in_run else Path(save_dir, name)
+    return str(base / "eval"), subcommand if ckpt is None else f"{subcommand}_{ckpt.stem}"
 
 
 def run_config_of(ckpt: str | Path, instead: str) -> Path:
