@@ -24,7 +24,9 @@ TINY = {"trainer.max_epochs": 2, "trainer.limit_train_batches": 2, "trainer.limi
         "trainer.enable_model_summary": False}
 CLAIMS = {"name": "ho", "family": ["fam"], "selection": "both arms at the family's settings",
           "base": {"configs": [BASE], "overrides": TINY},
-          "arms": {"bn": {"overrides": {"model.norm": "batchnorm"}}, "dyt": {"overrides": {"model.norm": "dyt"}}},
+          # keys that only go together (alpha_rule data needs a DyT norm): each arm is checked whole, not key by key
+          "arms": {"bn": {"overrides": {"model.norm": "batchnorm", "model.alpha_rule": "constant"}},
+                   "dyt": {"overrides": {"model.norm": "dyt", "model.alpha_rule": "data"}}},
           "claims": [{"name": "dyt_matches_bn", "arm": "dyt", "against": "bn", "test": "equivalent"},
                      {"name": "bn_better", "arm": "bn", "against": "dyt", "test": "better"}],
           "seeds": [5, 6], "margin": 0.005, "root": "studies"}
@@ -154,9 +156,10 @@ BAD_CLAIMS = {
     "unset_key": ({"arms": {"bn": {"overrides": {"model.norm": "batchnorm"}},
                             "dyt": {"overrides": {"model.norm": "dyt", "model.alpha_init": 1.0}}}},
                   "arm(s) ['bn'] do not set 'model.alpha_init'"),
-    "unknown_key": ({"name": "ho_key", "arms": {"bn": {"overrides": {"model.norm": "batchnorm"}},
-                                                "dyt": {"overrides": {"model.normm": "dyt", "model.norm": "dyt"}}},
-                     "seeds": [8, 9]}, "model.normm"),
+    "unknown_key": ({"name": "ho_key", "arms": {"bn": {"overrides": {"model.norm": "batchnorm", "model.optimizer.lrr": 0.1}},
+                                                "dyt": {"overrides": {"model.norm": "dyt", "model.optimizer.lrr": 0.2}}},
+                     "seeds": [8, 9]}, "'model.optimizer.lrr' is not a key of the base config (did you mean "
+                                       "'model.optimizer.lr'?)"),
 }
 
 

@@ -110,7 +110,7 @@ def holdout(path: str, workers: int | None = None) -> Path:
               "selection": claims.selection, "family": claims.family}
     check_recorded(spec, claims)
     try:
-        run_study(spec, queue=list(params.values()), attrs={HOLDOUT_ATTR: record})
+        run_study(spec, queue=list(params.values()), attrs={HOLDOUT_ATTR: record}, only_queued=True)
     finally:  # once the study exists (its checks passed), the claims file as it ran lies beside it
         if (spec.folder / SPEC_FILE).is_file() and not (spec.folder / CLAIMS_FILE).is_file():
             (spec.folder / CLAIMS_FILE).write_text(claims.text)

@@ -127,10 +127,12 @@ def runs_ddp(trainer) -> bool:
     return trainer.strategy.launcher is not None
 
 
-def check_trials(spec: StudySpec, space: SearchSpace, gpus: int) -> bool:
+def check_trials(spec: StudySpec, space: SearchSpace, gpus: int, configurations: list[dict] | None = None) -> bool:
     """Raise a one-line ConfigError unless every trial this study can draw builds as ``dyt-lab fit`` builds it.
 
-    Returns whether some trial runs DDP (so it must start as a fresh process).
+    Each searched key is built at each of its probe values, the others at the base's; with ``configurations``
+    (a study that runs only these, key -> value each: a holdout's arms, whose keys go together), each
+    configuration is built whole instead. Returns whether some trial runs DDP (so it must start as a fresh process).
     """
     base = base_args(spec) + study_args(spec, spec.folder / TRIALS / "check")  # built, never written
     run = build(base, "the base config")
@@ -150,13 +152,22 @@ def check_trials(spec: StudySpec, space: SearchSpace, gpus: int) -> bool:
     check_objective_metric(spec.objective.metric, run, space)
     check_devices(run, gpus, spec.workers, "the base config")
     ddp = runs_ddp(run.trainer)
-    for key, probes in space.probes().items():
-        for label, value in probes:
-            what = f"search_space '{key}' = {label!r}"
-            probe = build(base + [config_flag(key, value)], what, parser=run.parser)
-            check_devices(probe, gpus, spec.workers, what)
-            ddp = ddp or runs_ddp(probe.trainer)
+    if configurations is not None:
+        probes = [(f"configuration {text_of(values)}", [config_flag(k, v) for k, v in values.items()])
+                  for values in configurations]
+    else:
+        probes = [(f"search_space '{key}' = {label!r}", [config_flag(key, value)])
+                  for key, values in space.probes().items() for label, value in values]
+    for what, flags in probes:
+        probe = build(base + flags, what, parser=run.parser)
+        check_devices(probe, gpus, spec.workers, what)
+        ddp = ddp or runs_ddp(probe.trainer)
     return ddp
+
+
+def text_of(values: dict) -> str:
+    """``model.norm=batchnorm, model.optimizer.lr=0.0189``: a configuration in an error line."""
+    return ", ".join(f"{k}={v}" for k, v in values.items())
 
 
 # The metric prefixes a dyt_lab LightningModule logs under; a name there that it never logs is a typo.

@@ -203,8 +203,11 @@ def _run_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, object
         "its own result is not recorded")
 
 
-def prepare(spec: StudySpec) -> tuple[SearchSpace, list[str]]:
-    """Check everything before any trial: folders, space, sampler, pruner, configs, storage; create the study."""
+def prepare(spec: StudySpec, only: list[dict] | None = None) -> tuple[SearchSpace, list[str]]:
+    """Check everything before any trial: folders, space, sampler, pruner, configs, storage; create the study.
+
+    ``only``: the configurations (Optuna params) a study runs and nothing else, each checked whole.
+    """
     check_folders(spec)
     space = SearchSpace(spec.search_space)
     check_sampler(spec.sampler, space)
@@ -213,7 +216,8 @@ def prepare(spec: StudySpec) -> tuple[SearchSpace, list[str]]:
     gpus = visible_gpus()
     print(f"study {spec.study_name}: checking {runs(len(space.distributions), 'searched key')} against dyt-lab fit ...",
           file=sys.stderr)
-    if check_trials(spec, space, len(gpus)) and spec.isolation == "warm":
+    exact = None if only is None else [space.configuration(params).values for params in only]
+    if check_trials(spec, space, len(gpus), exact) and spec.isolation == "warm":
         print("note: trials run DDP (several devices or nodes), which starts its own processes: "
               "each trial starts as a fresh process (isolation: process)", file=sys.stderr)
         spec.isolation = "process"
@@ -260,16 +264,18 @@ def enqueue(spec: StudySpec, queue: list[dict], attrs: dict) -> None:
         study.enqueue_trial(params, user_attrs=first_seed, skip_if_exists=True)
 
 
-def run_study(spec: StudySpec, queue: list[dict] | None = None, attrs: dict | None = None) -> None:
+def run_study(spec: StudySpec, queue: list[dict] | None = None, attrs: dict | None = None,
+              only_queued: bool = False) -> None:
     """``dyt-lab study run``: prepare, retry failed runs, run the workers, print where the report is.
 
     ``queue`` holds configurations (Optuna params) to run first, ``attrs`` study attributes to record
-    (``dyt-lab study confirm`` uses both). Ends in one ``error:`` line if a run has no completed trial.
+    (``dyt-lab study confirm`` uses both); ``only_queued``: the queue is all the study runs, so each queued
+    configuration is checked whole (a holdout's arms). Ends in one ``error:`` line if a run has no completed trial.
     """
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial comes from TrialObjective
     if spec.workers == 1 and spec.isolation == "warm":
         warm_up()  # its imports run beside the checks below, on the other core
-    space, gpus = prepare(spec)
+    space, gpus = prepare(spec, queue if only_queued else None)
     url = storage_url(spec.storage, spec.folder)
     with disk_faults(storage_shown(url)):
         if queue or attrs:
