@@ -15,6 +15,12 @@ cheap a call as nn.LayerNorm's). Under ``torch.compile``, and on CUDA, the kerne
 autograd formula, so the compiler traces through it without a graph break. ``try_fused`` returns
 None (and warns once, naming the reason) for inputs no fused path handles, and the caller falls
 back to the reference formula.
+
+Only tanh and erf are fused (``FUSED_SQUASHES``). The other point-wise functions of
+``functional.SQUASHES`` run their eager formula, by design and without a warning: each would need its
+own vectorised forward and hand-derived backward in the C++ kernel and in the Triton kernels, with the
+eager path's conventions at its kinks, and each squash multiplies the kernel's template instances
+(6 dtype pairs x 2 layouts x forward/backward), which lengthens its first-use build (40-70 s today).
 """
 
 import functools
@@ -27,7 +33,8 @@ from dyt_lab.norms.channels import per_channel
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _REDUCED = (torch.float16, torch.bfloat16)
-_SQUASH_CODES = {"tanh": 0, "erf": 1}
+_SQUASH_CODES = {"tanh": 0, "erf": 1}  # the kernels' `squash` argument (csrc/squash_math.h: kTanh, kErf)
+FUSED_SQUASHES: tuple[str, ...] = tuple(_SQUASH_CODES)
 _TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
 # The CPU kernel runs a channels-last row of C values in blocks of 32 floats (two AVX-512 vectors),
 # and a row shorter than a block through its zero-padded tail copy. Rows of few channels are read
@@ -206,7 +213,10 @@ def _rows_at_once(channels: int, numel: int) -> int:
 
 
 def try_fused(x, alpha, shift, weight, bias, channels_last: bool, squash: str) -> torch.Tensor | None:
-    """The fused result, or None (after a one-time warning) when the input is not supported."""
+    """The fused result, or None when the squash has no kernel or (after a one-time warning) the input is
+    not supported."""
+    if squash not in _SQUASH_CODES:  # the eager formula is this squash's implementation, not a fallback
+        return None
     if not channels_last and x.dim() > 2 and not x.is_contiguous():
         tokens = x.movedim(1, -1)  # (N, *spatial, C): contiguous when x is stored channels-last (NHWC)
         if tokens.is_contiguous():

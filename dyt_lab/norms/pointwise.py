@@ -3,6 +3,7 @@
 The DyT variants in ``dyt.py`` are fixed points of this layer (``dyt`` is tanh, scalar alpha, no
 shift, no centring; ``derf`` is erf with a scalar shift). A search that crosses the parts (squash x
 shift x per-channel alpha x centring) names one registry entry, ``dyt_general``, with four options.
+The squash is any function of ``functional.SQUASHES`` (the Derf paper's search, and ``none``).
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from dyt_lab.norms import functional
 from dyt_lab.norms.dyt import DyT
 from dyt_lab.norms.factored import check_choice
 
-PointwiseSquash = Literal["tanh", "erf", "none"]
+# The names live in functional.SQUASHES alone; the Literal is built from them for jsonargparse's --help.
+POINTWISE_SQUASHES: tuple[str, ...] = tuple(functional.SQUASHES)
+PointwiseSquash = Literal[POINTWISE_SQUASHES]  # type: ignore[valid-type]
 Shape = Literal["scalar", "channel"]
 Shift = Literal["none", "scalar", "channel"]
 Center = Literal["none", "sample"]
-POINTWISE_SQUASHES: tuple[str, ...] = ("tanh", "erf", "none")
 SHAPES: tuple[str, ...] = ("scalar", "channel")
 SHIFTS: tuple[str, ...] = ("none", "scalar", "channel")
 CENTERS: tuple[str, ...] = ("none", "sample")
@@ -36,6 +38,7 @@ class PointwiseNorm(DyT):
     reads the mean of its whole channel map, a reduction over ``H x W`` as LayerNorm's is over ``C``.
     ``center="none"`` keeps the layer point-wise. ``squash="none"`` leaves ``alpha * (x - m) + shift``
     linear (the control: no squashing; alpha then only sets the scale ``alpha_rule data`` starts from).
+    tanh and erf run on the fused kernel (``fused=True``); the other squashes run their eager formula.
     """
 
     def __init__(
@@ -53,13 +56,13 @@ class PointwiseNorm(DyT):
 
         Args:
             num_features: number of channels C.
-            squash: 'tanh', 'erf' or 'none'.
+            squash: a point-wise function by name (functional.SQUASHES: tanh, erf, arctan, isru, ...; 'none').
             alpha: 'scalar' (one learnable alpha, DyT's) or 'channel' (one per channel).
             shift: 'none', 'scalar' or 'channel': a learnable shift inside the squash (init 0).
             center: 'none' or 'sample' (subtract each sample's per-channel mean over its positions).
             alpha_init: initial alpha.
             channels_last: True for tokens ``(..., C)``, False for feature maps ``(N, C, *spatial)``.
-            fused: use the fused kernel where it supports the input (tanh and erf).
+            fused: use the fused kernel where it supports the input and the squash (tanh and erf).
         """
         # instance attributes shadow DyT's class attributes, which its constructor reads
         self.squash = check_choice("squash", squash, POINTWISE_SQUASHES)
@@ -77,18 +80,6 @@ class PointwiseNorm(DyT):
         if not positions:
             raise ValueError(f"center='sample' needs positions to average over; got an input of shape {tuple(x.shape)}")
         return x - x.mean(dim=tuple(positions), keepdim=True)
-
-    def squashed(self, x: torch.Tensor) -> torch.Tensor:
-        """The output before the affine, ``squash(alpha * (x - m) + shift)``."""
-        z = self.squash_argument(x)
-        return z if self.squash == "none" else functional.SQUASHES[self.squash](z)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply ``weight * squash(alpha * (x - m) + shift) + bias`` along the channel dimension."""
-        if self.squash != "none":
-            return super().forward(x)
-        w = functional.per_channel(self.weight, x, self.channels_last)
-        return self.squashed(x) * w + functional.per_channel(self.bias, x, self.channels_last)
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, squash={self.squash}, alpha={self.alpha_shape}, "

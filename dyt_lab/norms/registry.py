@@ -106,8 +106,10 @@ _ENTRIES = [
                "w * squash(s * (x - m)) + b; m: batch/running mean or 0; s: 1/std, 1/running std, a, a_c or 1",
                "w, b: (C,); a: scalar or (C,) if scale is alpha*; running mean/var where used"),
     # the point-wise family with each part an option; center 'sample' is batch-free, not point-wise
+    # every squash of functional.SQUASHES, named here from that one list; `dyt-lab norms` gives their formulas
     _dyt_entry("dyt_general", pointwise.PointwiseNorm,
-               "w * squash(a * (x - m) + s) + b; squash: tanh, erf or none; m: 0 or each sample's mean over H, W",
+               f"w * squash(a * (x - m) + s) + b; squash: {', '.join(pointwise.POINTWISE_SQUASHES)}; "
+               "m: 0 or each sample's mean over H, W",
                "a: scalar or (C,); s: none, scalar or (C,); w, b: (C,)"),
 ]
 NORMS: dict[str, NormEntry] = {e.name: e for e in _ENTRIES}
