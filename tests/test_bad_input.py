@@ -80,7 +80,7 @@ CASES: dict[str, tuple[list[str], str]] = {
                                    "no such argument 'weight_standardization' for dyt_lab.training.ViTClassifier"),
     "vit_branch_gain": ([*FIT, "--model.branch_gain", "0"], "no such argument 'branch_gain'"),
     "recipe_unknown": (["fit", "--config", RESNET, "--model.recipe", "bn_fre"],
-                       "unknown recipe 'bn_fre'; valid recipes: bn_free"),
+                       "--model.recipe 'bn_fre': unknown recipe (did you mean 'bn_free'?); valid recipes: bn_free"),
     "nf_alpha_negative": (["fit", "--config", RESNET, "--model.nf_alpha", "-0.2"],
                           "nf_alpha must be a finite number > 0"),
     "agc_lambda_negative": (["fit", "--config", RESNET, "--trainer.callbacks+=dyt_lab.training.clipping."

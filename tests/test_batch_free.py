@@ -241,7 +241,8 @@ def test_the_bn_free_recipe_is_the_bundle_it_names_and_an_option_set_otherwise_w
                   weight_standardization=False)
     assert type(mine.stem.norm).__name__ == "Derf" and blocks(mine)[0].scale.gain.item() == 0.5
     assert not any(isinstance(m, ScaledStdConv2d) for m in mine.modules())
-    with pytest.raises(ConfigError, match="unknown recipe 'bn_fre'; valid recipes: bn_free, nf_resnet"):
+    with pytest.raises(ConfigError, match=r"--model.recipe 'bn_fre': unknown recipe \(did you mean 'bn_free'\?\); "
+                                          r"valid recipes: bn_free, nf_resnet"):
         ResNet("resnet_tiny", recipe="bn_fre")
 
 

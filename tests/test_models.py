@@ -170,7 +170,7 @@ def test_cls_token_and_avg_pool():
     ("build", "message"),
     [
         (lambda: _vit(norm="dyt", rules=[{"blocks.9.*": "layernorm"}]),
-         "placement 'blocks.9.*' is neither a ViT preset nor a pattern matching a site; presets: all, attn"),
+         "--model.rules 'blocks.9.*': neither a preset of this ViT nor a pattern matching a site; its presets: all, attn"),
         (lambda: _vit(norm="dyt", placement="attention"), "placement 'attention' is neither a ViT preset"),
         (lambda: ResNet("resnet20", placement="stage4"), "placement 'stage4' is neither a ResNet preset"),
         (lambda: ViT("vit_huge"), "unknown ViT preset 'vit_huge'; valid presets: vit_b_16, vit_l_16"),

@@ -59,7 +59,7 @@ def test_mapping_rules_take_the_model_wide_alpha_init_and_come_before_placement(
 
 
 @pytest.mark.parametrize(("rules", "message"), [
-    ({"stem": "dyt", "stage9": "dyt"}, "placement 'stage9' is neither a ResNet preset"),
+    ({"stem": "dyt", "stage9": "dyt"}, "--model.rules 'stage9': neither a preset of this ResNet"),
     ({"": "dyt"}, "non-empty string"),
     ([{"stem": "dyt", "stage1": "dyt"}], "one-key mapping"),
     ("stem", "a mapping {pattern: norm, ...} or a list"),

@@ -13,6 +13,7 @@ When an option set over a recipe makes the model impossible to build (a config's
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -46,7 +47,9 @@ def recipe_options(recipe: str | None) -> dict[str, Any]:
     if recipe is None:
         return {}
     if recipe not in RECIPES:
-        raise ConfigError(f"unknown recipe {recipe!r}; valid recipes: {', '.join(RECIPES)}")
+        close = difflib.get_close_matches(str(recipe), RECIPES, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"--model.recipe {recipe!r}: unknown recipe{hint}; valid recipes: {', '.join(RECIPES)}")
     return dict(RECIPES[recipe])
 
 
