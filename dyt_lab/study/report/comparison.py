@@ -252,10 +252,11 @@ def effects_section(table: pd.DataFrame, factors: list[str], reference: dict | N
     # factor of more levels has several, and its Holm p tests them all at once: each is shown.
     two_levels = {f for f in factors if table[f].nunique() == 2}
     one_free = effects["term"].map(lambda t: all(f in two_levels for f in t.split(":")))
-    diffs = effects[effects["kind"] == "difference"]
-    mains = effects[(effects["kind"] == "main") & ~one_free]
-    inter = effects[(effects["kind"] == "interaction") & effects["term"].map(lambda t: holm.get(t, 1) < 0.05)]
-    shown = pd.concat([diffs, mains, inter[one_free].drop_duplicates("term"), inter[~one_free]])
+    # every mask over the whole effects table (a mask of it applied to a subset is what pandas warns of)
+    kind, significant = effects["kind"], effects["term"].map(lambda t: holm.get(t, 1) < 0.05)
+    inter = (kind == "interaction") & significant
+    shown = pd.concat([effects[kind == "difference"], effects[(kind == "main") & ~one_free],
+                       effects[inter & one_free].drop_duplicates("term"), effects[inter & ~one_free]])
     rows = pd.DataFrame({"term": shown["term"], "contrast": shown["level"],
                          "estimate [95% CI]": _with_ci(shown, "estimate"),
                          "p": shown["p_value"].map(_p), "p (Holm, term)": shown["term"].map(lambda t: _p(holm.get(t)))})
