@@ -760,3 +760,49 @@ def test_seeds_auto_bad_input_is_one_line(tmp_path, capsys, args, expected):
     with pytest.raises(SystemExit) as exit_info:
         main(["study", "confirm", "nosuch", "--root", str(tmp_path), *args])
     assert exit_info.value.code == 2 and last_line(capsys.readouterr().err).startswith(expected)
+
+
+def made_study(root: Path, name: str, search_space: dict, runs: list[tuple[dict, int, float, float]],
+               reference: dict | None = None, metric: str = "val/acc") -> str:
+    """A seeded study written straight into storage, no training: each run is (params, seed, value, last
+    training loss). For report tests that need a study of a known shape in well under a second."""
+    from optuna.trial import create_trial
+
+    space, folder = SearchSpace(search_space), root / name
+    folder.mkdir(parents=True)
+    (folder / "study.yaml").write_text(yaml.safe_dump({"search_space": search_space}))
+    study = optuna.create_study(study_name=name, storage=f"sqlite:///{folder / 'study.db'}", direction="maximize")
+    study.set_user_attr("objective", {"metric": metric, "value": "best"})
+    study.set_user_attr("design", {"seeds": sorted({s for _, s, _, _ in runs}), "reference": reference,
+                                   "gap_from": None, "margin": 0.005})
+    for params, seed, value, loss in runs:
+        study.add_trial(create_trial(params=params, distributions={k: space.distributions[k] for k in params},
+                                     value=value, user_attrs={"seed": seed, "last_epoch": {
+                                         "val/acc": value, "train/loss_epoch": loss}}))
+    return str(root)
+
+
+def section(report: str, title: str) -> str:
+    """The text of one ``## title`` section of a report."""
+    return report.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+NORM_LR = {"model.norm": ["dyt", "derf"], "model.optimizer.lr": [0.003, 0.001], "model.alpha_init": [0.5, 1.0]}
+# dyt beats derf by 4 points, the higher lr adds 1; seed 1 a point above seed 0; alpha_init held at 0.5
+NORM_LR_RUNS = [({"model.norm": n, "model.optimizer.lr": lr, "model.alpha_init": 0.5}, s,
+                 0.80 + 0.04 * (n == "dyt") + 0.01 * (lr == 0.003) + 0.01 * s + 0.003 * (n == "dyt" and s == 1), 0.3 + 0.1 * s)
+                for n in ("dyt", "derf") for lr in (0.003, 0.001) for s in (0, 1, 2)]
+
+
+def test_importances_rank_only_the_keys_that_varied_and_say_when_fewer_than_two_did(tmp_path, capsys):
+    root = made_study(tmp_path, "held", NORM_LR, NORM_LR_RUNS)
+    main(["study", "report", "held", "--root", root])
+    table = section((tmp_path / "held" / "report.md").read_text(), "Parameter importances")
+    rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| model.")]
+    assert sorted(rows) == ["model.norm", "model.optimizer.lr"]  # alpha_init took one value: no share
+    one = [run for run in NORM_LR_RUNS if run[0]["model.optimizer.lr"] == 0.003]
+    main(["study", "report", "one", "--root", made_study(tmp_path, "one", NORM_LR, one)])
+    table = section((tmp_path / "one" / "report.md").read_text(), "Parameter importances")
+    assert "only `model.norm` varied" in table and "`model.alpha_init`, `model.optimizer.lr` held one value" in table
+    assert "| model.norm" not in table and not (tmp_path / "one" / "importances.png").exists()
+    capsys.readouterr()

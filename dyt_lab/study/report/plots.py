@@ -49,6 +49,13 @@ def placement_and_variant(params: list[str]) -> tuple[str | None, str | None]:
     return find("placement"), find("norm")
 
 
+def varied_keys(trials) -> list[str]:
+    """The searched keys that took more than one value over these trials: a key held constant explains nothing,
+    yet Optuna's importance evaluator can hand it a share (a third, seen in a report)."""
+    keys = sorted({p for t in trials for p in t.params})
+    return [k for k in keys if len({str(t.params.get(k)) for t in trials}) > 1]
+
+
 def mean_by(trials, row: str, column: str | None) -> dict[tuple, tuple[float, int]]:
     """(row value, column value) -> (mean objective, trial count) over completed trials."""
     cells: dict[tuple, list[float]] = {}
@@ -101,10 +108,13 @@ def write_plots(study: optuna.Study, folder: Path, metric: str) -> tuple[list[Pa
             name = re.sub(r"[^A-Za-z0-9_.-]", "_", param)
             files.append(save_figure(ovm.plot_slice(study, params=[param], target_name=metric),
                                folder / f"objective_vs_{name}.png"))
-        try:
-            files.append(save_figure(ovm.plot_param_importances(study), folder / "importances.png"))
-        except Exception as err:  # too few or too uniform trials: say so, draw the rest
-            notes.append(f"no importances plot: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
+        varied = varied_keys(complete)
+        if len(varied) >= 2:  # as the report's table: one key would take all of the share by construction
+            try:
+                files.append(save_figure(ovm.plot_param_importances(study, params=varied, target_name=metric),
+                                         folder / "importances.png"))
+            except Exception as err:  # too few or too uniform trials: say so, draw the rest
+                notes.append(f"no importances plot: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
     placement, variant = placement_and_variant(params)
     if placement or variant:
         row, column = (placement, variant) if placement else (variant, None)

@@ -26,7 +26,7 @@ from dyt_lab.study.definition.study_file import (
 )
 from dyt_lab.study.report.comparison import confirmed_section, replicated_sections, seed_run_table
 from dyt_lab.study.report.markdown import markdown_table
-from dyt_lab.study.report.plots import mean_by, placement_and_variant, write_plots
+from dyt_lab.study.report.plots import mean_by, placement_and_variant, varied_keys, write_plots
 from dyt_lab.study.trial.protocol import SEED_ATTR
 
 
@@ -77,13 +77,20 @@ def placement_variant_table(study: optuna.Study) -> str | None:
 
 
 def importances(study: optuna.Study) -> tuple[dict[str, float], str | None]:
-    """Optuna's parameter importances (its default evaluator), or why there are none yet."""
-    if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < 2:
+    """Optuna's parameter importances (its default evaluator) over the keys that varied, or why there are none."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) < 2:
         return {}, "needs at least 2 completed trials"  # Optuna would return equal shares, which mislead
+    varied = varied_keys(complete)
+    if len(varied) < 2:  # one key takes all of the share by construction: nothing is compared
+        held = sorted({p for t in complete for p in t.params} - set(varied))
+        which = f"only `{varied[0]}` varied" if varied else "no searched key varied"
+        return {}, which + (f" ({', '.join(f'`{k}`' for k in held)} held one value)" if held else "") + \
+            "; importances compare two or more keys that varied"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return dict(optuna.importance.get_param_importances(study)), None
+            return dict(optuna.importance.get_param_importances(study, params=varied)), None
     except Exception as err:  # e.g. fewer than two completed trials
         return {}, str(err).splitlines()[0] if str(err) else type(err).__name__
 
@@ -146,7 +153,8 @@ def report(name: str, root: str = "studies", storage: str | None = None, margin:
     sections.append("## Parameter importances")
     if found:
         sections.append(f"Optuna's default evaluator over the {len(complete)} completed trials "
-                        "(pruned and failed trials are not in it); with few trials, a hint only.")
+                        "(pruned and failed trials are not in it), over the keys that took more than one value; "
+                        "with few trials, a hint only.")
         sections.append(markdown_table(["parameter", "importance"], [[k, f"{v:.3f}"] for k, v in found.items()]))
     else:
         sections.append(f"None yet: {why_not}")
