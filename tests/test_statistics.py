@@ -428,12 +428,12 @@ def test_gap_changes_are_paired_differences_of_gaps_and_find_a_planted_change():
     by_seed = table.pivot_table(index="seed", columns=factors, values="value")
     for row in out.to_dict("records"):  # the same contrast per seed, then averaged: the estimate, independently
         arm = row["name, alpha_init"]
-        per_seed = ((by_seed[("batchnorm, -", "deep")] - by_seed[(arm, "deep")])
-                    - (by_seed[("batchnorm, -", "tiny")] - by_seed[(arm, "tiny")]))
+        per_seed = ((by_seed[(arm, "deep")] - by_seed[("batchnorm, -", "deep")])
+                    - (by_seed[(arm, "tiny")] - by_seed[("batchnorm, -", "tiny")]))  # arm - reference, as Δ
         assert row["estimate"] == pytest.approx(per_seed.mean())
-        assert row["gap_first"] == pytest.approx((by_seed[("batchnorm, -", "tiny")] - by_seed[(arm, "tiny")]).mean())
+        assert row["gap_first"] == pytest.approx((by_seed[(arm, "tiny")] - by_seed[("batchnorm, -", "tiny")]).mean())
     planted, null = out.iloc[0], out.iloc[1]
-    assert planted["ci_low"] < 0.03 < planted["ci_high"] and planted["p_value"] < 0.001
+    assert planted["ci_low"] < -0.03 < planted["ci_high"] and planted["p_value"] < 0.001
     assert null["ci_low"] < 0 < null["ci_high"]
     reversed_order = gap_changes(table, factors, "name, alpha_init", "batchnorm, -", "preset")  # by value: deep first
     assert reversed_order["from"].iloc[0] == "deep" and reversed_order["estimate"].iloc[0] == pytest.approx(-planted["estimate"])
@@ -453,7 +453,7 @@ def test_the_report_shows_the_gap_across_depth_in_the_study_files_order():
     rows = [line for line in "\n".join(lines).splitlines() if line.startswith("| dyt")]
     assert len(rows) == 2 and not any(line.startswith("test/acc") for line in lines)  # no test split: no table
     cells = [c.strip() for c in rows[0].split("|")]
-    assert cells[4] == "tiny -> deep" and cells[7].startswith("+0.03") and float(cells[8]) < 0.01
+    assert cells[4] == "tiny -> deep" and cells[7].startswith("-0.03") and float(cells[8]) < 0.01
     assert gap_change_section(table, ["name, alpha_init", "preset"], {"center": "batch"}, {}, "val/acc") == []
     # BatchNorm's deep cell not yet run: crossed() merges the norm with the preset, and the reference is
     # "batchnorm, tiny"; a "gap" to it at depth would be a depth effect, so the section says why it is absent
@@ -516,3 +516,31 @@ def test_the_effects_table_is_built_without_a_pandas_warning():
         warnings.simplefilter("error")
         lines = effects_section(table, ["name, alpha_init", "preset"])
     assert any("name, alpha_init:preset" in line for line in lines)
+
+
+def test_every_difference_the_report_shows_is_arm_minus_reference_and_its_header_says_so():
+    """DyT at alpha0 0.5 is about 4 points below BatchNorm in the tiny net and 7 in the deep one: the same negative
+    numbers in the configurations table and the gap table, and a negative contrast in the effects."""
+    from dyt_lab.study.report.comparison import (
+        EXTRA,
+        TEST,
+        configurations_section,
+        effects_section,
+        gap_change_section,
+    )
+
+    table = depth_table(change=0.03).assign(**{TEST: np.nan, **{c: np.nan for c in EXTRA.values()}})
+    table["name"], table["alpha_init"] = zip(*table["name, alpha_init"].str.split(", "))
+    factors, reference = ["name, alpha_init", "preset"], {"name": "batchnorm"}
+    configs = configurations_section(table, factors, {"name, alpha_init": "batchnorm, -"}, "maximize", 0.005, "val/acc")
+    cells = [[c.strip() for c in line.split("|")] for line in configs.splitlines()]
+    delta = {(r[1], r[2]): r[cells[0].index("Δ row − reference [95% CI]")].split()[0] for r in cells[2:]}
+    assert delta[("dyt, 0.5", "tiny")].startswith("-0.03") and delta[("dyt, 0.5", "deep")].startswith("-0.07")
+    lines = gap_change_section(table, factors, reference, {"preset": ["tiny", "deep"]}, "val/acc")
+    assert lines[1].startswith("Δ = arm − reference in val/acc")
+    gap = [c.strip() for c in next(line for line in lines[-1].splitlines() if line.startswith("| dyt, 0.5")).split("|")]
+    assert gap[5].split()[0] == delta[("dyt, 0.5", "tiny")] and gap[6].split()[0] == delta[("dyt, 0.5", "deep")]
+    assert gap[7].startswith("-0.03")  # the planted change: 3 points more lost in the deep net
+    two = table[table["alpha_init"] != "1.0"].assign(norm=lambda t: t["name"])
+    effects = "\n".join(effects_section(two, ["norm", "preset"], {"norm": "batchnorm"}))
+    assert "| dyt - batchnorm" in effects and "batchnorm - dyt" not in effects

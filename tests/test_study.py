@@ -406,10 +406,10 @@ def test_report_of_a_seeded_study_compares_means_with_intervals(seeded_study, ca
     main(["study", "report", "seeded", "--root", str(folder / "studies")])
     out = folder / "studies" / "seeded"
     report = (out / "report.md").read_text()
-    assert "## Configurations (mean over seeds)" in report and "Δ vs reference [95% CI]" in report
+    assert "## Configurations (mean over seeds)" in report and "Δ row − reference [95% CI]" in report
     rows = [r for r in report.splitlines() if r.startswith(("| BatchNorm", "| BN center only"))]
     assert len(rows) == 4 and sum("| reference" in r for r in rows) == 2  # BN is its own reference at each lr
-    assert "## Factor effects" in report and "batch_std - alpha" in report
+    assert "## Factor effects" in report and "alpha - batch_std" in report  # arm - reference, as Δ
     assert "`dyt-lab study confirm seeded --top 3 --seeds 10..14`" in report  # one norm name: the top three
     assert "## The gap, factor by factor" in report and "scale (alpha -> batch_std)" in report
     assert (out / "main_effects.png").stat().st_size > 0

@@ -181,7 +181,7 @@ def configurations_section(table: pd.DataFrame, factors: list[str], reference: d
         shown[label] = merged[label].map(_fmt)
     if reference:
         is_ref = [all(str(r.get(k)) == str(v) for k, v in reference.items()) for r in merged[factors].to_dict("records")]
-        shown["Δ vs reference [95% CI]"] = [
+        shown["Δ row − reference [95% CI]"] = [
             "-" if ref or pd.isna(d) else f"{d:+.4f} " + (f"[{lo:+.4f}, {hi:+.4f}]" if pd.notna(lo) else "(too few seeds)")
             for d, lo, hi, ref in zip(merged["mean_diff"], merged["ci_low_diff"], merged["ci_high_diff"], is_ref)]
         shown["p"] = merged["p_diff"].map(_p)
@@ -217,11 +217,12 @@ def crossed(table: pd.DataFrame, factors: list[str]) -> tuple[pd.DataFrame, list
 
 
 def toward(effects: pd.DataFrame, reference: dict | None) -> pd.DataFrame:
-    """Level differences read toward the reference: ``batch - none`` rather than ``none - batch``."""
+    """Level differences read as the other level minus the reference's (``none - batch`` where the reference
+    centers), the sign of Δ in every table of the report."""
     effects = effects.copy()
     for i, row in effects[effects["kind"] == "difference"].iterrows():
         first, _, second = str(row["level"]).partition(" - ")
-        if reference and str(reference.get(row["term"])) == second:
+        if reference and str(reference.get(row["term"])) == first:
             effects.loc[i, ["level", "estimate", "ci_low", "ci_high"]] = [
                 f"{second} - {first}", -row["estimate"], -row["ci_high"], -row["ci_low"]]
     return effects
@@ -260,7 +261,8 @@ def effects_section(table: pd.DataFrame, factors: list[str], reference: dict | N
     rows = pd.DataFrame({"term": shown["term"], "contrast": shown["level"],
                          "estimate [95% CI]": _with_ci(shown, "estimate"),
                          "p": shown["p_value"].map(_p), "p (Holm, term)": shown["term"].map(lambda t: _p(holm.get(t)))})
-    out += ["A two-level factor's main effect is the difference between its levels, averaged over the other factors; "
+    out += ["A two-level factor's main effect is the difference between its levels (the contrast names it: the "
+            "other level minus the reference's where the reference sets the factor), averaged over the other factors; "
             "a factor of more levels shows each level's sum-coded effect (its mean minus the grand mean). Interactions "
             "with Holm-adjusted p < 0.05 are shown as their sum-coded coefficients at the named levels (one for "
             "two-level factors, where a k-way difference of differences is 2^k times it; every level combination "
@@ -289,7 +291,8 @@ def corner_lines(table: pd.DataFrame, factors: list[str], start: dict, end: dict
                          "p (Holm)": corners["p (Holm)"].map(_p)})
     return ["Where the interactions act: each factor switched from its gap_from level to its reference level, "
             "alone from the gap_from corner, and last (the others already at the reference) into the reference "
-            "corner. Without interactions the two rows agree.", _table(rows)]
+            "corner; a change is the cell after the switch minus the cell before (a step along the path, not a Δ). "
+            "Without interactions the two rows agree.", _table(rows)]
 
 
 def attribution_section(table: pd.DataFrame, factors: list[str], start: dict, end: dict) -> list[str]:
@@ -332,9 +335,9 @@ def gap_change_section(table: pd.DataFrame, factors: list[str], reference: dict,
                 f"Not shown: the reference {statistics.text_of(reference)} is not one level of one factor here."]
     reference_level = str(table.loc[is_reference, arm].iloc[0])
     out = ["## The gap across the other factors",
-           f"Gap = reference - arm in {metric}, at each level; the change is the gap at a later level minus the gap "
-           "at the first (a difference of two paired gaps: a contrast of one cell-means model with the seed as a "
-           "block). Intervals are per contrast; p is Holm-adjusted over the table."]
+           f"Δ = arm − reference in {metric} (the sign of every Δ in this report), at each level; the change is Δ at a "
+           "later level minus Δ at the first (a difference of two paired differences: a contrast of one cell-means "
+           "model with the seed as a block). Intervals are per contrast; p is Holm-adjusted over the table."]
     values = [("value", metric)] + ([(TEST, TEST)] if table[TEST].notna().all() else [])
     for value, label in values:
         try:
@@ -349,9 +352,9 @@ def gap_change_section(table: pd.DataFrame, factors: list[str], reference: dict,
                              "at": [", ".join(f"{f}={r[f]}" for f in held if pd.notna(r[f])) or "-"
                                     for r in changes.to_dict("records")],
                              "from -> to": changes["from"] + " -> " + changes["to"],
-                             "gap (from) [95% CI]": _with_ci(changes, "gap_first", "gap_first_"),
-                             "gap (to) [95% CI]": _with_ci(changes, "gap_later", "gap_later_"),
-                             "change [95% CI]": _with_ci(changes, "estimate"),
+                             "Δ arm − ref at from [95% CI]": _with_ci(changes, "gap_first", "gap_first_"),
+                             "Δ arm − ref at to [95% CI]": _with_ci(changes, "gap_later", "gap_later_"),
+                             "change of Δ (to − from) [95% CI]": _with_ci(changes, "estimate"),
                              "p (Holm)": pd.Series(multipletests(changes["p_value"], method="holm")[1]).map(_p)})
         out += [f"{label}, reference {reference_level}:", _table(rows)]
     return out
@@ -482,7 +485,7 @@ def replicated_sections(study: optuna.Study, space: SearchSpace, design: dict, f
     sections = ["## Configurations (mean over seeds)",
                 f"{metric} over seeds {sorted(int(s) for s in table['seed'].unique())}. The 95% interval is a t-interval; "
                 "its spread is pooled over configurations unless Bartlett's test says spreads differ. "
-                f"Δ is the paired difference to the reference over shared seeds, with p raw and Holm-adjusted over the "
+                f"Δ is the row minus the reference, paired over shared seeds, with p raw and Holm-adjusted over the "
                 f"table; the verdict is better, worse, equivalent (TOST within ±{margin:g}) or inconclusive. "
                 + ("test/acc is the best checkpoint (by val/acc) on the held-out test split. " if table[TEST].notna().any() else ""),
                 configurations_section(table, factors, reference, study.direction.name.lower(), margin, metric)]
@@ -522,7 +525,8 @@ def replicated_sections(study: optuna.Study, space: SearchSpace, design: dict, f
     if reference and start:
         sections += ["## The gap, factor by factor",
                      "Shapley shares: each factor's average contribution over the orders in which the factors "
-                     "can be switched from gap_from to the reference (factorial.gap_attribution); a share's interval "
-                     "is Fieller's, which carries the gap's own uncertainty.",
+                     "can be switched from gap_from to the reference (factorial.gap_attribution); the gap from A to "
+                     "B is B − A, a path's end minus its start (not a Δ); a share's interval is Fieller's, which "
+                     "carries the gap's own uncertainty.",
                      *attribution_section(table, factors, start, reference)]
     return sections, files

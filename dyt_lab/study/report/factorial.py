@@ -225,8 +225,8 @@ def gap_changes(table: pd.DataFrame, factors: list[str], arm: str, reference: st
     """How each arm's gap to the reference changes across the levels of one factor (depth, budget).
 
     ``arm`` is the factor whose levels are the arms, ``reference`` its reference level. For each other arm,
-    at each combination of the remaining factors, the gap (reference - arm) at each later level of
-    ``across`` minus the gap at its first level: a difference of differences of four cells, so a contrast
+    at each combination of the remaining factors, the gap (arm - reference, the sign of every difference the
+    report shows) at each later level of ``across`` minus the gap at its first level: a difference of differences of four cells, so a contrast
     of one cell-means model with the seed as a block (the same pairing as the gaps themselves). ``order``
     gives the levels of ``across`` as the study lists them (ResNet-tiny before resnet20); else by value.
     """
@@ -242,8 +242,8 @@ def gap_changes(table: pd.DataFrame, factors: list[str], arm: str, reference: st
     for level in (lv for lv in levels[arm] if lv != reference):
         for combo in itertools.product(*[levels[f] for f in held]):
             fixed = dict(zip(held, combo))
-            gap_at = {at: {_key(factors, fixed | {arm: reference, across: at}): 1.0,
-                           _key(factors, fixed | {arm: level, across: at}): -1.0} for at in levels[across]}
+            gap_at = {at: {_key(factors, fixed | {arm: level, across: at}): 1.0,
+                           _key(factors, fixed | {arm: reference, across: at}): -1.0} for at in levels[across]}
             for later in levels[across][1:]:
                 gap_first, gap_later = gap_at[first], gap_at[later]
                 change = gap_later | {c: -w for c, w in gap_first.items()}
