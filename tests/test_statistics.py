@@ -384,7 +384,7 @@ def test_the_report_of_a_study_with_one_configuration_summarizes_it(tmp_path):
     space = SearchSpace({"model.norm": ["batchnorm"]})
     sections, _ = replicated_sections(study, space, {"seeds": [0, 1, 2]}, tmp_path, "val/acc", margin=0.005)
     table = next(s for s in sections if s.startswith("| configuration"))
-    assert "the only one" in table and "0.9750 ± 0.0050" in table
+    assert "| model.norm=batchnorm |" in table and "0.9750 ± 0.0050" in table  # named by what it is
 
 
 def test_a_list_of_norms_crossed_with_presets_is_one_factor_and_its_interaction_is_tested():
@@ -544,3 +544,16 @@ def test_every_difference_the_report_shows_is_arm_minus_reference_and_its_header
     two = table[table["alpha_init"] != "1.0"].assign(norm=lambda t: t["name"])
     effects = "\n".join(effects_section(two, ["norm", "preset"], {"norm": "batchnorm"}))
     assert "| dyt - batchnorm" in effects and "batchnorm - dyt" not in effects
+
+
+def test_the_configurations_table_shows_a_differences_interval_uncut():
+    """Two seeds, one of them a collapse: the t-interval on one degree of freedom runs past -1 and +1, and the table
+    says so rather than printing [-1.0000, +1.0000], which reads like a measurement at the metric's bounds."""
+    from dyt_lab.study.report.comparison import EXTRA, TEST, configurations_section
+
+    table = pd.DataFrame({"norm": ["bn", "bn", "dyt", "dyt"], "seed": [0, 1, 0, 1], "value": [0.9, 0.95, 0.1, 0.9],
+                          TEST: np.nan, **{c: np.nan for c in EXTRA.values()}})
+    text = configurations_section(table, ["norm"], {"norm": "bn"}, "maximize", 0.005, "val/acc")
+    row = next(line for line in text.splitlines() if line.startswith("| dyt"))
+    low, high = (float(x) for x in row.split("-0.4250 [")[1].split("]")[0].split(", "))
+    assert low < -1 and high > 1  # mean -0.425, sd of the differences 0.53, t(1) = 12.7

@@ -806,3 +806,30 @@ def test_importances_rank_only_the_keys_that_varied_and_say_when_fewer_than_two_
     assert "only `model.norm` varied" in table and "`model.alpha_init`, `model.optimizer.lr` held one value" in table
     assert "| model.norm" not in table and not (tmp_path / "one" / "importances.png").exists()
     capsys.readouterr()
+
+
+def test_compare_shows_the_real_interval_and_names_a_single_configuration(tmp_path, capsys):
+    """One arm loses about 0.47 on two seeds; the other is 8 images of 500 below the reference on both seeds, which
+    float32 turns into two differences 6e-8 apart. That near-tie read as a zero-width interval (and 'worse'),
+    made Bartlett refuse to pool, and the first arm's t-interval on one degree of freedom was cut to [-1.0000, ...]."""
+    import numpy as np
+
+    f32 = lambda k: float(np.float32(k / 500))  # noqa: E731  an accuracy as a run logs it
+    space = {"model.norm": ["dyt", "derf"], "model.alpha_init": [0.5]}
+    ours = [({"model.norm": "dyt", "model.alpha_init": 0.5}, 0, f32(422) - 0.4, 1.0),
+            ({"model.norm": "dyt", "model.alpha_init": 0.5}, 1, f32(421) - 0.53, 1.0),
+            ({"model.norm": "derf", "model.alpha_init": 0.5}, 0, f32(414), 1.0),
+            ({"model.norm": "derf", "model.alpha_init": 0.5}, 1, f32(413), 1.0)]
+    theirs = [({"model.norm": "dyt"}, s, f32(422 - s), 1.0) for s in (0, 1)]
+    made_study(tmp_path, "ours", space, ours)
+    root = made_study(tmp_path, "theirs", {"model.norm": ["dyt"]}, theirs)
+    main(["study", "compare", "ours", "theirs", "--root", root])
+    text = (tmp_path / "ours" / "versus_theirs.md").read_text()
+    capsys.readouterr()
+    assert "the only one" not in text and "best configuration of `theirs` (model.norm=dyt, mean" in text
+    rows = {r[0]: r for r in ([c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines()
+                              if line.startswith("| model.norm="))}
+    low, high = (float(x) for x in rows["model.norm=dyt"][5].strip("[]").split(", "))
+    assert rows["model.norm=dyt"][4] == "-0.4650" and -1 < low < high < 0  # pooled over both arms: 2 df
+    low, high = (float(x) for x in rows["model.norm=derf"][5].strip("[]").split(", "))
+    assert low < -0.016 < high and high - low > 0.1  # the tie takes the pooled spread: no zero width

@@ -59,6 +59,28 @@ def seed_run_table(study: optuna.Study, space: SearchSpace) -> pd.DataFrame:
     return pd.DataFrame(rows).fillna({k: "-" for k in factors})
 
 
+def one_configuration(table: pd.DataFrame) -> str:
+    """The label of a study's only configuration: its familiar name and the levels it sets (``BatchNorm
+    (center=batch, ...)``, ``model.norm=batchnorm``), or the base config where the study searched no key."""
+    first = table.iloc[0]
+    levels = {c: first[c] for c in table.columns if c not in NOT_FACTORS and str(first[c]) != "-"}
+    known, text = name_of(levels), statistics.text_of(levels)
+    return f"{known} ({text})" if known else text or "the study's base config"
+
+
+# Metrics are logged as float32: two seeds whose runs differ by the same number of images give paired
+# differences that disagree by about 1e-8 once subtracted, which reads as a real, tiny spread (a zero-width
+# interval, and a "significant" verdict), and makes Bartlett refuse to pool the other rows' spreads.
+TIE = 4 * float(np.finfo(np.float32).eps)  # relative to the metric's scale: float32 rounding of four values
+
+
+def settle_ties(differences: np.ndarray, scale: float) -> np.ndarray:
+    """Paired differences that agree to float32 rounding (``TIE`` x ``scale``, the metric's size) made exactly
+    equal, so that the statistics treat them as the zero spread they are ("too few seeds", or the pooled one)."""
+    d = np.asarray(differences, dtype=float)
+    return np.full_like(d, d.mean()) if len(d) > 1 and np.ptp(d) <= TIE * max(scale, 1e-12) else d
+
+
 def as_cell(levels: dict | None) -> dict | None:
     """A reference or gap_from cell as the seed-run table shows it: a null level (an option left off) is "-"."""
     return None if levels is None else {k: "-" if v is None else v for k, v in levels.items()}
@@ -167,7 +189,8 @@ def configurations_section(table: pd.DataFrame, factors: list[str], reference: d
     extras[factors] = extras[factors].astype(str)
     merged = summary.merge(extras, on=factors, how="left")
     if reference:
-        diffs = differences_to(table, factors, reference, direction == "maximize", margin, bounds=metric_bounds(metric))
+        # no bounds: a difference's interval past the metric's range is shown as it is, never cut to ±1
+        diffs = differences_to(table, factors, reference, direction == "maximize", margin)
         diffs[factors] = diffs[factors].astype(str)
         merged = merged.merge(diffs, on=factors, how="left", suffixes=("", "_diff"))
     fixed = {c: table[c].iloc[0] for c in ("center", "scale", "squash") if c in table and c not in factors}
@@ -479,7 +502,7 @@ def replicated_sections(study: optuna.Study, space: SearchSpace, design: dict, f
         return ["## Configurations", "No completed seed run yet."], []
     factors = varying_factors(table.drop(columns=NOT_FACTORS))
     if not factors:  # one configuration (a reference study, a confirm of one): summarize it as such
-        table, factors = table.assign(configuration="the only one"), ["configuration"]
+        table, factors = table.assign(configuration=one_configuration(table)), ["configuration"]
     table.to_csv(folder / "seed_runs.csv", index=False)
     reference, start = reference_in(table, factors, as_cell(design.get("reference"))), as_cell(design.get("gap_from"))
     sections = ["## Configurations (mean over seeds)",

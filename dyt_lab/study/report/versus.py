@@ -22,7 +22,15 @@ from dyt_lab.study.definition.space import saved_space
 from dyt_lab.study.definition.storage import find_storage, load_existing
 from dyt_lab.study.definition.study_file import DEFAULT_MARGIN, check_margin
 from dyt_lab.study.report import statistics
-from dyt_lab.study.report.comparison import NOT_FACTORS, TEST, _p, metric_bounds, seed_run_table, verdict_text
+from dyt_lab.study.report.comparison import (
+    NOT_FACTORS,
+    TEST,
+    _p,
+    one_configuration,
+    seed_run_table,
+    settle_ties,
+    verdict_text,
+)
 from dyt_lab.study.report.markdown import markdown_table
 from dyt_lab.study.report.per_image import crossed_family, points_interval
 
@@ -38,9 +46,9 @@ def seed_runs(name: str, root: str, storage: str | None) -> tuple[pd.DataFrame, 
     if table.empty:
         raise ConfigError(f"study '{name}' has no completed seed run to compare")
     factors = varying_factors(table.drop(columns=NOT_FACTORS, errors="ignore"))
-    if not factors:  # one configuration: it is its own label
-        table, factors = table.assign(configuration="the only one"), ["configuration"]
-    table = table.assign(label=[statistics.text_of({f: row[f] for f in factors}) for _, row in table.iterrows()])
+    # one configuration is labelled by what it is (its name, the levels it sets)
+    table = table.assign(label=[statistics.text_of({f: row[f] for f in factors}) for _, row in table.iterrows()]
+                         if factors else one_configuration(table))
     return table, design, study.direction.name.lower()
 
 
@@ -59,7 +67,6 @@ def compare(name: str, against: str, root: str = "studies", storage: str | None 
     # the test split's accuracy where every run has it (higher is better), else the studies' objective
     value = TEST if ours[TEST].notna().all() and theirs[TEST].notna().all() else "value"
     maximize = value == TEST or direction == "maximize"
-    metric = value if value == TEST else str(design["metric"])
     means = theirs.groupby("label")[value].mean()
     best = means.idxmax() if maximize else means.idxmin()
     reference = theirs[theirs["label"] == best].set_index("seed")[value]
@@ -69,8 +76,11 @@ def compare(name: str, against: str, root: str = "studies", storage: str | None 
     if not paired:
         raise ConfigError(f"study '{name}' (seeds {sorted(set(ours['seed']))}) and study '{against}' (seeds "
                           f"{sorted(reference.index)}) share no seed: nothing to pair")
-    diffs = [(runs - reference.loc[runs.index]).to_numpy() for runs in paired.values()]
-    result = statistics.compare_pairs(diffs, higher_is_better=maximize, margin=margin, bounds=metric_bounds(metric))
+    scale = max(float(ours[value].abs().max()), float(theirs[value].abs().max()))
+    diffs = [settle_ties((runs - reference.loc[runs.index]).to_numpy(), scale) for runs in paired.values()]
+    # no bounds: an interval wider than the metric's range says how little the pairs tell; cut to ±1, it
+    # looked like a measurement
+    result = statistics.compare_pairs(diffs, higher_is_better=maximize, margin=margin)
     result.insert(0, "configuration", list(paired))
     result["ours"] = [runs.mean() for runs in paired.values()]  # both means over the paired seeds, so they subtract to Δ
     result["theirs"] = [reference.loc[runs.index].mean() for runs in paired.values()]
