@@ -557,3 +557,28 @@ def test_the_configurations_table_shows_a_differences_interval_uncut():
     row = next(line for line in text.splitlines() if line.startswith("| dyt"))
     low, high = (float(x) for x in row.split("-0.4250 [")[1].split("]")[0].split(", "))
     assert low < -1 and high > 1  # mean -0.425, sd of the differences 0.53, t(1) = 12.7
+
+
+def test_the_response_plots_loss_intervals_stay_at_or_above_zero(tmp_path, monkeypatch):
+    """A loss near 0 with one wild seed: its t-interval runs below 0, which a loss cannot; the plot clips it at 0
+    and its title says so."""
+    from dyt_lab.study.report import plots
+
+    drawn = {}
+
+    def keep(axes, path):  # the axes as drawn, before saving
+        drawn["axes"] = axes
+        return path
+
+    monkeypatch.setattr(plots, "save_figure", keep)
+    rows = [{"name": "dyt", "alpha_init": a, "seed": s, "value": 0.9 + s / 1000, "loss": [0.01, 0.02, 0.3][s] * a}
+            for a in (0.1, 0.5, 1.0, 5.0) for s in range(3)]
+    rows += [{"name": "batchnorm", "alpha_init": "-", "seed": s, "value": 0.95, "loss": [0.01, 0.02, 0.3][s]} for s in range(3)]
+    plots.response_plot(pd.DataFrame(rows), ["name", "alpha_init"], "alpha_init", {"name": "batchnorm"}, tmp_path,
+                        "val/acc", "loss")
+    loss = drawn["axes"][0, 1]
+    lows = [segment[:, 1].min() for bars in loss.collections for segment in bars.get_segments()]
+    assert lows and min(lows) >= 0.0
+    assert all(patch.get_y() >= 0.0 for patch in loss.patches)  # the reference's band too
+    assert "clipped at 0" in loss.get_title(loc="left")
+    assert "clipped to [0, 1]" in drawn["axes"][0, 0].get_title(loc="left")

@@ -833,3 +833,40 @@ def test_compare_shows_the_real_interval_and_names_a_single_configuration(tmp_pa
     assert rows["model.norm=dyt"][4] == "-0.4650" and -1 < low < high < 0  # pooled over both arms: 2 df
     low, high = (float(x) for x in rows["model.norm=derf"][5].strip("[]").split(", "))
     assert low < -0.016 < high and high - low > 0.1  # the tie takes the pooled spread: no zero width
+
+
+def figure_texts(monkeypatch) -> dict[str, dict]:
+    """Record, per file name, the texts of every figure the report's plots save: titles, axis labels, legends, ticks."""
+    from dyt_lab.study.report import plots
+
+    seen: dict[str, dict] = {}
+    save = plots.save_figure
+
+    def recording(ax_or_axes, path):
+        axes = list(ax_or_axes.flat) if hasattr(ax_or_axes, "flat") else [ax_or_axes]
+        seen[path.name] = {"legend": [t.get_text() for ax in axes if ax.get_legend() for t in ax.get_legend().get_texts()],
+                           "labels": [ax.get_xlabel() for ax in axes] + [ax.get_ylabel() for ax in axes],
+                           "yticks": [t.get_text() for t in axes[0].get_yticklabels()]}
+        return save(ax_or_axes, path)
+
+    monkeypatch.setattr(plots, "save_figure", recording)
+    return seen
+
+
+def test_a_seeded_reports_plots_are_per_configuration_and_its_files_are_the_files_there(tmp_path, monkeypatch, capsys):
+    seen = figure_texts(monkeypatch)
+    space = {"model.optimizer.lr": [0.003, 0.001], "model.alpha_init": [0.5, 1.0]}
+    runs = [({"model.optimizer.lr": lr, "model.alpha_init": a}, s, 0.8 + 0.03 * (lr == 0.003) - 0.02 * (a == 1.0)
+             + 0.004 * s + 0.001 * (s == 1 and a == 0.5), 0.2) for lr in (0.003, 0.001) for a in (0.5, 1.0) for s in range(3)]
+    main(["study", "report", "plain", "--root", made_study(tmp_path, "plain", space, runs)])
+    capsys.readouterr()
+    folder = tmp_path / "plain"
+    report = (folder / "report.md").read_text()
+    listed = [line[3:-1] for line in section(report, "Files").splitlines() if line.startswith("- `")]
+    assert listed and all((folder / name).is_file() for name in listed)
+    assert "placement" not in section(report, "Files")  # no norm or placement key: no such plot, and no line of it
+    assert not list(folder.glob("objective_vs_*.png"))  # Optuna's slices plot one seed run per point
+    assert len(seen["configurations.png"]["yticks"]) == 4 and "95% t-interval over seeds" in seen["configurations.png"]["labels"][0]
+    assert "`configurations.png`" in section(report, "Configurations (mean over seeds)")
+    assert seen["importances.png"]["legend"] == ["val/acc (best)"]  # the metric, not "Objective Value"
+    assert seen["main_effects.png"]["legend"] == ["mean, 95% t-interval over seeds"]

@@ -21,7 +21,7 @@ from dyt_lab.study.definition.space import SearchSpace
 from dyt_lab.study.report import factorial, statistics
 from dyt_lab.study.report.markdown import markdown_table
 from dyt_lab.study.report.per_image import crossed_family, points_interval
-from dyt_lab.study.report.plots import main_effects_plot, response_plot
+from dyt_lab.study.report.plots import configurations_plot, main_effects_plot, response_plot
 from dyt_lab.study.trial.protocol import LAST_METRICS_ATTR, SEED_ATTR, TEST_METRICS_ATTR
 
 # Named points of the factored norm's (center, scale, squash) space, to label the table's rows. Without
@@ -107,6 +107,13 @@ def reference_in(table: pd.DataFrame, factors: list[str], reference: dict | None
 def name_of(levels: dict) -> str:
     """A cell's familiar name (BatchNorm, DyT, ...) if it is a known point of the factored norm."""
     return KNOWN_POINTS.get(tuple(str(levels.get(k)) for k in ("center", "scale", "squash")), "")
+
+
+def familiar_names(table: pd.DataFrame, factors: list[str]) -> dict[str, str]:
+    """The configurations that are known points (BatchNorm, DyT) by their label (``text_of`` their levels)."""
+    fixed = {c: table[c].iloc[0] for c in ("center", "scale", "squash") if c in table and c not in factors}
+    cells = [{**fixed, **r} for r in table[factors].drop_duplicates().to_dict("records")]
+    return {statistics.text_of({f: c[f] for f in factors}): name_of(c) for c in cells if name_of(c)}
 
 
 def corner_name(levels: dict, role: str) -> str:
@@ -512,6 +519,8 @@ def replicated_sections(study: optuna.Study, space: SearchSpace, design: dict, f
                 f"table; the verdict is better, worse, equivalent (TOST within ±{margin:g}) or inconclusive. "
                 + ("test/acc is the best checkpoint (by val/acc) on the held-out test split. " if table[TEST].notna().any() else ""),
                 configurations_section(table, factors, reference, study.direction.name.lower(), margin, metric)]
+    files = [configurations_plot(table, factors, folder, metric, metric_bounds(metric), familiar_names(table, factors))]
+    sections.append(f"`{files[0].name}`: each configuration's mean with its 95% interval, as in the table.")
     if confirms:
         what = ("the best configuration and its one-factor neighbours, each compared with the best"
                 if confirms.get("ablate") else "its chosen configurations")
@@ -527,11 +536,11 @@ def replicated_sections(study: optuna.Study, space: SearchSpace, design: dict, f
                         f"`dyt-lab study confirm {study.study_name} {which} --seeds 10..14`.")
     else:
         sections += confirmed_section(confirm_study, space, table, margin, metric)
-    files = []
     if (x := response_factor(table, factors)) is not None and table["seed"].nunique() >= 2:
         files.append(response_plot(table, factors, x, reference, folder, metric, EXTRA["train/loss_epoch"]))
         sections += [f"## Response to {x}", f"`{files[-1].name}`: {metric} and the last training loss against {x}, "
-                     "mean and 95% interval over seeds, over the reference's band at the same other levels."]
+                     "mean and 95% interval over seeds (clipped at 0 for the loss, which cannot be negative), over "
+                     "the reference's band at the same other levels."]
     if len(factors) >= 1 and table["seed"].nunique() >= 2:
         as_crossed, crossed_factors = crossed(table, factors)
         merged = [f for f in crossed_factors if f not in factors]
@@ -539,7 +548,7 @@ def replicated_sections(study: optuna.Study, space: SearchSpace, design: dict, f
                      *([f"Levels never crossed are one factor here: {', '.join(f'`{f}`' for f in merged)}."] if merged else []),
                      *effects_section(as_crossed, crossed_factors, reference, start)]
         if is_full_factorial(as_crossed, crossed_factors):
-            files.append(main_effects_plot(as_crossed, crossed_factors, folder, metric))
+            files.append(main_effects_plot(as_crossed, crossed_factors, folder, metric, metric_bounds(metric)))
         if reference:
             cells = design_cells(space)  # the levels in the order the study file lists them
             order = {f: list(dict.fromkeys(str(c[f]) for c in cells)) for f in crossed_factors

@@ -1,9 +1,10 @@
-"""The report's PNGs: Optuna's own matplotlib plots, objective by placement x variant, the factor
-effects of a seeded study, and a response curve over a numeric factor.
+"""The report's PNGs: Optuna's own matplotlib plots, objective by placement x variant, and for a seeded
+study its configurations, factor effects and a response curve over a numeric factor.
 
 Optuna plots history, each parameter (slice) and importances; it has no view of two categorical
 parameters against each other, which is the study's question (which BN sites, which DyT variant),
-so that heatmap is drawn here.
+so that heatmap is drawn here. Optuna's slices show one point per trial, which in a seeded study is one
+seed run: there a configuration's mean with its interval over seeds is what is drawn instead.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from dyt_lab.study.report.statistics import summarize
+from dyt_lab.study.report.statistics import summarize, text_of
+
+INTERVAL = "95% t-interval over seeds"  # what every error bar and band of these plots is
 
 
 def pyplot():
@@ -92,19 +95,20 @@ def plot_placement_variant(trials, row: str, column: str | None, metric: str, pa
         return save_figure(ax, path)
 
 
-def write_plots(study: optuna.Study, folder: Path, metric: str) -> tuple[list[Path], list[str]]:
-    """Write every plot that the study's trials allow; return the files and notes on those skipped."""
+def write_plots(study: optuna.Study, folder: Path, metric: str, seeded: bool = False) -> list[Path]:
+    """Write every plot that the study's trials allow and return them. ``seeded``: a trial is one seed run, so
+    Optuna's per-trial slices are left out (``configurations_plot`` draws each configuration over its seeds)."""
     from optuna.visualization import matplotlib as ovm
 
-    files, notes = [], []
+    files = []
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
-        return files, ["no plots: no completed trial yet"]
+        return files
     params = sorted({p for t in complete for p in t.params})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
         files.append(save_figure(ovm.plot_optimization_history(study, target_name=metric), folder / "history.png"))
-        for param in params:
+        for param in [] if seeded else params:
             name = re.sub(r"[^A-Za-z0-9_.-]", "_", param)
             files.append(save_figure(ovm.plot_slice(study, params=[param], target_name=metric),
                                folder / f"objective_vs_{name}.png"))
@@ -113,48 +117,77 @@ def write_plots(study: optuna.Study, folder: Path, metric: str) -> tuple[list[Pa
             try:
                 files.append(save_figure(ovm.plot_param_importances(study, params=varied, target_name=metric),
                                          folder / "importances.png"))
-            except Exception as err:  # too few or too uniform trials: say so, draw the rest
-                notes.append(f"no importances plot: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
+            except Exception:  # too few or too uniform trials: the report's importances section says why
+                pass
     placement, variant = placement_and_variant(params)
     if placement or variant:
         row, column = (placement, variant) if placement else (variant, None)
         files.append(plot_placement_variant(complete, row, column, metric, folder / "placement_x_variant.png"))
-    else:
-        notes.append("no placement x variant plot: no searched key ends in 'placement' or 'norm'")
-    return files, notes
+    return files
 
 
-def main_effects_plot(table: pd.DataFrame, factors: list[str], folder: Path, metric: str) -> Path:
-    """One panel per factor: the mean objective at each level, with the 95% interval over seeds."""
+def configurations_plot(table: pd.DataFrame, factors: list[str], folder: Path, metric: str,
+                        bounds: tuple[float, float] | None = None, names: dict[str, str] | None = None) -> Path:
+    """Each configuration's mean over its seeds with its 95% t-interval (the report's table, best on top); a
+    configuration with no interval (one seed, or seeds that agree exactly) is a hollow point. ``names``: a
+    configuration's familiar name (BatchNorm) by its label."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(factors), figsize=(3.2 * len(factors), 3.2), sharey=True, squeeze=False)
+    stats_ = summarize(table, factors, bounds=bounds).iloc[::-1]  # best mean last, drawn at the top
+    labels = [text_of({f: r[f] for f in factors}) for r in stats_.to_dict("records")]
+    labels = [f"{(names or {}).get(lab)}: {lab}" if (names or {}).get(lab) else lab for lab in labels]
+    rows = np.arange(len(stats_))
+    known = stats_["ci_low"].notna().to_numpy()
+    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.32 * len(stats_)))
+    ax.errorbar(stats_["mean"][known], rows[known], fmt="o", capsize=3,
+                xerr=[(stats_["mean"] - stats_["ci_low"])[known], (stats_["ci_high"] - stats_["mean"])[known]])
+    if not known.all():
+        ax.plot(stats_["mean"][~known], rows[~known], "o", mfc="none", color="C0", label="too few seeds: no interval")
+        ax.legend(fontsize=7)
+    ax.set_yticks(rows, labels, fontsize=7)
+    ax.set_xlabel(f"{metric}: mean, {INTERVAL}")  # the bars' meaning on the axis, where no legend covers them
+    ax.set_title(f"{metric} per configuration", loc="left")
+    return save_figure(ax, folder / "configurations.png")
+
+
+def main_effects_plot(table: pd.DataFrame, factors: list[str], folder: Path, metric: str,
+                      bounds: tuple[float, float] | None = None) -> Path:
+    """One panel per factor: the mean objective at each level, with the 95% t-interval over seeds."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(factors), figsize=(3.2 * len(factors), 3.4), sharey=True, squeeze=False)
     for ax, factor in zip(axes.flat, factors):
         # the level's mean per seed (over the other factors), then the t-interval over seeds
         by_seed = table.assign(_level=table[factor].astype(str)).groupby(["_level", "seed"], as_index=False)["value"].mean()
-        per_level = summarize(by_seed, ["_level"])
+        per_level = summarize(by_seed, ["_level"], bounds=bounds)
         per_level = per_level.sort_values("_level")
-        ax.errorbar(per_level["_level"], per_level["mean"], yerr=[per_level["mean"] - per_level["ci_low"],
-                    per_level["ci_high"] - per_level["mean"]], fmt="o-", capsize=4)
+        ax.errorbar(per_level["_level"], per_level["mean"], fmt="o-", capsize=4, label=f"mean, {INTERVAL}",
+                    yerr=[(per_level["mean"] - per_level["ci_low"]).fillna(0),
+                          (per_level["ci_high"] - per_level["mean"]).fillna(0)])
         ax.set_title(factor)
         ax.set_xlabel("level")
     axes.flat[0].set_ylabel(metric)
+    axes.flat[0].legend(fontsize=7)
     return save_figure(axes, folder / "main_effects.png")
 
 
 def response_plot(table: pd.DataFrame, factors: list[str], x: str, reference: dict | None, folder: Path,
                   metric: str, loss_column: str) -> Path:
     """The objective and the last training loss against ``x``, mean and 95% interval per series (the other
-    factors), over the band (mean and interval) of the reference configuration at the same series levels."""
+    factors), over the band (mean and interval) of the reference configuration at the same series levels.
+
+    Intervals stay in the quantity's range: clipped at 0 for the loss (a t-interval of a loss near 0 runs below
+    it) and to [0, 1] for an accuracy; the panel's title says so."""
     plt = pyplot()
     series_by = [f for f in factors if f != x and table.loc[table[x].astype(str) != "-", f].astype(str).nunique() > 1]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), squeeze=False)
-    for ax, column, label in ((axes[0, 0], "value", metric), (axes[0, 1], loss_column, "train loss (last epoch)")):
+    panels = ((axes[0, 0], "value", metric, (0.0, 1.0) if "acc" in metric else None),
+              (axes[0, 1], loss_column, "train loss (last epoch)", (0.0, math.inf)))
+    for ax, column, label, bounds in panels:
         data = table.dropna(subset=[column])
         for key, rows in (data.groupby(series_by) if series_by else [((), data)]):
             key = key if isinstance(key, tuple) else (key,)
             name = ", ".join(f"{f}={k}" for f, k in zip(series_by, key)) or "all"
             curve = rows[rows[x].astype(str) != "-"].assign(_x=lambda d: d[x].astype(float))
-            stats_ = summarize(curve, ["_x"], value=column, bounds=(0.0, 1.0) if column == "value" and "acc" in metric else None)
+            stats_ = summarize(curve, ["_x"], value=column, bounds=bounds)
             stats_ = stats_.sort_values("_x")
             line = ax.errorbar(stats_["_x"], stats_["mean"], fmt="o-", capsize=3, label=f"{name}",
                                yerr=[(stats_["mean"] - stats_["ci_low"]).fillna(0), (stats_["ci_high"] - stats_["mean"]).fillna(0)])
@@ -163,7 +196,7 @@ def response_plot(table: pd.DataFrame, factors: list[str], x: str, reference: di
                 ref_rows = ref_rows[np.logical_and.reduce([ref_rows[k].astype(str) == str(v) for k, v in reference.items()
                                                            if k in ref_rows])] if len(ref_rows) else ref_rows
             if len(ref_rows) >= 2:
-                band = summarize(ref_rows.assign(_r="ref"), ["_r"], value=column).iloc[0]
+                band = summarize(ref_rows.assign(_r="ref"), ["_r"], value=column, bounds=bounds).iloc[0]
                 low, high = (band["ci_low"], band["ci_high"]) if pd.notna(band["ci_low"]) else (band["mean"],) * 2
                 color = line[0].get_color()
                 ax.axhspan(low, high, color=color, alpha=0.15)
@@ -171,5 +204,8 @@ def response_plot(table: pd.DataFrame, factors: list[str], x: str, reference: di
         ax.set_xscale("log")
         ax.set_xlabel(x)
         ax.set_ylabel(label)
+        clipped = "" if bounds is None else ", clipped at 0" if bounds[1] == math.inf else \
+            f", clipped to [{bounds[0]:g}, {bounds[1]:g}]"
+        ax.set_title(f"mean, {INTERVAL}{clipped}", fontsize=8, loc="left")
         ax.legend(fontsize=7)
     return save_figure(axes, folder / f"{x.split('.')[-1]}_response.png")

@@ -157,13 +157,13 @@ def report(name: str, root: str = "studies", storage: str | None = None, margin:
                         "with few trials, a hint only.")
         sections.append(markdown_table(["parameter", "importance"], [[k, f"{v:.3f}"] for k, v in found.items()]))
     else:
-        sections.append(f"None yet: {why_not}")
+        sections.append(f"None: {why_not}.")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         study.trials_dataframe().to_csv(folder / "trials.csv", index=False)
-    files, notes = write_plots(study, folder, metric)
-    files = [*replicated_files, *files]
-    sections += ["## Files", "\n".join(f"- `{p.name}`" for p in [folder / "trials.csv", *files]), *notes,
+    files = [*replicated_files, *write_plots(study, folder, metric, seeded=bool(design.get("seeds")))]
+    files = [p for p in files if p.is_file()]  # the list names what is there, nothing that was skipped
+    sections += ["## Files", "\n".join(f"- `{p.name}`" for p in [folder / "trials.csv", *files]),
                  "## Open the study", "\n".join(f"    {line}" for line in how_to_open(name, url, folder))]
     text = "\n\n".join(sections) + "\n"
     (folder / "report.md").write_text(text)
