@@ -582,3 +582,22 @@ def test_the_response_plots_loss_intervals_stay_at_or_above_zero(tmp_path, monke
     assert all(patch.get_y() >= 0.0 for patch in loss.patches)  # the reference's band too
     assert "clipped at 0" in loss.get_title(loc="left")
     assert "clipped to [0, 1]" in drawn["axes"][0, 0].get_title(loc="left")
+
+
+def test_a_single_configuration_is_named_by_its_levels_and_gets_no_factor_effects(tmp_path):
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    from dyt_lab.study.definition.space import SearchSpace
+    from dyt_lab.study.definition.study_file import Distribution
+    from dyt_lab.study.report.comparison import replicated_sections
+
+    study = optuna.create_study(direction="maximize")
+    for seed, value in enumerate((0.97, 0.98, 0.975)):
+        study.add_trial(optuna.trial.create_trial(params={"model.optimizer.lr": 0.0034567891}, value=value,
+                                                  user_attrs={"seed": seed},
+                                                  distributions={"model.optimizer.lr": FloatDistribution(0.001, 0.01)}))
+    space = SearchSpace({"model.optimizer.lr": Distribution(type="float", low=0.001, high=0.01)})
+    sections, _ = replicated_sections(study, space, {"seeds": [0, 1, 2]}, tmp_path, "val/acc", margin=0.005)
+    assert "| model.optimizer.lr=0.003457 |" in "\n".join(sections)  # what it is, to 4 digits
+    assert "## Factor effects" not in sections  # one configuration has no factor to estimate

@@ -64,7 +64,9 @@ def one_configuration(table: pd.DataFrame) -> str:
     (center=batch, ...)``, ``model.norm=batchnorm``), or the base config where the study searched no key."""
     first = table.iloc[0]
     levels = {c: first[c] for c in table.columns if c not in NOT_FACTORS and str(first[c]) != "-"}
-    known, text = name_of(levels), statistics.text_of(levels)
+    # a searched float (a sampled lr) to 4 digits: a label, not a record (seed_runs.csv keeps the value)
+    known = name_of(levels)
+    text = statistics.text_of({k: f"{v:.4g}" if isinstance(v, float) else v for k, v in levels.items()})
     return f"{known} ({text})" if known else text or "the study's base config"
 
 
@@ -541,7 +543,7 @@ def replicated_sections(study: optuna.Study, space: SearchSpace, design: dict, f
         sections += [f"## Response to {x}", f"`{files[-1].name}`: {metric} and the last training loss against {x}, "
                      "mean and 95% interval over seeds (clipped at 0 for the loss, which cannot be negative), over "
                      "the reference's band at the same other levels."]
-    if len(factors) >= 1 and table["seed"].nunique() >= 2:
+    if table[factors].astype(str).drop_duplicates().shape[0] > 1 and table["seed"].nunique() >= 2:
         as_crossed, crossed_factors = crossed(table, factors)
         merged = [f for f in crossed_factors if f not in factors]
         sections += ["## Factor effects",
