@@ -870,3 +870,24 @@ def test_a_seeded_reports_plots_are_per_configuration_and_its_files_are_the_file
     assert "`configurations.png`" in section(report, "Configurations (mean over seeds)")
     assert seen["importances.png"]["legend"] == ["val/acc (best)"]  # the metric, not "Objective Value"
     assert seen["main_effects.png"]["legend"] == ["mean, 95% t-interval over seeds"]
+
+
+def test_the_report_of_a_factorial_with_a_reference_prints_no_warning(tmp_path, capsys):
+    """What a new user saw: pandas' reindexing warning twice per report, and matplotlib's tight-layout one for the
+    placement x variant heatmap of norm specs (long labels). A whole report, warnings as errors."""
+    import warnings
+
+    from dyt_lab.study.definition.space import choice_label
+
+    space = {"model.norm": [BN_POINT, ALPHA_POINT], "model.optimizer.lr": [0.003, 0.001]}
+    runs = [({"model.norm": choice_label(norm), "model.optimizer.lr": lr}, s,
+             0.9 + 0.05 * (norm is BN_POINT) + 0.01 * (lr == 0.003) + 0.003 * s + 0.002 * (s == 1 and norm is ALPHA_POINT), 0.1)
+            for norm in (BN_POINT, ALPHA_POINT) for lr in (0.003, 0.001) for s in range(3)]
+    root = made_study(tmp_path, "fact", space, runs, reference={"scale": "batch_std"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        main(["study", "report", "fact", "--root", root])
+    report = (tmp_path / "fact" / "report.md").read_text()
+    capsys.readouterr()
+    assert "## Factor effects" in report and "| alpha - batch_std |" in report
+    assert (tmp_path / "fact" / "placement_x_variant.png").is_file()

@@ -77,7 +77,9 @@ def plot_placement_variant(trials, row: str, column: str | None, metric: str, pa
     grid = [[cells.get((r, c), (math.nan, 0))[0] for c in cols] for r in rows]
     low, high = min(v for v, _ in cells.values()), max(v for v, _ in cells.values())
     with plt.style.context("default"):  # Optuna's plots switch the global style to ggplot's grid
-        fig, ax = plt.subplots(figsize=(2.5 + 1.4 * len(cols), 1.8 + 0.5 * len(rows)))
+        # as wide as the row labels need (a norm spec is a long JSON label), or tight_layout gives up and warns
+        label_width = 0.07 * max(len(r) for r in rows)
+        fig, ax = plt.subplots(figsize=(2.5 + 1.4 * len(cols) + label_width, 1.8 + 0.5 * len(rows)))
         image = ax.imshow(grid, cmap="viridis", aspect="auto")
         for i, r in enumerate(rows):
             for j, c in enumerate(cols):
