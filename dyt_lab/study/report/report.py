@@ -157,7 +157,7 @@ def report(name: str, root: str = "studies", storage: str | None = None, margin:
                         "with few trials, a hint only.")
         sections.append(markdown_table(["parameter", "importance"], [[k, f"{v:.3f}"] for k, v in found.items()]))
     else:
-        sections.append(f"None: {why_not}.")
+        sections.append(f"None: {why_not.rstrip('.')}.")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         study.trials_dataframe().to_csv(folder / "trials.csv", index=False)
