@@ -180,10 +180,10 @@ def test_compare_adds_the_test_set_s_sampling_to_its_intervals(ran, capsys, monk
     main(["study", "compare", "fam.dyt", "fam.bn"])
     written = (ran / "studies" / "fam.dyt" / "versus_fam.bn.md").read_text()
     seed_only, crossed = written.split("## Over seeds and test images")
-    row = next(line for line in crossed.splitlines() if line.startswith("| configuration=the only one"))
+    row = next(line for line in crossed.splitlines() if line.startswith("| model.optimizer.lr="))
     cells = [cell.strip() for cell in row.split("|")[1:-1]]
     delta_points = float(cells[1])
-    seed_row = next(line for line in seed_only.splitlines() if line.startswith("| configuration=the only one"))
+    seed_row = next(line for line in seed_only.splitlines() if line.startswith("| model.optimizer.lr="))
     assert delta_points == pytest.approx(100 * float(seed_row.split("|")[5]), abs=0.01)  # the same Δ, in points
     low, high = (float(x) for x in cells[3].strip("[]").split(","))
     assert low <= delta_points <= high and (high - low) > 0  # images add width even where two seeds agree

@@ -120,9 +120,12 @@ def trials_of(name: str, url: str) -> list:
 def test_two_machines_on_postgres_kill_9_one_and_rerun_it(postgres, tmp_path):
     name, url = "two_machines", postgres.url()
     # Heartbeats every second and dead after 4 s without one: the kill is found in seconds.
+    # A gets exactly one trial of the three, and the test must see it between its first epoch and its end: with
+    # 4 epochs (about 4 s) a full suite on 2 cores beside another job missed that window once (A finished its
+    # only trial between two looks, then exited with the study full). 12 epochs make the window about 12 s.
     path = write_study(tmp_path, name, n_trials=3, storage=url, heartbeat_interval=1, grace_period=4,
                        search_space={"model.norm": ["dyt", "derf", "dyt_shift"]},
-                       base={"configs": [BASE], "overrides": {**TINY, "trainer.max_epochs": 4}})
+                       base={"configs": [BASE], "overrides": {**TINY, "trainer.max_epochs": 12}})
     # No fused C++ kernel: its first build (tens of seconds) is not what this test is about.
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "MPLCONFIGDIR": str(tmp_path / ".mpl"), "OMP_NUM_THREADS": "1",
            "DYT_LAB_NO_KERNEL": "1"}
