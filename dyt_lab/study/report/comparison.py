@@ -70,19 +70,6 @@ def one_configuration(table: pd.DataFrame) -> str:
     return f"{known} ({text})" if known else text or "the study's base config"
 
 
-# Metrics are logged as float32: two seeds whose runs differ by the same number of images give paired
-# differences that disagree by about 1e-8 once subtracted, which reads as a real, tiny spread (a zero-width
-# interval, and a "significant" verdict), and makes Bartlett refuse to pool the other rows' spreads.
-TIE = 4 * float(np.finfo(np.float32).eps)  # relative to the metric's scale: float32 rounding of four values
-
-
-def settle_ties(differences: np.ndarray, scale: float) -> np.ndarray:
-    """Paired differences that agree to float32 rounding (``TIE`` x ``scale``, the metric's size) made exactly
-    equal, so that the statistics treat them as the zero spread they are ("too few seeds", or the pooled one)."""
-    d = np.asarray(differences, dtype=float)
-    return np.full_like(d, d.mean()) if len(d) > 1 and np.ptp(d) <= TIE * max(scale, 1e-12) else d
-
-
 def as_cell(levels: dict | None) -> dict | None:
     """A reference or gap_from cell as the seed-run table shows it: a null level (an option left off) is "-"."""
     return None if levels is None else {k: "-" if v is None else v for k, v in levels.items()}
@@ -133,8 +120,7 @@ def _table(frame: pd.DataFrame) -> str:
 
 
 def differences_to(table: pd.DataFrame, factors: list[str], reference: dict, higher_is_better: bool,
-                   margin: float, value: str = "value", bounds: tuple[float, float] | None = None,
-                   confidence: float = 1 - statistics.ALPHA) -> pd.DataFrame:
+                   margin: float, value: str = "value", confidence: float = 1 - statistics.ALPHA) -> pd.DataFrame:
     """Each configuration's paired difference to its reference cell, as one Holm family.
 
     With one reference cell (a confirm study: the reference at its best), every configuration is compared
@@ -158,7 +144,7 @@ def differences_to(table: pd.DataFrame, factors: list[str], reference: dict, hig
             continue  # no reference cell, or no single closest one
         kept.append(config)
         diffs.append((seeds_of(config) - seeds_of(agree[shared.index(max(shared))])).dropna().to_numpy())
-    out = statistics.compare_pairs(diffs, confidence, higher_is_better=higher_is_better, margin=margin, bounds=bounds)
+    out = statistics.compare_pairs(diffs, confidence, higher_is_better=higher_is_better, margin=margin)
     return pd.concat([pd.DataFrame(kept, columns=factors), out], axis=1)
 
 
@@ -433,7 +419,7 @@ def confirmed_section(confirm_study: optuna.Study, space: SearchSpace, search: p
            _table(pd.DataFrame(rows))]
     if reference:
         diffs = differences_to(fresh, factors, reference, confirm_study.direction.name.lower() == "maximize", margin,
-                               value, bounds=metric_bounds(value if use_test else metric))
+                               value)
         lines = [f"- {', '.join(f'{f}={d[f]}' for f in factors)}: {d['mean_diff']:+.4f} "
                  f"{_ci(d['ci_low'], d['ci_high'])}, p = {_p(d['p_diff'])} (Holm {_p(d['p_diff_holm'])}): **"
                  + verdict_text(d["verdict"], margin, d) + "**"

@@ -81,6 +81,17 @@ def _spread(groups: list[np.ndarray]) -> list[tuple[float, float, str]]:
     return [(float(g.var(ddof=1)), len(g) - 1.0, "own") if len(g) >= 2 else (math.nan, 0.0, "own") for g in groups]
 
 
+# Metrics are logged as float32: seeds that agree (or differ by the same number of images) come back as values
+# or differences about 1e-8 apart, a "spread" that gives a zero-width interval and makes Bartlett refuse to pool.
+TIE = 4 * float(np.finfo(np.float32).eps)
+
+
+def _settled(g: np.ndarray) -> np.ndarray:
+    """A group whose values agree to float32 rounding made exactly equal: the zero spread it is."""
+    scale = max(float(np.abs(g).max()), 1.0) if len(g) else 1.0
+    return np.full_like(g, g.mean()) if len(g) > 1 and np.ptp(g) <= TIE * scale else g
+
+
 def _clip(low, high, bounds):
     return (low, high) if bounds is None else (np.clip(low, *bounds), np.clip(high, *bounds))
 
@@ -95,7 +106,7 @@ def summarize(table: pd.DataFrame, factors: list[str], value: str = "value", see
     check_table(table, factors, value, seed)
     grouped = table.groupby(list(factors), sort=False)[value]
     out = grouped.agg(n="count", mean="mean", std="std").reset_index()
-    spreads = _spread([np.asarray(g, dtype=float) for _, g in grouped])
+    spreads = _spread([_settled(np.asarray(g, dtype=float)) for _, g in grouped])
     var = np.array([s[0] for s in spreads])
     df = np.array([s[1] for s in spreads])
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -171,15 +182,15 @@ def t_tests(mean, se, df, margin: float, confidence: float = 1 - ALPHA) -> dict[
 
 
 def compare_pairs(differences: list[np.ndarray], confidence: float = 1 - ALPHA, higher_is_better: bool = True,
-                  margin: float = DEFAULT_MARGIN, bounds: tuple[float, float] | None = None) -> pd.DataFrame:
+                  margin: float = DEFAULT_MARGIN) -> pd.DataFrame:
     """One family of comparisons, each given as its per-seed paired differences: estimates, tests, verdicts.
 
     The spread of the differences is pooled over the family when Bartlett's test finds no sign that it
     differs between comparisons (degrees of freedom: all pairs), else each uses its own (n_pairs - 1).
-    ``bounds`` is the metric's range: a difference then stays within +-(high - low).
+    A difference's interval is never cut to the metric's span: wider than the span, it says how little the pairs tell.
     """
     margin = check_margin(margin)
-    groups = [np.asarray(d, dtype=float) for d in differences]
+    groups = [_settled(np.asarray(d, dtype=float)) for d in differences]
     out = pd.DataFrame({"n_pairs": [len(g) for g in groups], "mean_diff": [g.mean() if len(g) else math.nan
                                                                           for g in groups],
                         "std_diff": [g.std(ddof=1) if len(g) > 1 else math.nan for g in groups]})
@@ -187,8 +198,7 @@ def compare_pairs(differences: list[np.ndarray], confidence: float = 1 - ALPHA, 
     out["std_err"] = np.sqrt(np.array(var, dtype=float) / out["n_pairs"].to_numpy())
     out["df"], out["interval"] = np.array(df, dtype=float), list(how)
     tests = t_tests(out["mean_diff"], out["std_err"], out["df"], margin, confidence)
-    span = None if bounds is None else (bounds[0] - bounds[1], bounds[1] - bounds[0])
-    out["ci_low"], out["ci_high"] = _clip(tests["ci_low"], tests["ci_high"], span)
+    out["ci_low"], out["ci_high"] = tests["ci_low"], tests["ci_high"]  # never cut to ±range: wide is the answer
     out["p_diff"], out["p_tost"] = tests["p_diff"], tests["p_tost"]
     out.loc[out["p_diff"].isna(), "interval"] = "too few seeds"
     return verdicts(out, margin, higher_is_better, alpha=1 - confidence)
@@ -196,7 +206,7 @@ def compare_pairs(differences: list[np.ndarray], confidence: float = 1 - ALPHA, 
 
 def paired_differences(table: pd.DataFrame, factors: list[str], reference: dict, value: str = "value",
                        seed: str = "seed", confidence: float = 1 - ALPHA, higher_is_better: bool = True,
-                       margin: float = DEFAULT_MARGIN, bounds: tuple[float, float] | None = None) -> pd.DataFrame:
+                       margin: float = DEFAULT_MARGIN) -> pd.DataFrame:
     """Each configuration minus ``reference`` over their shared seeds, as one family (``compare_pairs``)."""
     check_table(table, factors, value, seed)
     wide = table.set_index([*factors, seed])[value].unstack(seed)  # one row per configuration
@@ -212,7 +222,7 @@ def paired_differences(table: pd.DataFrame, factors: list[str], reference: dict,
     others = wide.drop(index=wide.index[texts.index(wanted)])
     diffs = others.sub(ref, axis=1)  # NaN where a seed is missing on either side, so only pairs count
     out = compare_pairs([row.dropna().to_numpy() for _, row in diffs.iterrows()], confidence,
-                        higher_is_better, margin, bounds)
+                        higher_is_better, margin)
     out.index = others.index
     out["ref_std"] = ref.std()  # the reference's seed spread, for judging a difference's size
     reference_row = pd.DataFrame({"verdict": ["reference"], "mean_diff": [0.0], "n_pairs": [ref.count()]},

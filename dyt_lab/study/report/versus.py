@@ -28,7 +28,6 @@ from dyt_lab.study.report.comparison import (
     _p,
     one_configuration,
     seed_run_table,
-    settle_ties,
     verdict_text,
 )
 from dyt_lab.study.report.markdown import markdown_table
@@ -76,10 +75,7 @@ def compare(name: str, against: str, root: str = "studies", storage: str | None 
     if not paired:
         raise ConfigError(f"study '{name}' (seeds {sorted(set(ours['seed']))}) and study '{against}' (seeds "
                           f"{sorted(reference.index)}) share no seed: nothing to pair")
-    scale = max(float(ours[value].abs().max()), float(theirs[value].abs().max()))
-    diffs = [settle_ties((runs - reference.loc[runs.index]).to_numpy(), scale) for runs in paired.values()]
-    # no bounds: an interval wider than the metric's range says how little the pairs tell; cut to ±1, it
-    # looked like a measurement
+    diffs = [(runs - reference.loc[runs.index]).to_numpy() for runs in paired.values()]
     result = statistics.compare_pairs(diffs, higher_is_better=maximize, margin=margin)
     result.insert(0, "configuration", list(paired))
     result["ours"] = [runs.mean() for runs in paired.values()]  # both means over the paired seeds, so they subtract to Δ
