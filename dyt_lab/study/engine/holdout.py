@@ -22,7 +22,7 @@ import yaml
 from dyt_lab.errors import ConfigError
 from dyt_lab.study.definition.claims import CLAIMS_FILE, HOLDOUT_ATTR, ClaimsFile, load_claims
 from dyt_lab.study.definition.space import choice_label
-from dyt_lab.study.definition.storage import storage_url
+from dyt_lab.study.definition.storage import load_existing, storage_url
 from dyt_lab.study.definition.study_file import SPEC_FILE, Base, Pruner, Sampler, StudySpec, load_spec
 
 SAME_CLAIMS = ("base", "arms", "claims", "metric", "margin")  # what makes two claims files the same claims
@@ -120,14 +120,9 @@ def holdout(path: str, workers: int | None = None) -> Path:
 
 def check_recorded(spec: StudySpec, claims: ClaimsFile) -> None:
     """A holdout that exists in its storage must have recorded these claims, and may not have finished."""
-    url = storage_url(spec.storage, spec.folder)
-    if spec.storage in ("sqlite", "journal") and not spec.folder.is_dir():
-        return
-    from dyt_lab.study.definition.storage import open_storage
-
-    try:
-        study = optuna.load_study(study_name=spec.study_name, storage=open_storage(url))
-    except KeyError:  # no such study yet
+    try:  # never opens a storage file that is not there (opening would create it)
+        study = load_existing(spec.study_name, storage_url(spec.storage, spec.folder))
+    except ConfigError:  # no such study yet
         return
     recorded = study.user_attrs.get(HOLDOUT_ATTR) or {}
     if recorded and recorded.get("sha256") != claims.sha256:
