@@ -203,3 +203,17 @@ def test_a_best_at_the_edge_of_its_range_is_named_with_a_wider_range():
                      "rate=0.008 is the highest of its choices"]
     assert edges({"lr": 0.01, "wd": 0.01, "rate": 0.002}, space) == ["wd=0.01 at the low edge of [0, 0.3]: the range's "
                                                                      "natural end"]
+
+
+def test_the_family_may_live_in_another_folder_and_its_seeds_still_count(tmp_path, capsys, monkeypatch):
+    shipped = tmp_path / "docs" / "results" / "fam.bn"
+    shipped.mkdir(parents=True)
+    (shipped / "study.yaml").write_text(yaml.safe_dump(
+        {"study_name": "fam.bn", "base": {"configs": [BASE]}, "search_space": {"model.norm": ["dyt"]}, "seeds": [0, 5]}))
+    (tmp_path / "studies").mkdir()
+    claims = str(write_claims(tmp_path))
+    assert "family study 'fam' has no folder" in refusal(capsys, tmp_path, monkeypatch, "holdout", claims)
+    line = refusal(capsys, tmp_path, monkeypatch, "holdout", claims, "--family_root", str(tmp_path / "docs" / "results"))
+    assert "seeds [5] were run by study 'fam.bn' (seeds [0, 5])" in line
+    assert "is not a folder" in refusal(capsys, tmp_path, monkeypatch, "holdout", claims, "--family_root", "nowhere")
+    assert sorted(p.name for p in (tmp_path / "studies").iterdir()) == []

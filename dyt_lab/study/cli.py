@@ -14,7 +14,7 @@ usage: dyt-lab study run --config configs/study/NAME.yaml [--KEY VALUE ...] [--w
        dyt-lab study confirm NAME --top K --seeds 10..14|auto [--max_seeds N --batch 5] [--per FACTOR] [--workers N]
                              [--tag TAG [--config FIT.yaml] [--base.overrides.KEY=VALUE ...]] [--ablate]
        dyt-lab study compare NAME AGAINST [--root studies] [--margin 0.005]
-       dyt-lab study holdout CLAIMS.yaml [--workers N]
+       dyt-lab study holdout CLAIMS.yaml [--workers N] [--family_root DIR]
 
   run      check the study file and its configs, then run trials until the study has n_trials;
            the same command again resumes it. Any key of the study file is a flag
@@ -185,14 +185,18 @@ def main(argv: list[str]) -> None:
         if not rest or rest[0].startswith("-"):
             raise ConfigError("study holdout needs a claims file: dyt-lab study holdout CLAIMS.yaml "
                               "(e.g. configs/holdout/pointwise_vs_batchnorm.yaml)")
-        workers = flag_values(rest[1:], "--workers")
-        unknown = [a for a in rest[1:] if a.startswith("-") and a.split("=")[0] != "--workers"]
+        workers, family_root = flag_values(rest[1:], "--workers"), flag_values(rest[1:], "--family_root")
+        unknown = [a for a in rest[1:] if a.startswith("-") and a.split("=")[0] not in ("--workers", "--family_root")]
         if unknown:
-            raise ConfigError(f"study holdout: unknown flag {unknown[0]}; valid: --workers N (everything else is "
-                              "fixed in the claims file)")
+            raise ConfigError(f"study holdout: unknown flag {unknown[0]}; valid: --workers N, --family_root DIR "
+                              "(everything else is fixed in the claims file)")
         if workers and not workers[-1].lstrip("-").isdigit():
             raise ConfigError(f"--workers {workers[-1]!r} is not an integer; give e.g. --workers 2")
-        holdout(rest[0], workers=int(workers[-1]) if workers else None)
+        if family_root and not Path(family_root[-1]).is_dir():
+            raise ConfigError(f"--family_root '{family_root[-1]}' is not a folder; give the folder that holds the "
+                              "family's study folders (e.g. docs/results)")
+        holdout(rest[0], workers=int(workers[-1]) if workers else None,
+                family_root=family_root[-1] if family_root else None)
     elif command == "_worker":  # started by `run --workers N`, not by people
         from dyt_lab.study.engine.runner import run_worker
 

@@ -28,9 +28,10 @@ from dyt_lab.study.definition.study_file import SPEC_FILE, Base, Pruner, Sampler
 SAME_CLAIMS = ("base", "arms", "claims", "metric", "margin")  # what makes two claims files the same claims
 
 
-def family_seeds(claims: ClaimsFile) -> dict[str, list[int]]:
-    """Study name -> the seeds it ran, for every study of the family under root (NAME and NAME.*)."""
-    root, found = Path(claims.root), {}
+def family_seeds(claims: ClaimsFile, family_root: str | None = None) -> dict[str, list[int]]:
+    """Study name -> the seeds it ran, for every study of the family (NAME and NAME.*) under ``family_root``
+    (default: the claims file's root; a fresh clone has the shipped family's study files in docs/results)."""
+    root, found = Path(family_root or claims.root), {}
     for member in claims.family:
         folders = [f for f in sorted(root.glob(f"{member}*")) if f.name == member or f.name.startswith(f"{member}.")]
         folders = [f for f in folders if (f / SPEC_FILE).is_file()]
@@ -44,9 +45,9 @@ def family_seeds(claims: ClaimsFile) -> dict[str, list[int]]:
     return found
 
 
-def check_fresh(claims: ClaimsFile) -> None:
+def check_fresh(claims: ClaimsFile, family_root: str | None = None) -> None:
     """Refuse seeds the family ran and claims that ran before, in one line; nothing is written."""
-    for study, seeds in family_seeds(claims).items():
+    for study, seeds in family_seeds(claims, family_root).items():
         if reused := sorted(set(seeds) & set(claims.seeds)):
             raise ConfigError(f"seeds {reused} were run by study '{study}' (seeds {seeds}): a holdout's seeds must be "
                               f"fresh; give seeds that no study of {claims.family} used")
@@ -93,8 +94,11 @@ def holdout_spec(claims: ClaimsFile) -> tuple[StudySpec, dict[str, dict]]:
     return spec, params
 
 
-def holdout(path: str, workers: int | None = None) -> Path:
-    """Check the claims file, run (or resume) the holdout, and write its report; the report's path."""
+def holdout(path: str, workers: int | None = None, family_root: str | None = None) -> Path:
+    """Check the claims file, run (or resume) the holdout, and write its report; the report's path.
+
+    ``family_root``: where the family's study folders are, if not under the claims file's root.
+    """
     from dyt_lab.study.engine.runner import run_study
     from dyt_lab.study.report.holdout import holdout_report
 
@@ -103,7 +107,7 @@ def holdout(path: str, workers: int | None = None) -> Path:
         if workers < 1:
             raise ConfigError(f"--workers {workers} must be 1 or more")
         claims.workers = workers
-    check_fresh(claims)
+    check_fresh(claims, family_root)
     spec, params = holdout_spec(claims)
     record = {"file": str(path), "sha256": claims.sha256, "text": claims.text, "arms": params,
               "claims": [vars(c) for c in claims.claims], "metric": claims.metric, "margin": claims.margin,
