@@ -23,7 +23,7 @@ from dyt_lab.study.definition.space import SearchSpace, saved_space
 from dyt_lab.study.definition.storage import find_storage, load_existing
 from dyt_lab.study.report.comparison import TEST, seed_run_table
 from dyt_lab.study.report.markdown import markdown_table
-from dyt_lab.study.report.per_image import crossed_family, points_interval
+from dyt_lab.study.report.per_image import crossed_family, detectable_points, points_interval
 
 EDGE = 0.1  # a best within the outer tenth of a range (on its own scale) is "at the edge"
 
@@ -129,7 +129,7 @@ def versus_first(arms: list[str], bests: dict[str, pd.DataFrame], margin: float,
     except ConfigError as err:  # runs from before predictions were saved, or too few shared seeds
         return ["## Arms at their bests", f"No image-level comparison: {err}"]
     rows = [[r["label"], f"{100 * r['mean_diff']:+.2f}", points_interval(r["seed_ci_low"], r["seed_ci_high"]),
-             points_interval(r["ci_low"], r["ci_high"]), f"{100 * r['mde']:.2f}", r["verdict"]]
+             points_interval(r["ci_low"], r["ci_high"]), detectable_points(r["mde"]), r["verdict"]]
             for r in table.to_dict("records")]
     return ["## Arms at their bests, on the search's seeds (exploratory)",
             f"test/acc difference in points, paired by seed ({seeds}) and test image; Holm over the table, margin "

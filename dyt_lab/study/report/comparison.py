@@ -20,7 +20,7 @@ from dyt_lab.study.definition.design import design_cells, trial_levels, varying_
 from dyt_lab.study.definition.space import SearchSpace
 from dyt_lab.study.report import factorial, statistics
 from dyt_lab.study.report.markdown import markdown_table
-from dyt_lab.study.report.per_image import crossed_family, points_interval
+from dyt_lab.study.report.per_image import crossed_family, planning_text, points_interval
 from dyt_lab.study.report.plots import configurations_plot, main_effects_plot, response_plot
 from dyt_lab.study.trial.protocol import LAST_METRICS_ATTR, SEED_ATTR, TEST_METRICS_ATTR
 
@@ -481,8 +481,7 @@ def crossed_lines(fresh: pd.DataFrame, factors: list[str], reference: dict, marg
                       f"(seed-only {points_interval(r['seed_ci_low'], r['seed_ci_high'])}): **"
                       + verdict_text(r["verdict"], margin) + "**"
                       + ("" if r["verdict"] in ("better", "worse", "equivalent") else
-                         f"; detects {100 * r['mde']:.2f} points with 80% power; ±{100 * margin:g} would need "
-                         f"{r['seeds_needed']} seeds or {r['images_needed']} images")
+                         "; " + planning_text(r, margin, len(seeds), int(r["n_images"])))
                       for r in table.to_dict("records"))]
 
 

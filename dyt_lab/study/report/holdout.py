@@ -19,7 +19,7 @@ from dyt_lab.errors import ConfigError
 from dyt_lab.study.definition.claims import HOLDOUT_ATTR
 from dyt_lab.study.definition.storage import find_storage, load_existing
 from dyt_lab.study.report.markdown import markdown_table
-from dyt_lab.study.report.per_image import correctness, crossed_family, points_interval
+from dyt_lab.study.report.per_image import correctness, crossed_family, planning_text, points_interval
 from dyt_lab.study.report.resampling import mcnemar_by_seed
 from dyt_lab.study.report.statistics import ALPHA
 from dyt_lab.study.trial.protocol import SEED_ATTR
@@ -36,13 +36,6 @@ def confirmed(test: str, row) -> bool:
         return bool(row["p_tost_holm"] < ALPHA)
     significant = bool(row["p_diff_holm"] < ALPHA)
     return significant and (row["mean_diff"] > 0 if test == "better" else row["mean_diff"] < 0)
-
-
-def needed(n, unit: str, other: str) -> str:
-    """A planning number as read: ``14 seeds``, or why no number of them would do."""
-    if isinstance(n, float) and math.isinf(n):
-        return f"no number of {unit} (the {other} part alone is too large)"
-    return "-" if isinstance(n, float) and math.isnan(n) else f"{n} {unit}"
 
 
 def runs_by_arm(study, arms: dict[str, dict]) -> dict[str, dict[int, str]]:
@@ -86,12 +79,8 @@ def holdout_report(name: str, root: str = "studies", storage: str | None = None)
             f"{row['share_seed']:.0%} / {row['share_image']:.0%} / {row['share_interaction']:.0%}",
             ("confirmed" if ok else "not confirmed") + " (confirmatory)"])
         if not ok:
-            power_lines.append(
-                f"- `{claim['name']}`: not confirmed. The smallest difference this holdout detects with 80% power "
-                f"(after Holm over {len(claims)}) is {100 * row['mde']:.2f} points; "
-                f"equivalence within ±{100 * record['margin']:g} points would be shown (80% power, true Δ 0) with "
-                f"{needed(row['seeds_needed'], 'seeds', 'test-image')} at {n_images} test images, or "
-                f"{needed(row['images_needed'], 'test images', 'seed')} at {len(seeds)} seeds.")
+            power_lines.append(f"- `{claim['name']}`: not confirmed; this holdout "
+                               + planning_text(row, record["margin"], len(seeds), n_images) + ".")
         per_seed = mcnemar_by_seed(correct[claim["arm"]], correct[claim["against"]])
         mcnemar_lines.append(f"- `{claim['name']}`: " + "; ".join(
             f"seed {seeds[r['seed']]}: {r['b']} vs {r['c']} (p {r['p']:.2g})" for r in per_seed.to_dict("records")))

@@ -59,3 +59,24 @@ def points_interval(low: float, high: float) -> str:
     if not (np.isfinite(low) and np.isfinite(high)):
         return "too few seeds"
     return f"[{100 * max(low, -1.0):+.2f}, {100 * min(high, 1.0):+.2f}]"
+
+
+def detectable_points(mde: float) -> str:
+    """What a comparison could detect with 80% power, in points; past 100 points (few seeds), no difference."""
+    if not np.isfinite(mde):
+        return "nothing (too few seeds)"
+    return f"{100 * mde:.2f} points" if mde < 1 else "no possible difference (more than 100 points: too few seeds)"
+
+
+def needed(n, unit: str, other: str) -> str:
+    """A planning number as read: ``14 seeds``, or why no number of them would do."""
+    if isinstance(n, float) and np.isinf(n):
+        return f"no number of {unit} (the {other} part alone is too large)"
+    return "-" if isinstance(n, float) and np.isnan(n) else f"{n} {unit}"
+
+
+def planning_text(row: dict, margin: float, n_seeds: int, n_images: int) -> str:
+    """An inconclusive seeds x images row's power: what it detects, and what would decide it at the margin."""
+    return (f"detects {detectable_points(row['mde'])} with 80% power after Holm; ±{100 * margin:g} points "
+            f"(a true 0, 80% power) would need {needed(row['seeds_needed'], 'seeds', 'test-image')} at "
+            f"{n_images} images, or {needed(row['images_needed'], 'test images', 'seed')} at {n_seeds} seeds")

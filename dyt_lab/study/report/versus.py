@@ -31,7 +31,7 @@ from dyt_lab.study.report.comparison import (
     verdict_text,
 )
 from dyt_lab.study.report.markdown import markdown_table
-from dyt_lab.study.report.per_image import crossed_family, points_interval
+from dyt_lab.study.report.per_image import crossed_family, planning_text, points_interval
 
 
 def seed_runs(name: str, root: str, storage: str | None) -> tuple[pd.DataFrame, dict, str]:
@@ -117,7 +117,7 @@ def image_level_section(ours: pd.DataFrame, reference: pd.DataFrame, labels: lis
              points_interval(r["ci_low"], r["ci_high"]), f"{r['share_image']:.0%}", _p(r["p_diff_holm"]),
              _p(r["p_tost_holm"]), verdict_text(r["verdict"], margin),
              "-" if r["verdict"] in ("better", "worse", "equivalent") else
-             f"{100 * r['mde']:.2f}; ±{100 * margin:g}: {r['seeds_needed']} seeds or {r['images_needed']} images"]
+             planning_text(r, margin, len(seeds), int(r["n_images"]))]
             for r in table.to_dict("records")]
     return ["## Over seeds and test images",
             f"The same differences in points, paired by seed ({seeds}) and by test image ({int(table['n_images'].iloc[0])} "
