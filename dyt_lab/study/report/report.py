@@ -62,8 +62,9 @@ def trials_table(study: optuna.Study, metric: str) -> str:
     return markdown_table(["#", "state", metric, "seed", "epochs", "time", *params, "note"], rows)
 
 
-def placement_variant_table(study: optuna.Study) -> str | None:
-    """Mean objective per placement (rows) x variant (columns), with trial counts; None if not searched."""
+def placement_variant_table(study: optuna.Study) -> tuple[str, str] | None:
+    """What the table is by, and the mean objective per placement (rows) x variant (columns) with trial counts;
+    None if neither is searched."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     placement, variant = placement_and_variant(sorted({p for t in complete for p in t.params}))
     if not complete or not (placement or variant):
@@ -73,7 +74,8 @@ def placement_variant_table(study: optuna.Study) -> str | None:
     cols = sorted({c for _, c in cells})
     rows = [[r, *(f"{cells[(r, c)][0]:.4g} (n={cells[(r, c)][1]})" if (r, c) in cells else "-" for c in cols)]
             for r in sorted({r for r, _ in cells})]
-    return markdown_table([f"{row} \\ {column}" if column else row, *(cols if column else ["mean"])], rows)
+    by = "placement x variant" if column else f"`{row}`"
+    return by, markdown_table([f"{row} \\ {column}" if column else row, *(cols if column else ["mean"])], rows)
 
 
 def importances(study: optuna.Study) -> tuple[dict[str, float], str | None]:
@@ -148,7 +150,7 @@ def report(name: str, root: str = "studies", storage: str | None = None, margin:
         sections += ["## Best trial", "No completed trial yet."]
     grid = placement_variant_table(study)
     if grid:
-        sections += ["## Objective by placement x variant", f"Mean {metric} of completed trials.", grid]
+        sections += [f"## Objective by {grid[0]}", f"Mean {metric} of completed trials.", grid[1]]
     found, why_not = importances(study)
     sections.append("## Parameter importances")
     if found:
