@@ -22,8 +22,8 @@ from dyt_lab.errors import ConfigError
 from dyt_lab.study.definition.space import SearchSpace, saved_space
 from dyt_lab.study.definition.storage import find_storage, load_existing
 from dyt_lab.study.report.comparison import TEST, seed_run_table
-from dyt_lab.study.report.markdown import markdown_table
-from dyt_lab.study.report.per_image import crossed_family, detectable_points, points_interval
+from dyt_lab.study.report.markdown import markdown_table, publish
+from dyt_lab.study.report.per_image import crossed_family, detectable_points, points, points_interval
 
 EDGE = 0.1  # a best within the outer tenth of a range (on its own scale) is "at the edge"
 
@@ -111,9 +111,7 @@ def arms_report(name: str, arms: list[str], root: str = "studies", margin: float
     text = "\n\n".join(sections) + "\n"
     out = Path(root) / name / "report.md"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(text)
-    print(f"written: {out}")
+    publish(text, out)
     return out
 
 
@@ -128,7 +126,7 @@ def versus_first(arms: list[str], bests: dict[str, pd.DataFrame], margin: float,
         table, seeds = crossed_family({f"{a} - {reference}": (runs[a], runs[reference]) for a in others}, margin)
     except ConfigError as err:  # runs from before predictions were saved, or too few shared seeds
         return ["## Arms at their bests", f"No image-level comparison: {err}"]
-    rows = [[r["label"], f"{100 * r['mean_diff']:+.2f}", points_interval(r["seed_ci_low"], r["seed_ci_high"]),
+    rows = [[r["label"], points(r["mean_diff"]), points_interval(r["seed_ci_low"], r["seed_ci_high"]),
              points_interval(r["ci_low"], r["ci_high"]), detectable_points(r["mde"]), r["verdict"]]
             for r in table.to_dict("records")]
     return ["## Arms at their bests, on the search's seeds (exploratory)",

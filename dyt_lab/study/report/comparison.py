@@ -20,7 +20,7 @@ from dyt_lab.study.definition.design import design_cells, trial_levels, varying_
 from dyt_lab.study.definition.space import SearchSpace
 from dyt_lab.study.report import factorial, statistics
 from dyt_lab.study.report.markdown import markdown_table
-from dyt_lab.study.report.per_image import crossed_family, planning_text, points_interval
+from dyt_lab.study.report.per_image import crossed_family, planning_text, points, points_interval
 from dyt_lab.study.report.plots import configurations_plot, main_effects_plot, response_plot
 from dyt_lab.study.trial.protocol import LAST_METRICS_ATTR, SEED_ATTR, TEST_METRICS_ATTR
 
@@ -477,7 +477,7 @@ def crossed_lines(fresh: pd.DataFrame, factors: list[str], reference: dict, marg
         return [f"Over seeds and test images: not computed ({err})."]
     return ["The same differences over seeds × test images (the test set's own sampling in the interval; "
             f"seeds {seeds}, {int(table['n_images'].iloc[0])} images; Holm over these rows):",
-            "\n".join(f"- {r['label']}: {100 * r['mean_diff']:+.2f} points {points_interval(r['ci_low'], r['ci_high'])} "
+            "\n".join(f"- {r['label']}: {points(r['mean_diff'])} points {points_interval(r['ci_low'], r['ci_high'])} "
                       f"(seed-only {points_interval(r['seed_ci_low'], r['seed_ci_high'])}): **"
                       + verdict_text(r["verdict"], margin) + "**"
                       + ("" if r["verdict"] in ("better", "worse", "equivalent") else

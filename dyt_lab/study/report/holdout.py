@@ -10,7 +10,6 @@ called confirmatory: their claims, analysis and seeds were recorded before the d
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from optuna.trial import TrialState
@@ -18,16 +17,11 @@ from optuna.trial import TrialState
 from dyt_lab.errors import ConfigError
 from dyt_lab.study.definition.claims import HOLDOUT_ATTR
 from dyt_lab.study.definition.storage import find_storage, load_existing
-from dyt_lab.study.report.markdown import markdown_table
-from dyt_lab.study.report.per_image import correctness, crossed_family, planning_text, points_interval
+from dyt_lab.study.report.markdown import markdown_table, publish
+from dyt_lab.study.report.per_image import correctness, crossed_family, planning_text, points, points_interval
 from dyt_lab.study.report.resampling import mcnemar_by_seed
 from dyt_lab.study.report.statistics import ALPHA
 from dyt_lab.study.trial.protocol import SEED_ATTR
-
-
-def points(x: float) -> str:
-    """An accuracy difference in points, signed: ``+0.4``."""
-    return "-" if x is None or not math.isfinite(x) else f"{100 * x:+.2f}"
 
 
 def confirmed(test: str, row) -> bool:
@@ -104,7 +98,5 @@ def holdout_report(name: str, root: str = "studies", storage: str | None = None)
         "## McNemar's exact test per seed (images only one arm got right: arm vs against)", "\n".join(mcnemar_lines),
     ]) + "\n"
     out = Path(root) / name / "report.md"
-    out.write_text(text)
-    print(text)
-    print(f"written: {out}")
+    publish(text, out)
     return out

@@ -54,11 +54,16 @@ def crossed_family(pairs: dict[str, tuple[dict[int, str], dict[int, str]]], marg
     return table, seeds
 
 
+def points(x: float) -> str:
+    """An accuracy difference in points, signed: ``+0.40``."""
+    return "-" if x is None or not np.isfinite(x) else f"{100 * x:+.2f}"
+
+
 def points_interval(low: float, high: float) -> str:
     """``[-0.31, +0.52]``: an accuracy difference's interval in points, within the +-100 it can reach."""
     if not (np.isfinite(low) and np.isfinite(high)):
         return "too few seeds"
-    return f"[{100 * max(low, -1.0):+.2f}, {100 * min(high, 1.0):+.2f}]"
+    return f"[{points(max(low, -1.0))}, {points(min(high, 1.0))}]"
 
 
 def detectable_points(mde: float) -> str:

@@ -30,8 +30,8 @@ from dyt_lab.study.report.comparison import (
     seed_run_table,
     verdict_text,
 )
-from dyt_lab.study.report.markdown import markdown_table
-from dyt_lab.study.report.per_image import crossed_family, planning_text, points_interval
+from dyt_lab.study.report.markdown import markdown_table, publish
+from dyt_lab.study.report.per_image import crossed_family, planning_text, points, points_interval
 
 
 def seed_runs(name: str, root: str, storage: str | None) -> tuple[pd.DataFrame, dict, str]:
@@ -99,9 +99,7 @@ def compare(name: str, against: str, root: str = "studies", storage: str | None 
         markdown_table(["configuration", "pairs", f"{name} {value}", f"{against} {value}", "Δ", "95% CI",
                         "p (Holm)", "TOST p (Holm)", "verdict"], rows), *crossed]) + "\n"
     out = Path(root) / name / f"versus_{against}.md"
-    out.write_text(text)
-    print(text)
-    print(f"written: {out}")
+    publish(text, out)
     return out
 
 
@@ -113,7 +111,7 @@ def image_level_section(ours: pd.DataFrame, reference: pd.DataFrame, labels: lis
         table, seeds = crossed_family(pairs, margin)
     except ConfigError as err:  # runs from before predictions were saved, or too few shared seeds
         return ["## Over seeds and test images", f"Not computed: {err}"]
-    rows = [[r["label"], f"{100 * r['mean_diff']:+.2f}", points_interval(r["seed_ci_low"], r["seed_ci_high"]),
+    rows = [[r["label"], points(r["mean_diff"]), points_interval(r["seed_ci_low"], r["seed_ci_high"]),
              points_interval(r["ci_low"], r["ci_high"]), f"{r['share_image']:.0%}", _p(r["p_diff_holm"]),
              _p(r["p_tost_holm"]), verdict_text(r["verdict"], margin),
              "-" if r["verdict"] in ("better", "worse", "equivalent") else
