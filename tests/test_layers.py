@@ -15,6 +15,7 @@ PACKAGE = Path(dyt_lab.__file__).parent
 # Lowest first. Layers on one rank (data, training) must not import each other either.
 LAYERS = {
     "dyt_lab": 0, "dyt_lab.errors": 0,
+    "dyt_lab.config_keys": 0.5,  # the one flattener: a nested config as short dotted keys
     "dyt_lab.parse_errors": 0.5,  # reads jsonargparse's and YAML's messages into ConfigError lines
     "dyt_lab.predictions": 0.5,  # the per-image test predictions file: written in training, read by the report
     "dyt_lab.norms": 1,
@@ -24,6 +25,7 @@ LAYERS = {
     "dyt_lab.diagnostics": 5,
     # dyt_lab.study by role, lowest first: the report never imports the engine, nor a trial's process either
     "dyt_lab.study": 6,
+    "dyt_lab.study.attributes": 6.0,  # the names a study's records are stored under
     "dyt_lab.study.optuna_internals": 6.0,  # the Optuna internals the study relies on, each with its reason
     "dyt_lab.study.definition": 6.1,  # what a study is: study file, search space, design, storage, samplers
     "dyt_lab.study.trial": 6.2,  # what runs inside a trial's own fit process
@@ -166,7 +168,8 @@ def test_a_trials_process_imports_only_what_it_needs():
     """The pruning callback runs inside a trial's fit: it reaches the study's definition and the Optuna
     internals module, never the engine that started it, nor the report."""
     graph = import_graph(PACKAGE)
-    allowed = ("dyt_lab.errors", "dyt_lab.study.trial", "dyt_lab.study.definition", "dyt_lab.study.optuna_internals")
+    allowed = ("dyt_lab.errors", "dyt_lab.study.trial", "dyt_lab.study.definition", "dyt_lab.study.optuna_internals",
+               "dyt_lab.study.attributes", "dyt_lab.config_keys")
     for module in under(set(graph), "dyt_lab.study.trial"):
         extra = reach(graph, module) - under(reach(graph, module), *allowed) - {"dyt_lab", "dyt_lab.parse_errors"}
         assert not extra, f"{module} imports {sorted(extra)}"
