@@ -9,6 +9,8 @@ from pathlib import Path
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from dyt_lab.config_keys import flatten, short_key
+
 # The HParams tab's metric columns (it shows the first five, with each run's latest value): the
 # headline numbers first. test/acc exists when the run tests its best checkpoint (--test_after_fit);
 # train/loss_epoch is the final training loss (the last epoch's mean, as the study report shows it).
@@ -21,28 +23,11 @@ HPARAM_KEYS = ("model", "data", "seed_everything", "trainer.max_epochs", "traine
 HPARAM_FIRST = ("model.norm", "model.placement", "model.alpha_init", "model.optimizer.lr", "seed_everything")
 
 
-def flat_hparams(config: dict, prefix: str = "") -> dict[str, object]:
-    """Nested config -> ``{"model.norm": "dyt", ...}`` of TensorBoard-friendly scalar values.
-
-    jsonargparse's and Lightning's bookkeeping is folded away: ``init_args`` and ``dict_kwargs``
-    levels vanish, a ``class_path`` becomes the value of its own key (``model.optimizer:
-    torch.optim.AdamW``), and ``_instantiator`` (how Lightning rebuilds a module) is left out.
-    """
-    flat: dict[str, object] = {}
-    for key, value in config.items():
-        if key in ("init_args", "dict_kwargs"):
-            flat.update(flat_hparams(value, prefix))
-        elif key in ("class_path", "_class_path"):
-            flat[prefix.removesuffix(".") or key] = value
-        elif key != "_instantiator":
-            name = f"{prefix}{key}"
-            if isinstance(value, dict):
-                flat.update(flat_hparams(value, f"{name}."))
-            elif isinstance(value, (bool, int, float, str)):
-                flat[name] = value
-            else:  # lists, None: shown as text so the HParams tab can still filter on them
-                flat[name] = str(value)
-    return flat
+def flat_hparams(config: dict) -> dict[str, object]:
+    """Nested config -> ``{"model.norm": "dyt", ...}`` of TensorBoard-friendly scalar values (short keys)."""
+    # lists and None become text the HParams tab can still filter on; an empty mapping is no column
+    return {key: value if isinstance(value, (bool, int, float, str)) else str(value)
+            for key, value in flatten(config).items() if value != {}}
 
 
 def run_hparams(config: dict) -> dict[str, object]:
@@ -74,18 +59,13 @@ def one_column_each(hparams: dict[str, object], keys) -> dict[str, object]:
     return folded
 
 
-def config_column(key: str) -> str:
-    """A config key as the HParams tab names it: ``model.optimizer.init_args.lr`` -> ``model.optimizer.lr``."""
-    return ".".join(part for part in key.split(".") if part not in ("init_args", "dict_kwargs"))
-
-
 def experiment_summary(hparams: dict[str, object], varied, metrics):
     """TensorBoard's HParams experiment summary: ``hparams``' columns, those under a ``varied`` key marked
     as differing and listed first, and ``metrics`` as its metric columns, in this order."""
     from tensorboard.compat.proto.summary_pb2 import Summary
     from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2, summary_v2
 
-    prefixes = [config_column(key) for key in varied]  # a mapping's options are columns of their own
+    prefixes = [short_key(key) for key in varied]  # a mapping's options are columns of their own
     infos = []
     for name, value in hparams.items():
         info = api_pb2.HParamInfo(name=name, differs=any(name == p or name.startswith(f"{p}.") for p in prefixes))
