@@ -1,10 +1,11 @@
-"""The DyT-family formula, ``weight * squash(alpha * x + shift) + bias``, as plain functions.
+"""The DyT-family formula, ``weight * squash(alpha * (x - m) + shift) + bias``, as plain functions.
 
-``SQUASHES`` is the one list of point-wise functions (name -> function of ``u = alpha * x + shift``);
-``SQUASH_FORMULAS`` says what each computes. ``reference_dynamic_squash`` is the formula written out
-in eager PyTorch: the ground truth the tests compare everything against. ``dynamic_squash`` is what
-the layers call; it routes to the fused implementation (``dyt_lab.norms.fused``) when asked and
-when that path supports the input and the squash (tanh and erf), else to the reference.
+``SQUASHES`` is the one list of point-wise functions (name -> function of ``u = alpha * (x - m) + shift``);
+``SQUASH_FORMULAS`` says what each computes. ``subtract_mean`` takes ``m`` away, for each ``center`` of
+the vocabulary (``options.py``). ``reference_dynamic_squash`` is the rest of the formula written out in
+eager PyTorch: the ground truth the tests compare everything against. ``dynamic_squash`` is what the
+layers call; it routes to the fused implementation (``dyt_lab.norms.fused``) when asked and when that
+path supports the input and the squash (tanh and erf), else to the reference.
 """
 
 from __future__ import annotations
@@ -15,10 +16,6 @@ from collections.abc import Callable
 import torch
 
 from dyt_lab.norms.channels import per_channel
-
-__all__ = ["SQUASHES", "SQUASH_FORMULAS", "dynamic_squash", "per_channel", "reference_dynamic_squash",
-           "scale_shift"]  # per_channel: its old home
-
 
 # The functions of the Derf paper's search (Chen, Lu, Zhu, Sun, Liu, "Stronger Normalization-Free
 # Transformers", arXiv 2512.10938, section 4), each written so that its value and its gradient stay
@@ -104,6 +101,39 @@ _TABLE: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], str]] = {
 }
 SQUASHES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {name: fn for name, (fn, _) in _TABLE.items()}
 SQUASH_FORMULAS: dict[str, str] = {name: formula for name, (_, formula) in _TABLE.items()}
+
+
+def subtract_mean(
+    x: torch.Tensor,
+    center: str,
+    channels_last: bool,
+    running_mean: torch.Tensor | None = None,
+    momentum: float = 0.1,
+    training: bool = False,
+) -> torch.Tensor:
+    """``x - m`` for a ``center``: none (m = 0), sample or batch; batch updates ``running_mean`` in training.
+
+    ``sample``: each sample's per-channel mean over its positions (``H, W`` of ``(N, C, H, W)``, the
+    tokens of ``(N, T, C)``). ``batch``: the ``(C,)`` mean over every other dim in training, with
+    ``running_mean`` moved towards it in place (``(1 - momentum) * running + momentum * batch``, as
+    ``F.batch_norm`` does), and ``running_mean`` itself in eval.
+    """
+    if center == "none":
+        return x
+    if center == "sample":
+        positions = range(1, x.dim() - 1) if channels_last else range(2, x.dim())  # (N, T, C) / (N, C, H, W)
+        if not positions:
+            raise ValueError(f"center='sample' needs positions to average over; got an input of shape {tuple(x.shape)}")
+        return x - x.mean(dim=tuple(positions), keepdim=True)
+    channel_dim = x.dim() - 1 if channels_last else 1
+    shape = [1] * x.dim()
+    shape[channel_dim] = -1  # (1, ..., 1, C) or (1, C, 1, ...)
+    if not training:
+        return x - running_mean.to(x.dtype).view(shape)
+    mean = x.mean(dim=[d for d in range(x.dim()) if d != channel_dim])  # (C,)
+    with torch.no_grad():
+        running_mean.lerp_(mean.detach().to(running_mean.dtype), momentum)
+    return x - mean.view(shape)
 
 
 def scale_shift(
