@@ -11,8 +11,9 @@ from torch.func import functional_call
 from torch.testing import assert_close
 
 from dyt_lab.models import ResNet
-from dyt_lab.norms import LAYOUTS, NORMS, FactoredNorm, NormError, build_norm, norm_name
-from dyt_lab.norms.factored import CENTERS, SCALES, SQUASHES
+from dyt_lab.norms import LAYOUTS, NORMS, FactoredNorm, NormError, build_norm, choices_of, norm_name
+
+CENTERS, SCALES, SQUASHES = (choices_of("factored")[option] for option in ("center", "scale", "squash"))
 
 C = 6
 EPS = 1e-5
@@ -100,6 +101,32 @@ def test_batch_alpha_tanh_is_dyt_centered(layout):
     assert result.missing_keys == ["num_batches_tracked"] and not result.unexpected_keys
     _assert_same(ours, ref, layout)
     assert ours.running_var is None
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize(("center", "scale", "squash"),
+                         list(itertools.product(CENTERS, ("alpha", "alpha_channel"), SQUASHES)))
+def test_every_alpha_point_is_the_dyt_family_to_the_bit(center, scale, squash, fused, layout):
+    """factored's DyT points are dyt_general with the same center, alpha and squash: same state, same numbers."""
+    alpha = "scalar" if scale == "alpha" else "channel"
+    family = build_norm({"name": "dyt_general", "center": center, "alpha": alpha, "squash": squash, "fused": fused},
+                        C, layout)
+    ours = _factored(layout, center, scale, squash, fused=fused)
+    assert norm_name(family) == "dyt_general"
+    result = ours.load_state_dict(_randomize(family).state_dict(), strict=False)
+    assert not result.unexpected_keys and result.missing_keys == (["num_batches_tracked"] if center == "batch" else [])
+    for _ in range(2):
+        x = _x(layout)
+        x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+        y1, y2 = ours(x1), family(x2)
+        y1.sum().backward(), y2.sum().backward()
+        assert torch.equal(y1, y2) and torch.equal(x1.grad, x2.grad)
+        assert all(torch.equal(p.grad, dict(family.named_parameters())[n].grad) for n, p in ours.named_parameters())
+    assert center == "none" or torch.equal(ours.running_mean, family.running_mean)
+    ours.eval(), family.eval()
+    x = _x(layout)
+    assert torch.equal(ours(x), family(x)) and torch.equal(ours.squash_argument(x), family.squash_argument(x))
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -16,6 +16,7 @@ from dyt_lab.norms import (
     Derf,
     DyT,
     LayerNorm2d,
+    PointwiseNorm,
     RMSNorm2d,
     ShiftedDyT,
     TokenBatchNorm,
@@ -178,3 +179,34 @@ def test_derf_is_erf_not_tanh():
     layer = Derf(C, alpha_init=1.0)
     x = torch.full((1, C), 0.5)
     assert math.isclose(layer(x)[0, 0].item(), math.erf(0.5), rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("cls", [c for c in DYT_FAMILY if c is not PointwiseNorm])
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("fused", [True, False])
+def test_every_named_norm_is_dyt_general_at_its_preset(cls, channels_last, fused):
+    layout = "channels_last" if channels_last else "channels_first"
+    named = cls(C, alpha_init=0.7, channels_last=channels_last, fused=fused)
+    general = build_norm({"name": "dyt_general", **cls.preset, "alpha_init": 0.7, "fused": fused}, C, layout)
+    _randomize(named)
+    general.load_state_dict(named.state_dict())  # strict: the same names and shapes
+    for _ in range(2):
+        x = _input(channels_last, torch.float32)
+        assert torch.equal(named(x), general(x))
+    named.eval(), general.eval()
+    assert torch.equal(named(x), general(x)) and torch.equal(named.squashed(x), general.squashed(x))
+
+
+def test_checkpoint_names_of_the_named_norms():
+    """The parameter and buffer names old checkpoints were saved under."""
+    expected = {
+        "dyt": ["alpha", "weight", "bias"], "dyt_shift": ["alpha", "shift", "weight", "bias"],
+        "dyt_channel_shift": ["alpha", "shift", "weight", "bias"], "dyt_channel_alpha": ["alpha", "weight", "bias"],
+        "derf": ["alpha", "shift", "weight", "bias"], "dyt_centered": ["alpha", "weight", "bias", "running_mean"],
+        "dyt_general": ["alpha", "weight", "bias"],
+    }
+    for name, keys in expected.items():
+        assert list(build_norm(name, C, "channels_first").state_dict()) == keys, name
+    keys = list(build_norm({"name": "factored", "center": "batch", "scale": "alpha_channel", "squash": "tanh"}, C,
+                           "channels_last").state_dict())
+    assert keys == ["alpha", "weight", "bias", "running_mean", "num_batches_tracked"]

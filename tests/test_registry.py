@@ -2,12 +2,27 @@
 
 import functools
 import math
+from typing import get_args
 
 import pytest
 import torch
 from torch import nn
 
-from dyt_lab.norms import LAYOUTS, NORMS, DyT, NormError, available_norms, build_norm, norm_factory, norm_name
+from dyt_lab.norms import (
+    LAYOUTS,
+    NORMS,
+    DyT,
+    FactoredNorm,
+    NormError,
+    PointwiseNorm,
+    available_norms,
+    build_norm,
+    choices_of,
+    named_points,
+    norm_factory,
+    norm_name,
+)
+from dyt_lab.norms.options import VOCABULARY
 
 
 def _one_line(err: pytest.ExceptionInfo) -> str:
@@ -78,3 +93,43 @@ def test_unknown_layout():
 def test_norm_factory_fails_fast():
     with pytest.raises(NormError, match="unknown option 'eps' for norm 'dyt'"):
         norm_factory({"name": "dyt", "eps": 1e-6}, "channels_last")
+
+
+def test_choices_of_names_each_fixed_option_and_its_values():
+    assert choices_of("factored") == {
+        "center": ("none", "batch"), "scale": ("none", "batch_std", "running_std", "alpha", "alpha_channel"),
+        "squash": ("none", "tanh", "erf")}
+    general = choices_of("dyt_general")
+    assert list(general) == ["squash", "alpha", "shift", "center"] and general["center"] == ("none", "sample", "batch")
+    assert choices_of("dyt") == choices_of("BN") == {}  # names and aliases alike; no option of fixed values
+    for name in available_norms():  # one vocabulary: a layer takes all of an option's values or a subset
+        for option, values in choices_of(name).items():
+            assert set(values) <= set(get_args(VOCABULARY[option])), (name, option)
+    with pytest.raises(NormError, match="unknown norm 'dty'"):
+        choices_of("dty")
+
+
+def test_the_named_dyt_norms_formulas_are_read_from_their_presets():
+    formulas = {name: NORMS[name].formula for name in ("dyt", "dyt_shift", "dyt_channel_shift", "dyt_channel_alpha",
+                                                        "derf", "dyt_centered")}
+    assert formulas == {
+        "dyt": "w * tanh(a * x) + b", "dyt_shift": "w * tanh(a * x + s) + b",
+        "dyt_channel_shift": "w * tanh(a * x + s_c) + b", "dyt_channel_alpha": "w * tanh(a_c * x) + b",
+        "derf": "w * erf(a * x + s) + b", "dyt_centered": "w * tanh(a * (x - mean_batch)) + b"}
+    assert NORMS["dyt_channel_shift"].params == "a: scalar; s, w, b: (C,)"
+    assert NORMS["dyt_centered"].params == "a: scalar; w, b: (C,); running mean"
+
+
+def test_a_registry_class_as_spec_follows_the_layout():
+    assert build_norm(FactoredNorm, 4, "channels_first").channels_last is False
+    assert build_norm(PointwiseNorm, 4, "channels_first").channels_last is False
+
+
+def test_named_points_are_points_of_the_choices_in_their_order():
+    points, choices = named_points("factored"), choices_of("factored")
+    for point in points:
+        assert len(point) == len(choices) and all(v in values for v, values in zip(point, choices.values()))
+    # the points test_factored shows equal to the layers they are named after
+    assert points[("batch", "batch_std", "none")] == "BatchNorm" and points[("none", "alpha", "tanh")] == "DyT"
+    assert points[("batch", "alpha", "tanh")] == "dyt_centered"
+    assert named_points("dyt_general") == named_points("ln") == {}

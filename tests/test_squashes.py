@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dyt_lab.norms import NormError, PointwiseNorm, build_norm, functional, fused
+from dyt_lab.norms import NormError, PointwiseNorm, build_norm, choices_of, functional, fused
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = list(functional.SQUASHES)
@@ -70,9 +70,9 @@ def _affine(s: torch.Tensor, layer: PointwiseNorm) -> torch.Tensor:
 
 
 def test_one_home_for_the_names():
-    from dyt_lab.norms.pointwise import POINTWISE_SQUASHES
-
-    assert POINTWISE_SQUASHES == tuple(functional.SQUASHES) == tuple(functional.SQUASH_FORMULAS) == tuple(PAPER)
+    family_squashes = choices_of("dyt_general")["squash"]
+    assert family_squashes == tuple(functional.SQUASHES) == tuple(functional.SQUASH_FORMULAS) == tuple(PAPER)
+    assert set(choices_of("factored")["squash"]) <= set(functional.SQUASHES)  # factored's are the family's
     assert fused.FUSED_SQUASHES == ("tanh", "erf")
 
 

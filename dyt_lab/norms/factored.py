@@ -1,6 +1,7 @@
 """BatchNorm taken apart: ``weight * squash(s * (x - m)) + bias``, with each part chosen on its own.
 
-Three options. Any combination builds (2 centers x 5 scales x 3 squashes = 30 layers):
+Three options of the vocabulary in ``options.py``. Any combination builds (2 centers x 5 scales x 3
+squashes = 30 layers):
 
 - ``center``: ``"none"`` (m = 0) or ``"batch"`` (m = per-channel batch mean in training, running
   mean in eval).
@@ -10,8 +11,11 @@ Three options. Any combination builds (2 centers x 5 scales x 3 squashes = 30 la
   ``"alpha_channel"`` (a learnable alpha per channel).
 - ``squash``: ``"none"``, ``"tanh"`` or ``"erf"``.
 
-Known points: (batch, batch_std, none) is ``nn.BatchNorm2d``, (none, alpha, tanh) is ``DyT``,
-(batch, alpha, tanh) is ``CenteredDyT`` and (none, none, none) is a per-channel affine.
+Known points: (batch, batch_std, none) is ``nn.BatchNorm2d``; (none, alpha, tanh) is ``DyT``,
+(batch, alpha, tanh) is ``CenteredDyT`` and (none, alpha_channel, tanh) is ``ChannelAlphaDyT``: at an
+alpha scale the layer is the DyT family's (``dyt_general`` with that center, alpha and squash), computed
+by the family's own functions, so those points equal the named norms exactly. (none, none, none) is a
+per-channel affine.
 
 The variance is taken around the center the layer uses: around the batch mean with
 ``center="batch"``, and around 0 with ``center="none"`` (the second moment E[x^2]), so a std scale
@@ -24,36 +28,28 @@ before this batch's update, then updates it.
 ``forward`` runs the formula as written (``fused=False``, the reference in the tests) or, by default,
 the library kernel of the layer it equals, where there is one: ``F.batch_norm`` at BatchNorm's point
 and the fused DyT kernel wherever the scale is alpha (after the centering, if any) and the squash
-tanh or erf. A profile of the MNIST5k testbed (ResNet-tiny, one thread) put a third of a step in
-the written-out formula's element-wise passes and their backward.
+tanh or erf, since the written-out formula's element-wise passes and their backward are slow.
 """
 
 from __future__ import annotations
-
-import math
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dyt_lab.norms import functional
-from dyt_lab.norms.dyt import check_alpha_init, check_num_features
+from dyt_lab.norms import functional, options
+from dyt_lab.norms.channels import per_channel
 
-Center = Literal["none", "batch"]
-Scale = Literal["none", "batch_std", "running_std", "alpha", "alpha_channel"]
-Squash = Literal["none", "tanh", "erf"]
-CENTERS: tuple[str, ...] = ("none", "batch")
-SCALES: tuple[str, ...] = ("none", "batch_std", "running_std", "alpha", "alpha_channel")
-SQUASHES: tuple[str, ...] = ("none", "tanh", "erf")
-_SQUASH_FNS = {"none": lambda z: z, **functional.SQUASHES}  # the DyT family's squashes, and none
-
-
-def check_choice(option: str, value: object, choices: tuple[str, ...]) -> str:
-    """Return ``value`` if it is one of ``choices``, else raise a one-line ValueError naming both."""
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{option} must be one of {', '.join(choices)}; got {value!r}")
-    return value
+# Familiar names of points of (center, scale, squash), for labels. Without a center, a std scale divides by
+# the root mean square around 0 (E[x^2]), not by a standard deviation: those points say "RMS".
+NAMED_POINTS: dict[tuple[str, str, str], str] = {
+    ("batch", "batch_std", "none"): "BatchNorm", ("none", "alpha", "tanh"): "DyT",
+    ("batch", "alpha", "tanh"): "dyt_centered", ("none", "none", "none"): "affine only",
+    ("batch", "batch_std", "tanh"): "BN + tanh", ("batch", "running_std", "none"): "BN, no batch noise",
+    ("none", "batch_std", "none"): "batch RMS only", ("none", "batch_std", "tanh"): "batch RMS + tanh",
+    ("none", "running_std", "none"): "running RMS only", ("none", "running_std", "tanh"): "running RMS + tanh",
+    ("batch", "alpha", "none"): "BN center only", ("batch", "alpha_channel", "tanh"): "centered, per-channel alpha",
+}
 
 
 class FactoredNorm(nn.Module):
@@ -62,9 +58,9 @@ class FactoredNorm(nn.Module):
     def __init__(
         self,
         num_features: int,
-        center: Center = "batch",
-        scale: Scale = "batch_std",
-        squash: Squash = "none",
+        center: options.FactoredCenter = "batch",
+        scale: options.Scale = "batch_std",
+        squash: options.FactoredSquash = "none",
         alpha_init: float = 0.5,
         eps: float = 1e-5,
         momentum: float = 0.1,
@@ -85,16 +81,12 @@ class FactoredNorm(nn.Module):
             fused: use the library kernel of the layer this point equals, where there is one (same values).
         """
         super().__init__()
-        self.num_features = check_num_features(num_features)
-        self.center = check_choice("center", center, CENTERS)
-        self.scale = check_choice("scale", scale, SCALES)
-        self.squash = check_choice("squash", squash, SQUASHES)
-        self.alpha_init = check_alpha_init(alpha_init)
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 <= eps < math.inf:
-            raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
-        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
-        self.eps, self.momentum = float(eps), float(momentum)
+        self.num_features = options.check_num_features(num_features)
+        self.center = options.check_choice("center", center, options.FactoredCenter)
+        self.scale = options.check_choice("scale", scale, options.Scale)
+        self.squash = options.check_choice("squash", squash, options.FactoredSquash)
+        self.alpha_init = options.check_alpha_init(alpha_init)
+        self.eps, self.momentum = options.check_eps(eps), options.check_momentum(momentum)
         self.channels_last = bool(channels_last)
         self.fused = bool(fused)
         tracks_mean, tracks_var = center == "batch", scale in ("batch_std", "running_std")
@@ -110,77 +102,58 @@ class FactoredNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(num_features))
         self.bias = nn.Parameter(torch.zeros(num_features))
 
-    def _channel_dim(self, x: torch.Tensor) -> int:
-        return x.dim() - 1 if self.channels_last else 1
-
-    def _along_channels(self, v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """View a ``(C,)`` or ``(1,)`` vector so it broadcasts against ``x`` along its channel dim."""
-        shape = [1] * x.dim()
-        shape[self._channel_dim(x)] = -1
-        return v.view(shape)  # (1, ..., 1, C) or (1, C, 1, ...)
-
-    def squashed(self, x: torch.Tensor) -> torch.Tensor:
-        """``squash(s * (x - m))``, the output before the affine; in training it updates running stats."""
-        return _SQUASH_FNS[self.squash](self.squash_argument(x))
-
     def divisor(self) -> torch.Tensor | None:
         """The ``(C,)`` std that eval mode divides by (running_std, and batch_std in eval), else None."""
         if self.running_var is None:
             return None
         return (self.running_var + self.eps).sqrt()
 
-    def squash_argument(self, x: torch.Tensor) -> torch.Tensor:
-        """``s * (x - m)``, the argument of the squash, shaped like ``x`` (what diagnostics call saturated)."""
-        dim = self._channel_dim(x)
-        reduce_dims = [d for d in range(x.dim()) if d != dim]
-        n = x.numel() // max(x.shape[dim], 1)  # values per channel
-        z, mean = self._centered(x)
-        batch_var = None
-        if self.training and self.running_var is not None:
-            batch_var = z.square().mean(reduce_dims)  # (C,): biased var around m (E[x^2] if m = 0)
-        if self.scale == "batch_std" and self.training:
-            z = z * self._along_channels(torch.rsqrt(batch_var + self.eps), x)
-        elif self.running_var is not None:  # eval, or running_std in training: no batch noise
-            z = z * self._along_channels(torch.rsqrt(self.running_var.to(x.dtype) + self.eps), x)
-        elif self.alpha is not None:
-            z = z * self._along_channels(self.alpha, x)  # (1,) or (C,)
+    def _centered(self, x: torch.Tensor) -> torch.Tensor:
+        """``x - m``; in training it counts the batch and moves the running mean (center 'batch')."""
         if self.training and self.num_batches_tracked is not None:
-            self._update_running_stats(mean, batch_var, n)
+            self.num_batches_tracked.add_(1)
+        return functional.subtract_mean(x, self.center, self.channels_last, self.running_mean, self.momentum,
+                                        self.training)
+
+    def squash_argument(self, x: torch.Tensor) -> torch.Tensor:
+        """``s * (x - m)``, the argument of the squash, shaped like ``x`` (what diagnostics call saturated);
+        in training it updates the running statistics."""
+        z = self._centered(x)
+        if self.alpha is not None:
+            return z * per_channel(self.alpha, x, self.channels_last)  # (1,) or (C,)
+        if self.running_var is None:  # scale 'none'
+            return z
+        if not self.training:
+            return z * per_channel(torch.rsqrt(self.running_var.to(x.dtype) + self.eps), x, self.channels_last)
+        channel_dim = x.dim() - 1 if self.channels_last else 1
+        batch_var = z.square().mean([d for d in range(x.dim()) if d != channel_dim])  # (C,): around m
+        var = batch_var if self.scale == "batch_std" else self.running_var.to(x.dtype)  # running: no batch noise
+        z = z * per_channel(torch.rsqrt(var + self.eps), x, self.channels_last)
+        self._update_running_var(batch_var, x.numel() // max(x.shape[channel_dim], 1))
         return z
 
-    def _centered(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``x - m`` and, in training with ``center="batch"``, the ``(C,)`` batch mean m (else None)."""
-        if self.center == "none":
-            return x, None
-        if not self.training:
-            return x - self._along_channels(self.running_mean.to(x.dtype), x), None
-        mean = x.mean([d for d in range(x.dim()) if d != self._channel_dim(x)])  # (C,)
-        return x - self._along_channels(mean, x), mean
-
     @torch.no_grad()
-    def _update_running_stats(self, mean: torch.Tensor | None, var: torch.Tensor | None, n: int) -> None:
+    def _update_running_var(self, var: torch.Tensor, n: int) -> None:
         """``running = (1 - momentum) * running + momentum * batch``, with BN's unbiased variance."""
-        self.num_batches_tracked.add_(1)
-        if mean is not None:
-            self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
-        if var is not None:
-            if self.center == "batch":  # a mean was estimated from the same n values: Bessel's correction
-                if n < 2:
-                    raise ValueError(f"expected more than 1 value per channel when training, got {n}")
-                var = var * (n / (n - 1))
-            self.running_var.lerp_(var.detach().to(self.running_var.dtype), self.momentum)
+        if self.center == "batch":  # a mean was estimated from the same n values: Bessel's correction
+            if n < 2:
+                raise ValueError(f"expected more than 1 value per channel when training, got {n}")
+            var = var * (n / (n - 1))
+        self.running_var.lerp_(var.detach().to(self.running_var.dtype), self.momentum)
+
+    def squashed(self, x: torch.Tensor) -> torch.Tensor:
+        """``squash(s * (x - m))``, the output before the affine; in training it updates running stats."""
+        return functional.SQUASHES[self.squash](self.squash_argument(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply ``weight * squash(s * (x - m)) + bias`` along the channel dimension."""
         if self.fused and self.squash == "none" and self.scale == "batch_std" and self.center == "batch":
             return self._batch_norm(x)
-        if self.fused and self.squash != "none" and self.alpha is not None:
-            x, mean = self._centered(x)
-            if mean is not None:
-                self._update_running_stats(mean, None, 0)
-            return functional.dynamic_squash(x, self.alpha, None, self.weight, self.bias,
-                                             channels_last=self.channels_last, squash=self.squash)
-        return self.squashed(x) * self._along_channels(self.weight, x) + self._along_channels(self.bias, x)
+        if self.alpha is not None:  # the DyT family's point, through its own function (fused where it can be)
+            return functional.dynamic_squash(self._centered(x), self.alpha, None, self.weight, self.bias,
+                                             self.channels_last, self.squash, self.fused)
+        w, b = (per_channel(p, x, self.channels_last) for p in (self.weight, self.bias))
+        return self.squashed(x) * w + b
 
     def _batch_norm(self, x: torch.Tensor) -> torch.Tensor:
         """BatchNorm's point through ``F.batch_norm``: the same statistics and running updates."""

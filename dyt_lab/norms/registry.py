@@ -4,7 +4,9 @@ A *spec* is what users write in YAML: a name (``"dyt"``), or a mapping with opti
 (``{"name": "dyt", "alpha_init": 1.0}``). Python callers may also pass a class or any callable
 ``num_features -> nn.Module``. A *layout* is ``"channels_last"`` (tokens ``(..., C)``) or
 ``"channels_first"`` (feature maps ``(N, C, *spatial)``). Every (norm x layout) pair either
-builds or raises a one-line ``NormError`` naming the pair and the valid choices.
+builds or raises a one-line ``NormError`` naming the pair and the valid choices. ``choices_of`` and
+``named_points`` say which option values a norm takes and what some of its points are called, so a
+study report reads them here rather than spelling them itself.
 """
 
 from __future__ import annotations
@@ -14,13 +16,13 @@ import functools
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from torch import nn
 
 from dyt_lab.errors import ConfigError
-from dyt_lab.norms import baselines, dyt, factored, pointwise
-from dyt_lab.norms.dyt import check_num_features
+from dyt_lab.norms import baselines, dyt, factored, functional
+from dyt_lab.norms.options import check_num_features
 
 NormSpec = str | dict[str, Any]
 Layout = Literal["channels_last", "channels_first"]
@@ -42,14 +44,18 @@ class NormEntry:
     formula: str
     params: str
     aliases: tuple[str, ...] = ()
+    layer: type | None = None  # dyt_lab's own class, built with the options its constructor takes
 
     def options(self) -> list[str]:
         """The keyword options this norm accepts besides ``num_features`` and the layout."""
         skip = {"self", "num_features", "layout", "channels_last"}
-        sig = inspect.signature(self.build)
-        if "options" in sig.parameters:  # DyT family: options come from the layer's constructor
-            sig = inspect.signature(self.build.keywords["cls"])
+        sig = inspect.signature(self.layer or self.build)
         return [p for p in sig.parameters if p not in skip and not p.startswith("_")]
+
+    def choices(self) -> dict[str, tuple[str, ...]]:
+        """Each option that takes one of fixed values (a ``Literal`` hint), with its values in order."""
+        hints = get_type_hints(self.layer.__init__ if self.layer else self.build)
+        return {o: get_args(hints[o]) for o in self.options() if get_origin(hints.get(o)) is Literal}
 
 
 def _layernorm(num_features: int, layout: str, eps: float = 1e-6, affine: bool = True) -> nn.Module:
@@ -77,12 +83,15 @@ def _identity(num_features: int, layout: str) -> nn.Module:
     return baselines.Identity(num_features)
 
 
-def _dyt_family(num_features: int, layout: str, cls: type, **options: Any) -> nn.Module:
+def _layer(num_features: int, layout: str, cls: type, **options: Any) -> nn.Module:
     return cls(num_features, channels_last=layout == "channels_last", **options)
 
 
-def _dyt_entry(name: str, cls: type, formula: str, params: str) -> NormEntry:
-    return NormEntry(name, functools.partial(_dyt_family, cls=cls), LAYOUTS, formula, params)
+def _squash_entry(name: str, cls: type, formula: str | None = None, params: str | None = None) -> NormEntry:
+    """A row of the DyT family or factored; a preset's formula and parameters are read from its preset."""
+    formula = formula or dyt.preset_formula(cls.preset)
+    params = params or dyt.preset_params(cls.preset)
+    return NormEntry(name, functools.partial(_layer, cls=cls), LAYOUTS, formula, params, layer=cls)
 
 
 _BOTH = LAYOUTS
@@ -93,24 +102,22 @@ _ENTRIES = [
     NormEntry("rmsnorm", _rmsnorm, _BOTH, "w * x / sqrt(mean_C(x^2) + eps)", "w: (C,)", ("rms",)),
     NormEntry("groupnorm", _groupnorm, ("channels_first",), "w * (x - mean_group) / sqrt(var_group + eps) + b",
               "w, b: (C,)", ("gn",)),
-    NormEntry("identity", _identity, _BOTH, "x", "none", ("none",)),
-    _dyt_entry("dyt", dyt.DyT, "w * tanh(a * x) + b", "a: scalar; w, b: (C,)"),
-    _dyt_entry("dyt_shift", dyt.ShiftedDyT, "w * tanh(a * x + s) + b", "a, s: scalar; w, b: (C,)"),
-    _dyt_entry("dyt_channel_shift", dyt.ChannelShiftDyT, "w * tanh(a * x + s_c) + b",
-               "a: scalar; s, w, b: (C,)"),
-    _dyt_entry("dyt_channel_alpha", dyt.ChannelAlphaDyT, "w * tanh(a_c * x) + b", "a, w, b: (C,)"),
-    _dyt_entry("derf", dyt.Derf, "w * erf(a * x + s) + b", "a, s: scalar; w, b: (C,)"),
-    _dyt_entry("dyt_centered", dyt.CenteredDyT, "w * tanh(a * (x - mean_batch)) + b",
-               "a: scalar; w, b: (C,); running mean"),
-    _dyt_entry("factored", factored.FactoredNorm,
-               "w * squash(s * (x - m)) + b; m: batch/running mean or 0; s: 1/std, 1/running std, a, a_c or 1",
-               "w, b: (C,); a: scalar or (C,) if scale is alpha*; running mean/var where used"),
-    # the point-wise family with each part an option; center 'sample' is batch-free, not point-wise
-    # every squash of functional.SQUASHES, named here from that one list; `dyt-lab norms` gives their formulas
-    _dyt_entry("dyt_general", pointwise.PointwiseNorm,
-               f"w * squash(a * (x - m) + s) + b; squash: {', '.join(pointwise.POINTWISE_SQUASHES)}; "
-               "m: 0 or each sample's mean over H, W",
-               "a: scalar or (C,); s: none, scalar or (C,); w, b: (C,)"),
+    NormEntry("identity", _identity, _BOTH, "x", "none", ("none",), layer=baselines.Identity),
+    _squash_entry("dyt", dyt.DyT),
+    _squash_entry("dyt_shift", dyt.ShiftedDyT),
+    _squash_entry("dyt_channel_shift", dyt.ChannelShiftDyT),
+    _squash_entry("dyt_channel_alpha", dyt.ChannelAlphaDyT),
+    _squash_entry("derf", dyt.Derf),
+    _squash_entry("dyt_centered", dyt.CenteredDyT),
+    _squash_entry("factored", factored.FactoredNorm,
+                  "w * squash(s * (x - m)) + b; m: batch/running mean or 0; s: 1/std, 1/running std, a, a_c or 1",
+                  "w, b: (C,); a: scalar or (C,) if scale is alpha*; running mean/var where used"),
+    # the family with each part an option: every squash of functional.SQUASHES, named from that one list
+    # (`dyt-lab norms` gives their formulas); center 'sample' is batch-free but not point-wise
+    _squash_entry("dyt_general", dyt.PointwiseNorm,
+                  f"w * squash(a * (x - m) + s) + b; squash: {', '.join(functional.SQUASHES)}; "
+                  "m: 0, each sample's mean over H, W, or the batch mean",
+                  "a: scalar or (C,); s: none, scalar or (C,); w, b: (C,); running mean if center is batch"),
 ]
 NORMS: dict[str, NormEntry] = {e.name: e for e in _ENTRIES}
 _ALIASES: dict[str, str] = {alias: e.name for e in _ENTRIES for alias in e.aliases}
@@ -122,17 +129,27 @@ BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 STANDARD_KINDS: dict[str, tuple[type, ...]] = {
     "layernorm": (nn.LayerNorm,), "batchnorm": BATCH_NORMS, "groupnorm": (nn.GroupNorm,), "rmsnorm": (nn.RMSNorm,),
 }
+# Familiar names of some points of a norm's choices, keyed by their values in choices_of's order.
+_NAMED_POINTS: dict[str, dict[tuple[str, ...], str]] = {"factored": factored.NAMED_POINTS}
 # dyt_lab's own classes that are no standard norm, by registry name (exact types: CenteredDyT is a DyT).
-_TYPE_NAMES: dict[type, str] = {
-    baselines.Identity: "identity", dyt.DyT: "dyt", dyt.ShiftedDyT: "dyt_shift",
-    dyt.ChannelShiftDyT: "dyt_channel_shift", dyt.ChannelAlphaDyT: "dyt_channel_alpha", dyt.Derf: "derf",
-    dyt.CenteredDyT: "dyt_centered", factored.FactoredNorm: "factored", pointwise.PointwiseNorm: "dyt_general",
-}
+_TYPE_NAMES: dict[type, str] = {e.layer: e.name for e in _ENTRIES if e.layer is not None}
 
 
 def available_norms() -> list[str]:
     """The registry names, in table order (aliases: ln, bn, rms, gn, none)."""
     return list(NORMS)
+
+
+def choices_of(name: str) -> dict[str, tuple[str, ...]]:
+    """The options of a norm that take one of fixed values, each with its values in order, e.g.
+    ``choices_of("factored")["center"] == ("none", "batch")``: what a report reads a factored cell by."""
+    return get_entry(name).choices()
+
+
+def named_points(name: str) -> dict[tuple[str, ...], str]:
+    """Familiar names of some points of a norm, keyed by their values of ``choices_of(name)`` in its order:
+    ``named_points("factored")[("batch", "batch_std", "none")] == "BatchNorm"``; ``{}`` for most norms."""
+    return dict(_NAMED_POINTS.get(get_entry(name).name, {}))
 
 
 def get_entry(name: str) -> NormEntry:
@@ -178,8 +195,8 @@ def build_norm(spec: NormSpec | type | Callable[[int], nn.Module], num_features:
         check_num_features(num_features)
     except ValueError as err:
         raise NormError(str(err)) from None
-    if isinstance(spec, type) and issubclass(spec, dyt.DyT):
-        return spec(num_features, channels_last=layout == "channels_last")
+    if isinstance(spec, type) and issubclass(spec, (dyt.DynamicSquash, factored.FactoredNorm)):
+        return spec(num_features, channels_last=layout == "channels_last")  # a registry class follows layout
     if callable(spec) and not isinstance(spec, (str, Mapping)):
         return spec(num_features)  # a user's class or factory: the timm/torchvision contract
     entry, options = _split_spec(spec)

@@ -18,7 +18,7 @@ def norms_table() -> str:
 
 
 def squashes_table() -> str:
-    """``dyt_general``'s ``squash`` option as a Markdown table: name, formula, whether a kernel fuses it."""
+    """The DyT family's ``squash`` option as a Markdown table: name, formula, whether a kernel fuses it."""
     rows = ["`dyt_general`'s `squash` (the point-wise functions of the Derf paper's search, and `none`), "
             "with u = a * (x - m) + s:", "",
             "| squash | formula | fused |", "|---|---|---|"]
