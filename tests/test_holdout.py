@@ -15,7 +15,8 @@ import yaml
 
 from dyt_lab.cli import main
 from dyt_lab.predictions import PREDICTIONS_FILE
-from dyt_lab.study.definition.claims import CLAIMS_FILE, HOLDOUT_ATTR
+from dyt_lab.study.attributes import HOLDOUT
+from dyt_lab.study.definition.claims import CLAIMS_FILE
 from tests.conftest import shared_folder
 from tests.helpers import ROOT, last_line, run_cli
 
@@ -95,7 +96,7 @@ def test_holdout_records_its_claims_and_reports_confirmatory_verdicts(ran):
     claims_path = ran / "claims.yaml"
     study = optuna.load_study(study_name="ho", storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(ran / "studies" / "ho" / "journal.log"))))
-    record = study.user_attrs[HOLDOUT_ATTR]
+    record = study.user_attrs[HOLDOUT]
     assert record["sha256"] == hashlib.sha256(claims_path.read_bytes()).hexdigest()
     assert (ran / "studies" / "ho" / CLAIMS_FILE).read_text() == claims_path.read_text()
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]

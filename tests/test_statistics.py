@@ -11,7 +11,7 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.weightstats import ttost_paired
 
-from dyt_lab.study.definition.study_file import check_margin
+from dyt_lab.study.definition.margin import check_margin
 from dyt_lab.study.report.factorial import (
     attribution_sentences,
     corner_effects,
@@ -20,7 +20,8 @@ from dyt_lab.study.report.factorial import (
     gap_attribution,
     lack_of_fit,
 )
-from dyt_lab.study.report.statistics import compare_pairs, paired_differences, summarize, t_tests
+from dyt_lab.study.report.seed_runs import differences_to
+from dyt_lab.study.report.statistics import compare_pairs, paired_by_seed, summarize, t_tests
 
 FACTORS = ["center", "scale", "squash", "lr"]
 LEVELS = {"center": ["none", "batch"], "scale": ["alpha", "batch_std"], "squash": ["tanh", "none"],
@@ -86,7 +87,7 @@ def test_one_wild_configuration_does_not_widen_the_others_with_three_seeds():
     table = pd.DataFrame([{"norm": k, "seed": s, "value": v} for k, vs in runs.items() for s, v in enumerate(vs)])
     out = summarize(table, ["norm"], bounds=(0, 1)).set_index("norm")
     assert set(out["interval"]) == {"own"} and out.loc["bn", "ci_low"] > 0.95
-    diff = paired_differences(table, ["norm"], {"norm": "bn"}).set_index("norm")
+    diff = differences_to(table, ["norm"], {"norm": "bn"}, True, 0.005).set_index("norm")
     assert diff.loc["dyt_a0.5", "verdict"] == "worse" and diff.loc["dyt_a0.5", "ci_high"] < 0
 
 
@@ -95,7 +96,7 @@ def test_two_seeds_that_agree_exactly_give_no_zero_width_interval():
     out = summarize(table, ["norm"]).iloc[0]
     assert out["interval"] == "too few seeds" and np.isnan(out["ci_low"]) and np.isnan(out["ci_high"])
     pair = pd.DataFrame({"norm": ["bn", "bn", "dyt", "dyt"], "seed": [0, 1, 0, 1], "value": [0.9, 0.8, 0.85, 0.75]})
-    diff = paired_differences(pair, ["norm"], {"norm": "bn"}).set_index("norm")
+    diff = differences_to(pair, ["norm"], {"norm": "bn"}, True, 0.005).set_index("norm")
     assert diff.loc["dyt", "verdict"] == "too few seeds" and np.isnan(diff.loc["dyt", "ci_low"])
     assert diff.loc["dyt", "mean_diff"] == pytest.approx(-0.05)
 
@@ -123,30 +124,48 @@ def test_t_tests_are_statsmodels_tost_and_scipys_paired_t():
         assert got["p_diff"] == pytest.approx(stats.ttest_rel(y, x).pvalue)
 
 
-def test_paired_differences_match_hand_computation_and_holm():
+def test_differences_to_the_reference_match_hand_computation_and_holm():
     table = make_table()
     ref = {"center": "none", "scale": "alpha", "squash": "tanh", "lr": 0.001}
-    out = paired_differences(table, FACTORS, ref, margin=0.005)
+    out = differences_to(table, FACTORS, ref, True, margin=0.005)
     assert {"n_pairs", "mean_diff", "std_err", "df", "ci_low", "ci_high", "p_diff", "p_diff_holm", "p_tost",
             "p_tost_holm", "interval", "verdict", "margin"} <= set(out.columns)
-    others = out[out["verdict"] != "reference"]
+    assert len(out) == 15 and cell(out, {f: str(v) for f, v in ref.items()}).empty  # every cell but the reference
+    others, text = out, table.astype({f: str for f in FACTORS})  # the levels come back as text
     assert set(others["interval"]) == {"pooled"} and (others["df"] == 15 * 2).all()
     a = cell(table, ref).set_index("seed")["value"]
-    pooled = np.mean([(cell(table, {f: r[f] for f in FACTORS}).set_index("seed")["value"] - a).var(ddof=1)
+    pooled = np.mean([(cell(text, {f: r[f] for f in FACTORS}).set_index("seed")["value"] - a).var(ddof=1)
                       for _, r in others.iterrows()])
     for _, r in others.iterrows():
-        d = cell(table, {f: r[f] for f in FACTORS}).set_index("seed")["value"] - a
+        d = cell(text, {f: r[f] for f in FACTORS}).set_index("seed")["value"] - a
         half = stats.t.ppf(0.975, 30) * np.sqrt(pooled / 3)
         assert r["mean_diff"] == pytest.approx(d.mean())
         assert (r["ci_low"], r["ci_high"]) == pytest.approx((d.mean() - half, d.mean() + half))
     assert others["p_diff_holm"].to_numpy() == pytest.approx(multipletests(others["p_diff"], method="holm")[1])
     assert (others["p_diff_holm"] >= others["p_diff"]).all()
-    bn = cell(out, {"center": "batch", "scale": "batch_std", "squash": "none", "lr": 0.01}).iloc[0]
+    bn_cell = {"center": "batch", "scale": "batch_std", "squash": "none", "lr": "0.01"}
+    bn = cell(out, bn_cell).iloc[0]
     assert bn["verdict"] == "better" and bn["p_diff_holm"] < 0.05
-    squash_only = cell(out, {"center": "none", "scale": "alpha", "squash": "none", "lr": 0.001}).iloc[0]
+    squash_only = cell(out, {"center": "none", "scale": "alpha", "squash": "none", "lr": "0.001"}).iloc[0]
     assert squash_only["verdict"] in ("equivalent", "inconclusive")  # the truth is 0: never better or worse here
-    assert cell(out, ref)["verdict"].item() == "reference"
-    assert paired_differences(table, FACTORS, ref, higher_is_better=False).iloc[0]["verdict"] == "worse"
+    assert cell(differences_to(table, FACTORS, ref, False, 0.005), bn_cell)["verdict"].item() == "worse"
+
+
+def test_one_pairing_pairs_by_seed_on_the_seeds_both_ran():
+    """The pairing under the report, a confirmation and study compare: arm - against on shared seeds only, both means
+    over those seeds, and the family's tests those of compare_pairs on the same differences."""
+    against = pd.Series([0.90, 0.92, 0.91, 0.80], index=[0, 1, 2, 3])
+    arm = pd.Series([0.93, 0.95, 0.93, 0.99], index=[1, 0, 2, 9])  # seed 3 is only against's, 9 only the arm's
+    tight = pd.Series([0.905, 0.921, 0.909], index=[0, 1, 2])
+    out = paired_by_seed({"arm": (arm, against), "tight": (tight, against)}, margin=0.005).set_index("label")
+    assert out.loc["arm", "n_pairs"] == 3 and out.loc["arm", "mean_diff"] == pytest.approx(0.08 / 3)
+    assert out.loc["arm", "arm_mean"] == pytest.approx(np.mean([0.95, 0.93, 0.93]))
+    assert out.loc["arm", "against_mean"] == pytest.approx(0.91)
+    assert out.loc["arm", "arm_mean"] - out.loc["arm", "against_mean"] == pytest.approx(out.loc["arm", "mean_diff"])
+    same = compare_pairs([np.array([0.05, 0.01, 0.02]), np.array([0.005, 0.001, -0.001])], margin=0.005)
+    for column in ("mean_diff", "ci_low", "ci_high", "p_diff_holm", "p_tost_holm"):
+        assert out[column].to_numpy() == pytest.approx(same[column].to_numpy())
+    assert list(out["verdict"]) == list(same["verdict"])
 
 
 def test_verdicts_say_equivalent_only_when_tost_shows_it():
@@ -167,10 +186,10 @@ def test_a_bad_margin_is_named():
     assert check_margin("0.01") == 0.01
 
 
-def test_paired_differences_single_factor():
+def test_differences_to_the_reference_of_a_single_factor():
     table = cell(make_table(), START)  # only lr varies
-    out = paired_differences(table, ["lr"], {"lr": 0.001}).set_index("lr")
-    assert out.loc[0.01, "verdict"] == "better" and out.loc[0.001, "verdict"] == "reference"
+    out = differences_to(table, ["lr"], {"lr": 0.001}, True, 0.005).set_index("lr")
+    assert list(out.index) == ["0.01"] and out.loc["0.01", "verdict"] == "better"
 
 
 def marginal(table: pd.DataFrame, by: list[str]) -> pd.Series:
@@ -243,7 +262,7 @@ def test_factorial_effects_three_level_factor():
 def test_the_reports_effects_show_every_coefficient_of_a_term_with_a_factor_of_three_levels():
     """A 3-level factor's main effect is its three level effects, and its interaction with a 2-level factor
     (real here, so Holm keeps it) all six coefficients, not one with the whole term's p beside it."""
-    from dyt_lab.study.report.comparison import effects_section
+    from dyt_lab.study.report.factor_sections import effects_section
 
     rng = np.random.default_rng(4)
     table = pd.DataFrame([{"center": c, "width": w, "seed": s} for c in ["none", "batch"]
@@ -296,7 +315,7 @@ def test_gap_attribution_pure_interaction_splits_in_half():
 def test_errors_name_the_problem():
     table = make_table()
     with pytest.raises(ValueError, match=r"reference center=none, scale=alpha.* valid ones: .*\(and 12 more\)"):
-        paired_differences(table, FACTORS, {"center": "none", "scale": "alpha", "squash": "tanh", "lr": 0.5})
+        differences_to(table, FACTORS, {"center": "none", "scale": "alpha", "squash": "tanh", "lr": 0.5}, True, 0.005)
     holed = table[~((table["center"] == "batch") & (table["scale"] == "alpha") & (table["squash"] == "tanh"))]
     with pytest.raises(ValueError, match=r"cell center=batch, scale=alpha, squash=tanh, lr=0.001 is missing"):
         gap_attribution(holed, FACTORS, START, END)
@@ -357,7 +376,7 @@ def test_share_intervals_cover_the_true_split_in_simulated_studies():
 
 
 def test_a_numeric_factor_with_four_levels_gets_a_response_plot(tmp_path):
-    from dyt_lab.study.report.comparison import response_factor
+    from dyt_lab.study.report.factor_sections import response_factor
     from dyt_lab.study.report.plots import response_plot
 
     rows = [{"name": "dyt", "alpha_init": a, "lr": lr, "seed": s, "value": 0.9 - abs(np.log10(a)) / 10 + s / 1000,
@@ -392,7 +411,7 @@ def test_the_report_of_a_study_with_one_configuration_summarizes_it(tmp_path):
 def test_a_list_of_norms_crossed_with_presets_is_one_factor_and_its_interaction_is_tested():
     """BatchNorm sets no alpha0, so a norm list's name and alpha_init are never crossed: the report makes them
     one factor, and norm x preset (does the gap change with depth?) comes out of the saturated model."""
-    from dyt_lab.study.report.comparison import crossed, effects_section
+    from dyt_lab.study.report.factor_sections import crossed, effects_section
 
     rng = np.random.default_rng(5)
     arms = [("batchnorm", "-"), ("dyt", "0.5"), ("dyt", "1.0")]
@@ -446,7 +465,8 @@ def test_gap_changes_are_paired_differences_of_gaps_and_find_a_planted_change():
 
 
 def test_the_report_shows_the_gap_across_depth_in_the_study_files_order():
-    from dyt_lab.study.report.comparison import TEST, crossed, gap_change_section
+    from dyt_lab.study.report.factor_sections import crossed, gap_change_section
+    from dyt_lab.study.report.seed_runs import TEST
 
     table = depth_table(change=0.03).assign(**{TEST: np.nan})
     table["name"], table["alpha_init"] = zip(*table["name, alpha_init"].str.split(", "))  # as crossed() leaves it
@@ -476,7 +496,7 @@ def test_a_reference_is_kept_only_where_the_table_holds_it():
     """A confirmation inherits its parent's reference, which may name factors it no longer varies."""
     import pandas as pd
 
-    from dyt_lab.study.report.comparison import reference_in
+    from dyt_lab.study.report.seed_runs import reference_in
 
     table = pd.DataFrame({"squash": ["tanh", "none", "tanh", "none"], "center": ["sample", "sample", "none", "none"],
                           "shift": ["scalar"] * 4, "seed": [0, 0, 0, 0]})
@@ -489,7 +509,7 @@ def test_a_reference_is_kept_only_where_the_table_holds_it():
 
 
 def test_an_inconclusive_verdict_says_what_it_could_detect_and_what_would_decide_it():
-    from dyt_lab.study.report.comparison import verdict_text
+    from dyt_lab.study.report.markdown import verdict_text
     from dyt_lab.study.report.statistics import compare_pairs, detectable
 
     noisy = [np.array([0.004, -0.006, 0.009, -0.002]), np.array([0.02, 0.03, 0.025, 0.028])]
@@ -511,7 +531,7 @@ def test_the_effects_table_is_built_without_a_pandas_warning():
     """Masks of the whole effects table applied to a subset of it made pandas warn twice in every report."""
     import warnings
 
-    from dyt_lab.study.report.comparison import effects_section
+    from dyt_lab.study.report.factor_sections import effects_section
 
     table = depth_table(change=0.03)  # an interaction (the planted change) that survives Holm
     with warnings.catch_warnings():
@@ -523,13 +543,9 @@ def test_the_effects_table_is_built_without_a_pandas_warning():
 def test_every_difference_the_report_shows_is_arm_minus_reference_and_its_header_says_so():
     """DyT at alpha0 0.5 is about 4 points below BatchNorm in the tiny net and 7 in the deep one: the same negative
     numbers in the configurations table and the gap table, and a negative contrast in the effects."""
-    from dyt_lab.study.report.comparison import (
-        EXTRA,
-        TEST,
-        configurations_section,
-        effects_section,
-        gap_change_section,
-    )
+    from dyt_lab.study.report.comparison import configurations_section
+    from dyt_lab.study.report.factor_sections import effects_section, gap_change_section
+    from dyt_lab.study.report.seed_runs import EXTRA, TEST
 
     table = depth_table(change=0.03).assign(**{TEST: np.nan, **{c: np.nan for c in EXTRA.values()}})
     table["name"], table["alpha_init"] = zip(*table["name, alpha_init"].str.split(", "))
@@ -551,7 +567,8 @@ def test_every_difference_the_report_shows_is_arm_minus_reference_and_its_header
 def test_the_configurations_table_shows_a_differences_interval_uncut():
     """Two seeds, one of them a collapse: the t-interval on one degree of freedom runs past -1 and +1, and the table
     says so rather than printing [-1.0000, +1.0000], which reads like a measurement at the metric's bounds."""
-    from dyt_lab.study.report.comparison import EXTRA, TEST, configurations_section
+    from dyt_lab.study.report.comparison import configurations_section
+    from dyt_lab.study.report.seed_runs import EXTRA, TEST
 
     table = pd.DataFrame({"norm": ["bn", "bn", "dyt", "dyt"], "seed": [0, 1, 0, 1], "value": [0.9, 0.95, 0.1, 0.9],
                           TEST: np.nan, **{c: np.nan for c in EXTRA.values()}})

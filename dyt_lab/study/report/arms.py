@@ -19,11 +19,12 @@ import pandas as pd
 from optuna.distributions import CategoricalDistribution
 
 from dyt_lab.errors import ConfigError
+from dyt_lab.study.attributes import SEED
 from dyt_lab.study.definition.space import SearchSpace, saved_space
 from dyt_lab.study.definition.storage import find_storage, load_existing
-from dyt_lab.study.report.comparison import TEST, seed_run_table
 from dyt_lab.study.report.markdown import markdown_table, publish
 from dyt_lab.study.report.per_image import crossed_family, detectable_points, points, points_interval
+from dyt_lab.study.report.seed_runs import TEST, seed_run_table
 
 EDGE = 0.1  # a best within the outer tenth of a range (on its own scale) is "at the edge"
 
@@ -65,9 +66,9 @@ def arm_table(name: str, root: str) -> tuple[pd.DataFrame, SearchSpace, list[str
     space = saved_space(folder)
     table = seed_run_table(study, space)
     trials = study.get_trials(deepcopy=False)
-    done = {(str(t.params), t.user_attrs.get("seed")) for t in trials if t.state.name == "COMPLETE"}
+    done = {(str(t.params), t.user_attrs.get(SEED)) for t in trials if t.state.name == "COMPLETE"}
     failed = [t for t in trials if t.state.name == "FAIL"]
-    unresolved = sum((str(t.params), t.user_attrs.get("seed")) not in done for t in failed)
+    unresolved = sum((str(t.params), t.user_attrs.get(SEED)) not in done for t in failed)
     shown = f"{len(failed)} ({len(failed) - unresolved} rerun to completion)" if failed else "0"
     return table, space, [k for k in space.distributions if k in table.columns], shown
 

@@ -15,13 +15,12 @@ from pathlib import Path
 from optuna.trial import TrialState
 
 from dyt_lab.errors import ConfigError
-from dyt_lab.study.definition.claims import HOLDOUT_ATTR
+from dyt_lab.study.attributes import HOLDOUT, RUN_DIR, SEED
 from dyt_lab.study.definition.storage import find_storage, load_existing
 from dyt_lab.study.report.markdown import markdown_table, publish
 from dyt_lab.study.report.per_image import correctness, crossed_family, planning_text, points, points_interval
 from dyt_lab.study.report.resampling import mcnemar_by_seed
 from dyt_lab.study.report.statistics import ALPHA
-from dyt_lab.study.trial.protocol import SEED_ATTR
 
 
 def confirmed(test: str, row) -> bool:
@@ -39,14 +38,14 @@ def runs_by_arm(study, arms: dict[str, dict]) -> dict[str, dict[int, str]]:
         arm = next((name for name, params in arms.items()
                     if all(str(trial.params.get(k)) == str(v) for k, v in params.items())), None)
         if arm is not None:
-            found[arm][int(trial.user_attrs[SEED_ATTR])] = trial.user_attrs["run_dir"]
+            found[arm][int(trial.user_attrs[SEED])] = trial.user_attrs[RUN_DIR]
     return found
 
 
 def holdout_report(name: str, root: str = "studies", storage: str | None = None) -> Path:
     """Print and write ``NAME/report.md`` for holdout NAME; its path."""
     study = load_existing(name, find_storage(name, root, storage))
-    record = study.user_attrs.get(HOLDOUT_ATTR)
+    record = study.user_attrs.get(HOLDOUT)
     if not record:
         raise ConfigError(f"study '{name}' is not a holdout (no claims file recorded): report it with "
                           f"dyt-lab study report {name}")

@@ -15,19 +15,26 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from dyt_lab.errors import ConfigError
+from dyt_lab.study.attributes import (
+    CONFIG,
+    CONFIRMS,
+    DESIGN,
+    EPOCHS,
+    FAIL_REASON,
+    OBJECTIVE,
+    RUN_DIR,
+    SEED,
+    WALL_TIME,
+)
+from dyt_lab.study.definition.margin import report_margin
 from dyt_lab.study.definition.space import saved_space
 from dyt_lab.study.definition.storage import find_storage, load_existing, retried_trial_number, retry_history
-from dyt_lab.study.definition.study_file import (
-    CONFIRM_SUFFIX,
-    CONFIRMS_ATTR,
-    DEFAULT_MARGIN,
-    TRIALS,
-    check_margin,
-)
-from dyt_lab.study.report.comparison import confirmed_section, replicated_sections, seed_run_table
+from dyt_lab.study.definition.study_file import CONFIRM_SUFFIX, TRIALS
+from dyt_lab.study.report.comparison import replicated_sections
+from dyt_lab.study.report.confirmation import confirmed_section
 from dyt_lab.study.report.markdown import markdown_table
 from dyt_lab.study.report.plots import mean_by, placement_and_variant, varied_keys, write_plots
-from dyt_lab.study.trial.protocol import SEED_ATTR
+from dyt_lab.study.report.seed_runs import seed_run_table
 
 
 def _number(value) -> str:
@@ -43,7 +50,7 @@ def _note(trial: FrozenTrial, retried_as: dict[int, int]) -> str:
     if trial.number in retried_as:
         notes.append(f"retried as #{retried_as[trial.number]}")
     if trial.state == TrialState.FAIL:
-        notes.append(str(trial.user_attrs.get("fail_reason", "failed")))
+        notes.append(str(trial.user_attrs.get(FAIL_REASON, "failed")))
     return "; ".join(notes)
 
 
@@ -54,9 +61,9 @@ def trials_table(study: optuna.Study, metric: str) -> str:
     retried_as = {n: t.number for t in trials for n in retry_history(t)[-1:]}
     rows = []
     for t in trials:
-        seconds = t.user_attrs.get("wall_time_s")
-        rows.append([str(t.number), t.state.name.lower(), _number(t.value), _number(t.user_attrs.get(SEED_ATTR)),
-                     _number(t.user_attrs.get("epochs")),
+        seconds = t.user_attrs.get(WALL_TIME)
+        rows.append([str(t.number), t.state.name.lower(), _number(t.value), _number(t.user_attrs.get(SEED)),
+                     _number(t.user_attrs.get(EPOCHS)),
                      f"{seconds:.0f} s" if seconds is not None else "-",
                      *(_number(t.params.get(p)) for p in params), _note(t, retried_as)])
     return markdown_table(["#", "state", metric, "seed", "epochs", "time", *params, "note"], rows)
@@ -118,19 +125,16 @@ def report(name: str, root: str = "studies", storage: str | None = None, margin:
     study = load_existing(name, url)
     folder = Path(root) / name
     space = saved_space(folder)  # what decodes the labels Optuna stored
-    objective = study.user_attrs.get("objective", {"metric": "value", "value": ""})
+    objective = study.user_attrs.get(OBJECTIVE, {"metric": "value", "value": ""})
     metric = f"{objective['metric']} ({objective['value']})" if objective.get("value") else objective["metric"]
     direction = study.direction.name.lower()
     sections = [f"# Study {name}", f"Storage: `{url}`. Objective: {direction} {metric}.",
                 "## Trials", trials_table(study, metric)]
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    design = study.user_attrs.get("design") or {}
+    design = study.user_attrs.get(DESIGN) or {}
     replicated_files: list[Path] = []
-    try:
-        margin = check_margin(design.get("margin", DEFAULT_MARGIN) if margin is None else margin)
-    except ValueError as err:
-        raise ConfigError(f"--margin: {err}") from None
-    confirms = study.user_attrs.get(CONFIRMS_ATTR)  # this study is itself a confirmation: what it confirms
+    margin = report_margin(design, margin)
+    confirms = study.user_attrs.get(CONFIRMS)  # this study is itself a confirmation: what it confirms
     confirm_study = None if confirms else linked_confirm(name, root, storage)
     if design.get("seeds"):  # one configuration = several seed runs: compare means, not single runs
         replicated, replicated_files = replicated_sections(study, space, design, folder, metric, margin, confirm_study,
@@ -138,10 +142,10 @@ def report(name: str, root: str = "studies", storage: str | None = None, margin:
         sections += replicated
     elif complete:
         best = study.best_trial
-        config = best.user_attrs.get("config")
+        config = best.user_attrs.get(CONFIG)
         params = "\n".join(f"- `{k}` = `{v}`" for k, v in best.params.items())
         sections += ["## Best trial", f"Trial #{best.number}: {metric} = {_number(best.value)}, "
-                     f"run folder `{best.user_attrs.get('run_dir')}`, config `{config}`.", params]
+                     f"run folder `{best.user_attrs.get(RUN_DIR)}`, config `{config}`.", params]
         if config and Path(config).is_file():
             sections.append(f"```yaml\n{Path(config).read_text().strip()}\n```")
         if confirm_study is not None:  # single runs chose the winners; the confirm study measures them

@@ -33,7 +33,8 @@ import numpy as np
 import pandas as pd
 from statsmodels.stats.contingency_tables import mcnemar
 
-from dyt_lab.study.report.statistics import ALPHA, check_margin, detectable, equivalence_se, t_tests, verdicts
+from dyt_lab.study.definition.margin import check_margin
+from dyt_lab.study.report.statistics import ALPHA, detectable, equivalence_se, t_tests, verdicts
 
 CHUNK = 250  # bootstrap replicates per matrix product: W is (CHUNK, N) float32, 10 MB at N = 10,000
 

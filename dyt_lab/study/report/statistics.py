@@ -16,6 +16,8 @@ What a reviewer asks of these numbers, and where each is answered:
   ``inconclusive``.
 - *Many comparisons*: p-values are Holm-adjusted over the table's family (statsmodels' multipletests);
   both the raw and the adjusted p are returned.
+- *Pairs*: two arms' runs pair by seed, on the seeds both ran (``paired_by_seed``); every paired comparison
+  of the report, a confirmation and ``study compare`` goes through it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import pandas as pd
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from dyt_lab.study.definition.study_file import DEFAULT_MARGIN, check_margin
+from dyt_lab.study.definition.margin import DEFAULT_MARGIN, check_margin
 
 ALPHA = 0.05  # the level of every test and verdict; intervals are (1 - ALPHA)
 VERDICTS = ("better", "worse", "equivalent", "inconclusive", "too few seeds")
@@ -204,28 +206,15 @@ def compare_pairs(differences: list[np.ndarray], confidence: float = 1 - ALPHA, 
     return verdicts(out, margin, higher_is_better, alpha=1 - confidence)
 
 
-def paired_differences(table: pd.DataFrame, factors: list[str], reference: dict, value: str = "value",
-                       seed: str = "seed", confidence: float = 1 - ALPHA, higher_is_better: bool = True,
-                       margin: float = DEFAULT_MARGIN) -> pd.DataFrame:
-    """Each configuration minus ``reference`` over their shared seeds, as one family (``compare_pairs``)."""
-    check_table(table, factors, value, seed)
-    wide = table.set_index([*factors, seed])[value].unstack(seed)  # one row per configuration
-    labels = [lab if isinstance(lab, tuple) else (lab,) for lab in wide.index]
-    texts = [tuple(map(str, lab)) for lab in labels]
-    wanted = tuple(str(reference.get(f)) for f in factors)
-    if set(reference) != set(factors) or wanted not in texts:
-        valid = [text_of(dict(zip(factors, lab))) for lab in labels]
-        more = f" (and {len(valid) - 4} more)" if len(valid) > 4 else ""
-        raise ValueError(f"reference {text_of(reference)} is not a configuration of the table; "
-                         f"valid ones: {'; '.join(valid[:4])}{more}")
-    ref = wide.iloc[texts.index(wanted)]
-    others = wide.drop(index=wide.index[texts.index(wanted)])
-    diffs = others.sub(ref, axis=1)  # NaN where a seed is missing on either side, so only pairs count
-    out = compare_pairs([row.dropna().to_numpy() for _, row in diffs.iterrows()], confidence,
-                        higher_is_better, margin)
-    out.index = others.index
-    out["ref_std"] = ref.std()  # the reference's seed spread, for judging a difference's size
-    reference_row = pd.DataFrame({"verdict": ["reference"], "mean_diff": [0.0], "n_pairs": [ref.count()]},
-                                 index=wide.index[[texts.index(wanted)]])
-    return pd.concat([out, reference_row]).reset_index().sort_values("mean_diff", ascending=False,
-                                                                    ignore_index=True)
+def paired_by_seed(pairs: dict[str, tuple[pd.Series, pd.Series]], margin: float = DEFAULT_MARGIN,
+                   higher_is_better: bool = True, alpha: float = ALPHA) -> pd.DataFrame:
+    """Each labelled comparison (arm's values by seed, against's values by seed), arm − against on the seeds both
+    ran, as one Holm family at level ``alpha`` (``compare_pairs``): the one pairing of ``study report``, its
+    confirmation and ``study compare``. Adds the label and both sides' means over the paired seeds."""
+    # NaN where a seed (or its value) is on one side only: only pairs count
+    differences = [(arm - against).dropna() for arm, against in pairs.values()]
+    out = compare_pairs([d.to_numpy() for d in differences], 1 - alpha, higher_is_better, margin)
+    out.insert(0, "label", list(pairs))
+    out["arm_mean"] = [arm.loc[d.index].mean() for (arm, _), d in zip(pairs.values(), differences)]
+    out["against_mean"] = [against.loc[d.index].mean() for (_, against), d in zip(pairs.values(), differences)]
+    return out
