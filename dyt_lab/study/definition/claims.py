@@ -28,17 +28,10 @@ from pathlib import Path
 from typing import Literal
 
 from dyt_lab.errors import ConfigError
-from dyt_lab.study.definition.study_file import (
-    NAME_PATTERN,
-    Arm,
-    Base,
-    check_margin,
-    one_line,
-    register_data_types,
-)
+from dyt_lab.study.definition.margin import DEFAULT_MARGIN, check_margin
+from dyt_lab.study.definition.study_file import NAME_PATTERN, Arm, Base, one_line, register_data_types
 
 TESTS = ("equivalent", "better", "worse")  # a claim's test: TOST within +-margin, or a one-way difference
-HOLDOUT_ATTR = "holdout"  # study attribute of a holdout: the claims file's path, hash and text
 CLAIMS_FILE = "claims.yaml"  # the claims file as it ran, in the holdout's folder
 
 
@@ -89,7 +82,7 @@ class ClaimsFile:
     claims: list[Claim]
     seeds: list[int]
     metric: Literal["test/acc"] = "test/acc"
-    margin: float = 0.005
+    margin: float = DEFAULT_MARGIN
     root: str = "studies"
     storage: str = "journal"
     workers: int = 1

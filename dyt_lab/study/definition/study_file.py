@@ -18,31 +18,19 @@ a ``--key`` flag and ``--help`` text, and several ``--config`` files compose. A 
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from dyt_lab.config_keys import flatten
 from dyt_lab.errors import ConfigError
+from dyt_lab.study.definition.margin import DEFAULT_MARGIN, check_margin
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 SPEC_FILE = "study.yaml"  # the resolved study file, in the study folder: what `study resume` and the report re-read
 TRIALS = "trials"  # the study folder's folder of trial runs: TensorBoard's logdir for the study
 CONFIRM_SUFFIX = ".confirm"  # NAME.confirm: the study `dyt-lab study confirm NAME` runs, beside NAME
-CONFIRMS_ATTR = "confirms"  # study attribute of a confirmation: which study, configurations, seeds, setting
-DEFAULT_MARGIN = 0.005  # equivalence margin of the report's verdicts: half a point of accuracy
-
-
-def check_margin(margin) -> float:
-    """An equivalence margin as a float >= 0, or a ValueError that names it."""
-    try:
-        m = float(margin)
-    except (TypeError, ValueError):
-        raise ValueError(f"equivalence margin {margin!r} is not a number; give e.g. 0.005 (0.5 points)") from None
-    if not math.isfinite(m) or m < 0:
-        raise ValueError(f"equivalence margin {margin!r} must be a finite number >= 0, e.g. 0.005 (0.5 points)")
-    return m
 
 
 class Overrides(dict):
@@ -300,7 +288,8 @@ def load_spec(argv: list[str], prog: str = "dyt-lab study run") -> StudySpec:
         hint = config_key_hint(str(err), keys) or unknown_hint(str(err), keys, [f"--{key}" for key in keys])
         raise ConfigError(f"study file: {one_line(err)}{hint}") from None
     spec = spec_from_namespace(parser, cfg)
-    spec.base.overrides = {**flatten_overrides(spec.base.overrides), **extra_overrides}
+    # as dotted keys, so a --base.overrides.KEY flag adds or replaces one key, not the file's whole mapping
+    spec.base.overrides = {**flatten(spec.base.overrides, whole_classes=True), **extra_overrides}
     return spec
 
 
@@ -353,20 +342,9 @@ def check_spec(spec: StudySpec) -> None:
             raise ConfigError("seeds and a search_space key seed_everything both set the seed: keep one")
 
 
-def flatten_overrides(overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"trainer": {"max_epochs": 3}}`` -> ``{"trainer.max_epochs": 3}``; class_path mappings stay whole.
-
-    Flattening lets ``--base.overrides.trainer.max_epochs=3`` on the command line add one key
-    to the file's overrides instead of replacing them all.
-    """
-    flat: dict[str, Any] = {}
-    for key, value in overrides.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value and "class_path" not in value:
-            flat.update(flatten_overrides(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
+def flatten_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+    """TRANSITIONAL: engine/objective.py's name for ``config_keys.flatten(overrides, whole_classes=True)``."""
+    return flatten(overrides, whole_classes=True)
 
 
 def arm_specs(spec: StudySpec) -> list[StudySpec]:
@@ -383,7 +361,7 @@ def arm_specs(spec: StudySpec) -> list[StudySpec]:
         if shared := sorted(set(arm.search_space) & set(spec.search_space)):
             raise ConfigError(f"arms.{name}.search_space repeats the shared key(s) {shared}: every arm searches "
                               "those alike; give the arm only its own keys")
-        overrides = {**spec.base.overrides, **flatten_overrides(arm.overrides)}
+        overrides = {**spec.base.overrides, **flatten(arm.overrides, whole_classes=True)}
         specs.append(replace(spec, study_name=f"{spec.study_name}.{name}", arms=None,
                              base=Base(configs=[*spec.base.configs, *arm.configs], overrides=overrides),
                              search_space={**spec.search_space, **arm.search_space}))
