@@ -15,9 +15,9 @@ from tbparse import SummaryReader
 from torch import nn
 
 from dyt_lab.cli import main
-from dyt_lab.diagnostics import NormDiagnostics, SiteError, find_sites, run_probe
+from dyt_lab.diagnostics import NormDiagnostics, SiteError, run_probe
 from dyt_lab.diagnostics.sites import spread_out
-from dyt_lab.models import ResNet, ViT
+from dyt_lab.models import ResNet, ViT, sites_of
 from dyt_lab.norms import CenteredDyT, DyT, ShiftedDyT
 from dyt_lab.runs import run_lightning
 from tests.helpers import QUICKSTART, ROOT, fit_args
@@ -36,7 +36,7 @@ def _hooked_modules(net: nn.Module) -> list[str]:
 def test_hooks_see_every_site_of_both_families_and_are_removed(family, norm):
     preset = "vit_digits" if family is ViT else "resnet_tiny"
     net = family(preset, num_classes=10, in_channels=1, norm=norm, placement="all" if family is ViT else "stage2")
-    probes = run_probe(net, torch.randn(6, 1, 8, 8), find_sites(net), max_points=50)
+    probes = run_probe(net, torch.randn(6, 1, 8, 8), sites_of(net), max_points=50)
     assert list(probes) == list(net.norm_sites())  # every site, in forward order
     kinds = {p.stats.kind for p in probes.values()}
     assert norm in kinds and (family is ViT or "batchnorm" in kinds)  # ResNet: stage2 gets norm, the rest BN

@@ -7,8 +7,7 @@
 
 from dyt_lab.diagnostics.callbacks import NormDiagnostics
 from dyt_lab.diagnostics.hooks import SiteProbe, probe_images, run_probe
-from dyt_lab.diagnostics.sites import SiteError, find_sites, select_sites
+from dyt_lab.diagnostics.sites import SiteError, select_sites
 from dyt_lab.diagnostics.stats import SiteStats
 
-__all__ = ["NormDiagnostics", "SiteError", "SiteProbe", "SiteStats", "find_sites", "probe_images", "run_probe",
-           "select_sites"]
+__all__ = ["NormDiagnostics", "SiteError", "SiteProbe", "SiteStats", "probe_images", "run_probe", "select_sites"]

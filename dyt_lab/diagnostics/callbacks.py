@@ -13,9 +13,10 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from dyt_lab.diagnostics.hooks import SiteProbe, probe_images, run_probe
-from dyt_lab.diagnostics.sites import find_sites, network_of, select_sites
+from dyt_lab.diagnostics.sites import network_of, select_sites
 from dyt_lab.diagnostics.stats import parameter_summary
 from dyt_lab.errors import ConfigError, check_int
+from dyt_lab.models import sites_of
 from dyt_lab.norms import DYT_FAMILY
 
 S_CURVES_TAG = "diagnostics/s_curves"
@@ -74,7 +75,7 @@ class NormDiagnostics(Callback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         # Resolve the filter now, so an unknown site name fails before any training.
-        self.sites = select_sites(find_sites(network_of(pl_module)), self.site_patterns)
+        self.sites = select_sites(sites_of(network_of(pl_module)), self.site_patterns)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.alpha_every_n_steps:

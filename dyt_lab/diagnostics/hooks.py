@@ -102,7 +102,7 @@ def run_probe(
 ) -> dict[str, SiteProbe]:
     """Run ``images`` through ``net`` once and return each site's statistics and sampled points.
 
-    ``sites`` maps site names to layouts (``find_sites``); ``forward_context`` is, in training,
+    ``sites`` maps site names to layouts (``dyt_lab.models.sites_of``); ``forward_context`` is, in training,
     the precision plugin's autocast, so sites see the dtype they see in a training step.
     """
     results: dict[str, SiteProbe] = {}

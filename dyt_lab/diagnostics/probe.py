@@ -20,8 +20,9 @@ from pathlib import Path
 from torch import nn
 
 from dyt_lab.diagnostics.hooks import SiteProbe, probe_images, run_probe
-from dyt_lab.diagnostics.sites import SiteError, find_sites, network_of, select_sites
+from dyt_lab.diagnostics.sites import SiteError, network_of, select_sites
 from dyt_lab.errors import ConfigError
+from dyt_lab.models import sites_of
 from dyt_lab.norms import norm_name
 from dyt_lab.training.checkpoints import read_matching_checkpoint, run_config_of
 
@@ -104,7 +105,7 @@ def probe_run(flags: list[str], ckpt: str | None, args: argparse.Namespace, stri
     model, datamodule, _ = load_run(flags)
     epoch = load_checkpoint(model, ckpt) if ckpt else None
     net = network_of(model)
-    sites = select_sites(find_sites(net), args.sites, strict=strict_sites)
+    sites = select_sites(sites_of(net), args.sites, strict=strict_sites)
     datamodule.setup("validate")
     images = probe_images(datamodule.val_dataloader(), args.probe_size)
     kinds = Counter(norm_name(net.get_submodule(site)) for site in sites)

@@ -1,4 +1,7 @@
-"""Which norm sites the diagnostics look at: discovery, glob filters, and subsampling for figures."""
+"""Which norm sites the diagnostics look at: the network holding them, glob filters, and subsampling for figures.
+
+A network's sites themselves are ``dyt_lab.models.sites_of(net)``.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,6 @@ from torch import nn
 
 from dyt_lab.errors import ConfigError
 from dyt_lab.norms import sites as site_patterns
-from dyt_lab.norms.convert import find_norm_sites
 
 
 class SiteError(ConfigError):
@@ -18,18 +20,9 @@ class SiteError(ConfigError):
 def network_of(module: nn.Module) -> nn.Module:
     """The plain network inside a LightningModule (``ImageClassifier.net``), or the module itself."""
     net = getattr(module, "net", module)
-    return getattr(net, "_orig_mod", net)  # torch.compile's wrapper: probe the eager module, by its own names
-
-
-def find_sites(net: nn.Module) -> dict[str, str]:
-    """Site name -> layout of every norm site, in forward order.
-
-    dyt_lab models name their sites (``norm_sites()``); for any other network (timm, torchvision)
-    the registry's norm types and the DyT family are found by scanning its modules.
-    """
-    if hasattr(net, "norm_sites"):
-        return dict(net.norm_sites())
-    return find_norm_sites(net)
+    # torch.compile's wrapper: probe the eager module, by its own site names. torch (2.14) has no public way
+    # to get the module a compiled wrapper holds; Lightning's own from_compiled reads _orig_mod too.
+    return getattr(net, "_orig_mod", net)
 
 
 def select_sites(sites: dict[str, str], patterns: Sequence[str] | None, strict: bool = True) -> dict[str, str]:

@@ -7,6 +7,7 @@ from dyt_lab.models.placement import (
     describe_norm,
     describe_placement,
     format_placement,
+    sites_of,
 )
 from dyt_lab.models.resnet import RESNET_PRESETS, ResNet, resnet_site_presets
 from dyt_lab.models.vit import VIT_PRESETS, VIT_SITE_PRESETS, ViT
@@ -14,5 +15,5 @@ from dyt_lab.models.vit import VIT_PRESETS, VIT_SITE_PRESETS, ViT
 __all__ = [
     "RESNET_PRESETS", "VIT_PRESETS", "VIT_SITE_PRESETS", "NetBuilder", "NormPlacement", "PlacementError", "ResNet",
     "TimmModel", "TorchvisionModel", "ViT", "describe_norm", "describe_placement", "format_placement",
-    "resnet_site_presets", "site_table",
+    "resnet_site_presets", "site_table", "sites_of",
 ]

@@ -25,8 +25,7 @@ import torch
 from torch import nn
 
 from dyt_lab.errors import ConfigError
-from dyt_lab.models.placement import format_placement
-from dyt_lab.norms.convert import find_norm_sites
+from dyt_lab.models.placement import format_placement, sites_of
 
 # set from the data module by ImageClassifier; a builder's kwargs may not set them again
 LINKED = {"timm": ("num_classes", "in_chans", "img_size"), "torchvision": ("num_classes", "image_size")}
@@ -226,10 +225,9 @@ def _adapt_stem(net: nn.Module, in_channels: int, name: str) -> None:
 def site_table(net: nn.Module, sites: dict[str, str] | None = None) -> str | None:
     """``format_placement``'s site -> layout -> norm table, for any network; None if it has no norm.
 
-    ``sites`` (site -> layout) defaults to the network's own ``norm_sites()``, else to the norms found in it.
+    ``sites`` (site -> layout) defaults to ``sites_of(net)``.
     """
-    if sites is None:
-        sites = net.norm_sites() if hasattr(net, "norm_sites") else find_norm_sites(net)
+    sites = sites_of(net) if sites is None else sites
     if not sites:
         return None
     # format_placement reads a model's norm_sites() and the module at each: give it exactly those two

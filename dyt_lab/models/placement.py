@@ -25,7 +25,7 @@ from dyt_lab.models.batch_free import BranchScale, ScaledStdConv2d
 from dyt_lab.models.recipes import RECIPE_LR, flow
 from dyt_lab.norms import DYT_FAMILY, FactoredNorm, NormSpec, PointwiseNorm, build_norm, norm_name
 from dyt_lab.norms import sites as site_patterns
-from dyt_lab.norms.convert import with_alpha_init
+from dyt_lab.norms.convert import find_norm_sites, with_alpha_init
 
 Placement = str | list[str]
 # Mapping first: jsonargparse tries a Union's types in order, and a YAML mapping keeps its key order.
@@ -127,6 +127,15 @@ class NormSitesMixin:
     def norm_sites(self) -> dict[str, str]:
         """Site name -> layout (``channels_last`` or ``channels_first``), in forward order."""
         return dict(self.placement.sites)
+
+
+def sites_of(net: nn.Module) -> dict[str, str]:
+    """Site name -> layout of every norm site of any network, in forward order.
+
+    dyt_lab's models name their sites (``norm_sites()``, identity sites included); any other network
+    (timm, torchvision) has the registry's norm kinds and the DyT family found by scanning its modules.
+    """
+    return dict(net.norm_sites()) if hasattr(net, "norm_sites") else find_norm_sites(net)
 
 
 # Options (-> the attribute holding each, and its plain value) a label shows where they differ from it:
