@@ -206,21 +206,23 @@ def test_a_checkpoint_never_silently_replaces_the_runs_model_flags(tmp_path, cap
 
 
 @pytest.mark.parametrize(("classifier", "net_class"), [(ViTClassifier, "ViT"), (ResNetClassifier, "ResNet")])
-def test_classifier_arguments_are_the_models_and_image_classifiers(classifier, net_class):
+def test_classifier_arguments_are_the_models_then_image_classifiers(classifier, net_class):
     import inspect
 
     from dyt_lab import models
     from dyt_lab.training import ImageClassifier
 
     def params(function):
-        return {name: (p.default, p.annotation) for name, p in inspect.signature(function).parameters.items()
+        return {name: (p.default, p.annotation) for name, p in inspect.signature(function, eval_str=True).parameters.items()
                 if name not in ("self", "net")}
 
-    own, net = params(classifier.__init__), params(getattr(models, net_class).__init__)
-    assert {k: own[k] for k in net} == net  # same names, defaults and types as the model's
-    assert set(own) == set(net) | set(params(ImageClassifier.__init__))
+    own, net = params(classifier), params(getattr(models, net_class))
+    assert list(own)[:len(net)] == list(net) and {k: own[k] for k in net} == net  # names, defaults, types, order
+    assert set(own) == set(net) | set(params(ImageClassifier))
     documented = inspect.getdoc(classifier.__init__).split("Args:")[1]
-    assert all(f"{name}: " in documented for name in own)  # every argument has its --help line
+    assert all(f"\n    {name}: " in documented for name in own)  # every argument has its --help line
+    with pytest.raises(TypeError, match="nrom"):  # a typo is refused, as by a written-out constructor
+        classifier(nrom="dyt")
 
 
 class StepLosses(Callback):

@@ -5,12 +5,14 @@ so a timm or torchvision model trains the same way (or a builder that names one,
 ``convert`` swaps that network's norms for a registry norm before the optimizer sees it.
 ``ViTClassifier`` and ``ResNetClassifier`` build a dyt_lab model from flat arguments, so
 ``--model.norm dyt --model.placement attn`` works on the command line. Their arguments are the
-model's and ImageClassifier's, written out here so that ``--help``, YAML and a reader all see the
-same list (a test checks it stays in step).
+model's, declared once in ``dyt_lab/models/vit.py`` or ``resnet.py``, then ImageClassifier's:
+``classifier_init`` gives them one signature and docstring, which ``--help``, YAML and a reader see.
 """
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -22,12 +24,10 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from dyt_lab.errors import ConfigError
-from dyt_lab.models import NetBuilder, ResNet, ViT, site_table
-from dyt_lab.models.alpha_rules import AlphaRule
-from dyt_lab.models.placement import Placement, Rules
+from dyt_lab.models import NetBuilder, ResNet, ViT, site_table, sites_of
 from dyt_lab.models.resnet import resolve_recipe
-from dyt_lab.norms import NormError, NormSpec
-from dyt_lab.norms.convert import NormConversion, find_norm_sites
+from dyt_lab.norms import NormError
+from dyt_lab.norms.convert import NormConversion
 from dyt_lab.predictions import write_predictions
 from dyt_lab.training.calibration import AlphaCalibration
 from dyt_lab.training.clipping import AdaptiveGradientClipping
@@ -89,12 +89,11 @@ class ImageClassifier(LightningModule):
             self.hparams["net"] = net.config()  # plain values: checkpoints compare it, the HParams tab shows it
             net = net.build(num_classes, in_channels, image_size)
         # The sites are read before converting: a site converted to identity is still a site of the table.
-        self.norm_sites = net.norm_sites() if hasattr(net, "norm_sites") else find_norm_sites(net)
+        self.norm_sites = sites_of(net)
         try:
             self.converted = convert.apply(net, alpha_init) if convert is not None else []
         except NormError as err:  # a kind or site the network does not have, a norm that cannot go there
             raise ConfigError(f"--model.convert: {err}") from None
-        # Measured on the MNIST5k testbed (ResNet-tiny, one thread): a training step 1.2x faster with BN.
         if memory_format not in MEMORY_FORMATS:
             raise ConfigError(f"--model.memory_format must be one of {', '.join(MEMORY_FORMATS)}; got {memory_format!r}")
         self.memory_format = MEMORY_FORMATS[memory_format]
@@ -106,7 +105,7 @@ class ImageClassifier(LightningModule):
         if in_channels and image_size:  # lets Lightning's summary show input and output shapes
             self.example_input_array = torch.zeros(2, in_channels, image_size, image_size)
         top_k = min(5, num_classes)
-        # validate_args=False: the per-step input checks cost 2 ms a step (a profile of the MNIST5k testbed)
+        # validate_args=False: training's per-step input checks cost a small model a measurable share of its step
         self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.train_loss_epoch = MeanMetric()  # the epoch's mean loss: the signal that does not saturate
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -224,160 +223,70 @@ class ImageClassifier(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
+def argument_docs(function: Callable) -> dict[str, str]:
+    """Each argument's entry (its first line and continuation lines) in ``function``'s Google-style ``Args:``."""
+    entries: dict[str, str] = {}
+    for line in (inspect.getdoc(function) or "").partition("Args:\n")[2].splitlines():
+        if line.startswith(" " * 8) and entries:  # a continuation of the entry above
+            entries[next(reversed(entries))] += "\n" + line
+        elif line.startswith(" " * 4) and ":" in line:
+            entries[line.split(":")[0].strip()] = line
+        else:  # the next section
+            break
+    return entries
+
+
+def classifier_init(net_class: type[nn.Module], resolve: Callable[[dict], dict] = dict) -> Callable[..., None]:
+    """The ``__init__`` of an ImageClassifier around ``net_class``: the network's arguments, then ImageClassifier's.
+
+    A model's arguments are declared once, in ``net_class.__init__`` (signature and docstring). This
+    ``__init__`` takes them by name with ImageClassifier's (but ``net``), and its signature and docstring
+    list them all, so jsonargparse offers ``--model.norm``, YAML keys and ``--help`` lines as for any
+    written-out constructor. A name both take (num_classes, in_channels, image_size, alpha_init) goes to
+    both, with the network's default. ``resolve`` rewrites the arguments, defaults filled in, before
+    anything is built (a ResNet's recipe written in). ImageClassifier's ``save_hyperparameters`` records
+    its own arguments; this adds every network argument as used, for checkpoints, hparams.yaml and the
+    HParams tab. Made outside a class body, it calls ImageClassifier's ``__init__`` by name.
+    """
+    net_params = inspect.signature(net_class, eval_str=True).parameters
+    own_params = {name: param for name, param in inspect.signature(ImageClassifier, eval_str=True).parameters.items()
+                  if name != "net"}
+    params = [*net_params.values(), *(param for name, param in own_params.items() if name not in net_params)]
+    signature = inspect.Signature(params)
+
+    def __init__(self, *args, **kwargs) -> None:
+        bound = signature.bind(*args, **kwargs)  # an unknown name is a TypeError, as for any constructor
+        bound.apply_defaults()
+        arguments = resolve(bound.arguments)
+        net_args = {name: arguments[name] for name in net_params}
+        ImageClassifier.__init__(self, net=net_class(**net_args), **{name: arguments[name] for name in own_params})
+        self.hparams.update(net_args)
+
+    self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    __init__.__signature__ = signature.replace(parameters=[self_param, *signature.parameters.values()])
+    docs = {**argument_docs(ImageClassifier.__init__), **argument_docs(net_class.__init__)}  # the network's first
+    name = net_class.__name__
+    if undocumented := [param for param in signature.parameters if param not in docs]:  # --help would lack them
+        raise TypeError(f"{name}.__init__'s docstring has no Args line for {', '.join(undocumented)}")
+    __init__.__doc__ = (f"ImageClassifier around a dyt_lab {name}: {name}'s arguments, then ImageClassifier's.\n\n"
+                        "Args:\n" + "\n".join(docs[param] for param in signature.parameters))
+    return __init__
+
+
 class ViTClassifier(AlphaCalibration, ImageClassifier):
-    """ImageClassifier around a dyt_lab ViT; every ViT argument is a model argument."""
+    """ImageClassifier around a dyt_lab ViT; every ViT argument (``dyt_lab.models.ViT``) is a model argument."""
 
-    def __init__(
-        self,
-        preset: str = "vit_tiny",
-        num_classes: int = 1000,
-        in_channels: int = 3,
-        image_size: int | None = None,
-        patch_size: int | None = None,
-        dim: int | None = None,
-        depth: int | None = None,
-        heads: int | None = None,
-        mlp_ratio: float | None = None,
-        pool: Literal["cls", "avg"] | None = None,
-        drop_path: float = 0.0,
-        dropout: float = 0.0,
-        norm: NormSpec = "layernorm",
-        placement: Placement = "all",
-        base_norm: NormSpec = "layernorm",
-        rules: Rules | None = None,
-        alpha_init: float | None = None,
-        alpha_rule: AlphaRule = "constant",
-        convert: NormConversion | None = None,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        scheduler: LRSchedulerCallable = WarmupCosineLR,
-        label_smoothing: float = 0.0,
-        memory_format: MemoryFormat = "channels_last",
-    ) -> None:
-        """ImageClassifier around a dyt_lab ViT; every ViT argument is a model argument.
-
-        Args:
-            preset: architecture preset: vit_b_16, vit_l_16, vit_tiny, vit_small, vit_cifar, vit_mnist, vit_digits.
-            num_classes: number of output classes.
-            in_channels: image channels (3 for RGB, 1 for grey).
-            image_size: image side in pixels (None: the preset's).
-            patch_size: patch side in pixels; must divide image_size (None: the preset's).
-            dim: token width (None: the preset's).
-            depth: number of blocks (None: the preset's).
-            heads: attention heads; must divide dim (None: the preset's).
-            mlp_ratio: MLP hidden width over dim (None: the preset's).
-            pool: 'cls' (class token) or 'avg' (mean of tokens) before the head (None: the preset's).
-            drop_path: stochastic depth rate of the last block (linearly increasing from 0).
-            dropout: dropout in attention and MLP.
-            norm: the norm placed at the sites selected by placement (a registry name or mapping).
-            placement: presets (all, attn, mlp, blocks, final) or globs selecting the sites that get norm.
-            base_norm: the norm at every site not selected by placement.
-            rules: {pattern: norm, ...} or [{pattern: norm}, ...], tried in order before placement; first match wins.
-            alpha_init: alpha0 for every DyT-family site whose spec does not set its own.
-            alpha_rule: alpha0 per site: constant (alpha_init), depth (alpha_init / sqrt(k), k the site's block),
-                data (alpha_init / std of the site's input on the first training batch of a fresh run).
-            convert: after building, swap norms for a registry norm, as ImageClassifier does ({to: dyt, sites: [norm]}).
-            optimizer: optimizer class or callable taking parameter groups (AdamW by default).
-            scheduler: learning-rate scheduler callable, stepped every optimizer step (warmup + cosine).
-            label_smoothing: cross-entropy label smoothing.
-            memory_format: how images, feature maps and conv weights are stored: channels_last (NHWC: oneDNN's
-                faster convolutions on CPU, and what CUDA's tensor cores want) or contiguous (NCHW).
-        """
-        net = ViT(preset=preset, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
-                  patch_size=patch_size, dim=dim, depth=depth, heads=heads, mlp_ratio=mlp_ratio, pool=pool,
-                  drop_path=drop_path, dropout=dropout, norm=norm, placement=placement, base_norm=base_norm,
-                  rules=rules, alpha_init=alpha_init, alpha_rule=alpha_rule)
-        super().__init__(net=net, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
-                         convert=convert, alpha_init=alpha_init, optimizer=optimizer, scheduler=scheduler,
-                         label_smoothing=label_smoothing, memory_format=memory_format)
+    __init__ = classifier_init(ViT)
 
 
 class ResNetClassifier(AlphaCalibration, ImageClassifier):
-    """ImageClassifier around a dyt_lab ResNet; every ResNet argument is a model argument."""
+    """ImageClassifier around a dyt_lab ResNet; every ResNet argument (``dyt_lab.models.ResNet``) is a model argument.
 
-    def __init__(
-        self,
-        preset: str = "resnet18",
-        num_classes: int = 1000,
-        in_channels: int = 3,
-        block: Literal["basic", "bottleneck"] | None = None,
-        layers: list[int] | None = None,
-        widths: list[int] | None = None,
-        stem: Literal["imagenet", "cifar"] | None = None,
-        zero_init_residual: bool = False,
-        norm: NormSpec | None = "batchnorm",
-        placement: Placement = "all",
-        base_norm: NormSpec = "batchnorm",
-        rules: Rules | None = None,
-        alpha_init: float | None = None,
-        alpha_rule: AlphaRule | None = "constant",
-        recipe: str | None = None,
-        weight_standardization: bool | None = None,
-        branch_gain: float | None = None,
-        nf_alpha: float | None = None,
-        agc: float | None = None,
-        convert: NormConversion | None = None,
-        image_size: int | None = None,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        scheduler: LRSchedulerCallable = WarmupCosineLR,
-        label_smoothing: float = 0.0,
-        memory_format: MemoryFormat = "channels_last",
-    ) -> None:
-        """ImageClassifier around a dyt_lab ResNet; every ResNet argument is a model argument.
+    A recipe is written into the arguments before anything is built or saved: hparams show the options
+    the run used, not the defaults it replaced, and resolved again on a reload they give the same model.
+    """
 
-        Args:
-            preset: architecture preset: resnet18, resnet34, resnet50, resnet20, resnet32, resnet56, resnet_tiny.
-            num_classes: number of output classes.
-            in_channels: image channels (3 for RGB, 1 for grey).
-            block: 'basic' (two 3x3 convs) or 'bottleneck' (1x1, 3x3, 1x1 x4) (None: the preset's).
-            layers: blocks per stage (None: the preset's).
-            widths: channels per stage, before the bottleneck expansion (None: the preset's).
-            stem: 'imagenet' (7x7/2 conv + max-pool) or 'cifar' (3x3 conv) (None: the preset's).
-            zero_init_residual: start each block's last norm weight at zero, so blocks start as identity.
-            norm: the norm placed at the sites selected by placement (a registry name or mapping) (None: the
-                recipe's, or batchnorm).
-            placement: presets (all, stem, downsample, stage1..4, first_in_block, last_in_block) or globs.
-            base_norm: the norm at every site not selected by placement.
-            rules: {pattern: norm, ...} or [{pattern: norm}, ...], tried in order before placement; first match wins.
-            alpha_init: alpha0 for every DyT-family site whose spec does not set its own.
-            alpha_rule: alpha0 per site: constant (alpha_init), depth (alpha_init / sqrt(k), k the site's block),
-                data (alpha_init / std of the site's input on the first training batch of a fresh run) (None: the
-                recipe's, or constant).
-            recipe: a named bundle of these options (bn_free: weight_standardization, norm dyt_general centred per
-                sample with a shift, alpha_rule data, alpha_init 0.16, found at lr 0.0105; nf_resnet:
-                weight_standardization, nf_alpha 0.2, branch_gain 0, norm identity, agc 0.01); it sets each option it
-                names that is left at its default or null, an option set otherwise wins. The run records the
-                options it used, not the defaults the recipe replaced.
-            weight_standardization: scaled weight standardisation of every conv, W = gain * (W - mean) / (std *
-                sqrt(fan_in)) per output channel, learnable gain init 1 (NF-ResNets) (None: off, or the recipe's).
-            branch_gain: a learnable scalar at the end of each residual branch, starting at this value (0: SkipInit,
-                every block starts as relu(shortcut)) (None: no gain, or the recipe's).
-            nf_alpha: NF-ResNets' signal propagation: block = relu(nf_alpha * branch(x / beta) + shortcut), beta the
-                expected std of the block input, 1 after the stem and after each projection, growing as
-                sqrt(beta^2 + nf_alpha^2) (0.2 in NF-ResNets) (None: off, or the recipe's).
-            agc: lambda of unit-wise adaptive gradient clipping of every parameter but the head's (NF-Nets): adds
-                dyt_lab.training.clipping.AdaptiveGradientClipping(agc) to the callbacks (None: off, or the recipe's).
-            convert: after building, swap norms for a registry norm, as ImageClassifier does ({to: dyt, sites: [norm]}).
-            image_size: image side in pixels (linked from the data module; None: unknown).
-            optimizer: optimizer class or callable taking parameter groups (AdamW by default).
-            scheduler: learning-rate scheduler callable, stepped every optimizer step (warmup + cosine).
-            label_smoothing: cross-entropy label smoothing.
-            memory_format: how images, feature maps and conv weights are stored: channels_last (NHWC: oneDNN's
-                faster convolutions on CPU, and what CUDA's tensor cores want) or contiguous (NCHW).
-        """
-        net = ResNet(preset=preset, num_classes=num_classes, in_channels=in_channels, block=block, layers=layers,
-                     widths=widths, stem=stem, zero_init_residual=zero_init_residual, norm=norm,
-                     placement=placement, base_norm=base_norm, rules=rules, alpha_init=alpha_init, alpha_rule=alpha_rule,
-                     recipe=recipe, weight_standardization=weight_standardization, branch_gain=branch_gain,
-                     nf_alpha=nf_alpha, agc=agc)
-        # What the recipe set, as values: hparams (checkpoints, hparams.yaml, the HParams tab) show the options
-        # the run used, not the defaults it replaced; resolved again on a reload, they give the same model.
-        used = resolve_recipe({"recipe": recipe, "norm": norm, "alpha_rule": alpha_rule, "alpha_init": alpha_init,
-                               "weight_standardization": weight_standardization, "branch_gain": branch_gain,
-                               "nf_alpha": nf_alpha, "agc": agc})
-        super().__init__(net=net, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
-                         convert=convert, alpha_init=used["alpha_init"], optimizer=optimizer, scheduler=scheduler,
-                         label_smoothing=label_smoothing, memory_format=memory_format)
-        self.hparams.update(used)
+    __init__ = classifier_init(ResNet, resolve=resolve_recipe)
 
     def configure_callbacks(self):
         """Adaptive gradient clipping where ``agc`` (or the recipe) asks for it; it replaces a user's AGC callback."""
