@@ -98,10 +98,9 @@ class OneLineParser(LightningArgumentParser):
         if not self.exit_on_error or os.environ.get("DYT_LAB_DEBUG"):  # a nested parse, or debugging
             super().error(message, ex)
         parser = getattr(ex, "subcommand_parser", None) or self
-        # argparse keeps a parser's arguments only in _actions; their first dotted part is a config key
-        actions = parser._actions
-        keys = sorted({a.dest.split(".")[0] for a in actions if a.dest not in ("help", "config", "print_config")})
-        flags = [flag for a in actions for flag in a.option_strings]
+        dests = [dest for dest in parser.get_defaults().keys() if dest != "config"]  # each argument's dotted key
+        keys = sorted({dest.split(".")[0] for dest in dests})
+        flags = [f"--{dest}" for dest in dests] + ["--config", "--print_config", "--help"]
         line = condensed(message) + unknown_hint(message, keys, flags)
         if line.startswith("--model.net.") and "does not correspond to a subclass" in line:  # timm's ResNet block
             line += f"; {NAME_IT}"
@@ -272,9 +271,11 @@ class DytLabCLI(LightningCLI):
         self._check_checkpoint()
         self.outcome.watch_folder(self.trainer)
         table = self.model.placement_table()  # dyt_lab's models and any other network, converted or not
-        # The instantiated modules' hparams hold the linked values (num_classes, ...), the config does not.
+        # The instantiated modules' hparams hold the linked values (num_classes, ...), the config does not;
+        # the config names their classes.
         config = self._own(self.config).clone().as_dict()
-        config.update(model=dict(self.model.hparams), data=dict(getattr(self.datamodule, "hparams", {})))
+        for key, hparams in (("model", self.model.hparams), ("data", getattr(self.datamodule, "hparams", {}))):
+            config[key] = {"class_path": (config.get(key) or {}).get("class_path"), "init_args": dict(hparams)}
         self.trainer.callbacks.append(RunRecord(run_hparams(config), table))
 
     def _test_best(self) -> None:
