@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from dyt_lab.errors import DivergenceError, check_int
 
-__all__ = ["DIVERGED_MARKER", "DivergenceError", "DivergenceStop", "LearningRateLog"]  # DivergenceError: its old home
+__all__ = ["DIVERGED_MARKER", "DivergenceStop", "LearningRateLog", "RunOutcome"]
 
 DIVERGED_MARKER = "DIVERGED"  # a file in the run folder: this run did not finish, do not trust it
 
