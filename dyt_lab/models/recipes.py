@@ -23,11 +23,11 @@ from dyt_lab.errors import ConfigError
 # ResNetClassifier adds as a callback). The search chooses the final batch-free design; this is
 # where it is written down.
 RECIPES: dict[str, dict[str, Any]] = {
-    # the winner of configs/study/bn_free_search.yaml, confirmed on fresh seeds (docs/findings.md, "An
-    # alternative to BatchNorm"): scaled weight standardisation, and at every norm site a tanh of the
-    # input minus each sample's per-channel mean (batch-free, not point-wise), with one learnable alpha
-    # set from the first batch so that alpha * std(input) = 0.16 (tanh nearly linear at the start) and a
-    # learnable scalar shift; no branch gain, NF scaling or AGC (the search left them off).
+    # the design configs/study/bn_free_search.yaml chose (docs/findings.md, "An alternative to BatchNorm"):
+    # scaled weight standardisation, and at every norm site a tanh of the input minus each sample's
+    # per-channel mean (batch-free, not point-wise), with one learnable alpha set from the first batch
+    # (alpha_init: the std the tanh's argument starts with, small so tanh starts nearly linear) and a
+    # learnable scalar shift; no branch gain, NF scaling or AGC.
     "bn_free": {"weight_standardization": True, "alpha_rule": "data", "alpha_init": 0.16,
                 "norm": {"name": "dyt_general", "squash": "tanh", "alpha": "scalar", "shift": "scalar",
                          "center": "sample"}},
@@ -36,9 +36,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "nf_resnet": {"weight_standardization": True, "nf_alpha": 0.2, "branch_gain": 0.0, "norm": "identity",
                   "agc": 0.01},
 }
-# The learning rate a recipe was found at (AdamW, warmup + cosine over 10 epochs, batch 64, MNIST5k and
-# Fashion-MNIST): shown in the site table and the docs, never applied. The optimizer is the config's own,
-# and a recipe that changed it silently would make a run other than the one its config says.
+# The learning rate a recipe was found at (its setting: docs/findings.md): shown in the site table, never
+# applied. The optimizer is the config's own, and a recipe that changed it silently would make a run other
+# than the one its config says.
 RECIPE_LR: dict[str, float] = {"bn_free": 0.0105}
 
 

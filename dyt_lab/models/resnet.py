@@ -250,10 +250,11 @@ class ResNet(NormSitesMixin, nn.Module):
             alpha_rule: alpha0 per site: constant (alpha_init), depth (alpha_init / sqrt(k), k the site's block,
                 stem 1), data (alpha_init / std of the site's input on the first training batch) (None: the
                 recipe's, or constant).
-            recipe: a named bundle of these options (bn_free: weight_standardization, norm dyt_general centred per
-                sample with a shift, alpha_rule data, alpha_init 0.16, found at lr 0.0105; nf_resnet:
-                weight_standardization, nf_alpha 0.2, branch_gain 0, norm identity, agc 0.01); it sets each option it
-                names that is left at its default or null, an option set otherwise wins.
+            recipe: a named bundle of these options (dyt_lab.models.recipes; bn_free: weight_standardization, a
+                dyt_general norm centred per sample with a shift, alpha_rule data and its alpha_init, see
+                docs/findings.md; nf_resnet: NF-ResNets' weight_standardization, nf_alpha, branch_gain 0, no norm
+                and agc); it sets each option it names that is left at its default or null, an option set
+                otherwise wins.
             weight_standardization: scaled weight standardisation of every conv, W = gain * (W - mean) / (std *
                 sqrt(fan_in)) per output channel, learnable gain init 1 (NF-ResNets) (None: off, or the recipe's).
             branch_gain: a learnable scalar at the end of each residual branch, starting at this value (0: SkipInit,
@@ -261,8 +262,9 @@ class ResNet(NormSitesMixin, nn.Module):
             nf_alpha: NF-ResNets' signal propagation: block = relu(nf_alpha * branch(x / beta) + shortcut), beta the
                 expected std of the block input, 1 after the stem and after each projection, growing as
                 sqrt(beta^2 + nf_alpha^2) (0.2 in NF-ResNets) (None: off, or the recipe's).
-            agc: lambda of unit-wise adaptive gradient clipping, every parameter but the head's (NF-Nets); the model
-                only records it, ResNetClassifier's trainer applies it (None: off, or the recipe's).
+            agc: lambda of unit-wise adaptive gradient clipping of every parameter but the head's (NF-Nets); the
+                model only records it, ResNetClassifier adds dyt_lab.training.clipping.AdaptiveGradientClipping(agc)
+                to the callbacks (None: off, or the recipe's).
         """
         super().__init__()
         passed = locals()  # the arguments as passed: the recipe resolves them, a blocked recipe rebuilds from them
