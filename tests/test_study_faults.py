@@ -1,7 +1,7 @@
 """Faults around a study's trials: two workers racing after a kill, a trial failed by someone else,
 a full disk, a read-only study folder (GitHub issue 13).
 
-Most tests drive the real worker loop (``runner.work``) on a real journal file, with the trial
+Most tests drive the real worker loop (``worker.work``) on a real journal file, with the trial
 process replaced by a stand-in that has already ended (``EndedTrial``), so each interleaving is
 made to happen at one exact point instead of hoped for with sleeps. The tests with ``mount`` use
 a real tmpfs (root only; skipped with the reason otherwise).
@@ -30,12 +30,16 @@ from optuna.trial import TrialState
 from dyt_lab import errors
 from dyt_lab.cli import main
 from dyt_lab.errors import ConfigError, write_fault
+from dyt_lab.study.attributes import HEARTBEAT
 from dyt_lab.study.definition.space import SearchSpace, saved_space
 from dyt_lab.study.definition.storage import make_retry, open_storage, retried_trial_number, trial_id
-from dyt_lab.study.definition.study_file import load_spec
+from dyt_lab.study.definition.study_file import SPEC_FILE, load_spec
+from dyt_lab.study.engine import faults
 from dyt_lab.study.engine import objective as objective_module
-from dyt_lab.study.engine import runner
-from dyt_lab.study.engine.liveness import HEARTBEAT_ATTR, fail_and_retry, reap_dead_trials, worker_tag
+from dyt_lab.study.engine import prepare as prepare_module
+from dyt_lab.study.engine import worker as worker_module
+from dyt_lab.study.engine.ask_lock import AskLock
+from dyt_lab.study.engine.liveness import fail_and_retry, reap_dead_trials, worker_tag
 from dyt_lab.study.trial.protocol import RESULT_FILE, TRIAL_ENV, record_failure
 from tests.helpers import ROOT, last_line, run_cli
 
@@ -167,16 +171,16 @@ def test_a_retry_is_not_failed_by_another_workers_reaper_while_it_starts(study_e
         number=0, trial_id=0, state=TrialState.RUNNING, value=None, intermediate_values={},
         datetime_start=datetime.now() - timedelta(hours=1), datetime_complete=None,
         params={"model.norm": "derf"}, distributions={"model.norm": space.distributions["model.norm"]},
-        user_attrs={"worker": worker, "trial_pid": 4243}, system_attrs={HEARTBEAT_ATTR: beat}))
+        user_attrs={"worker": worker, "trial_pid": 4243}, system_attrs={HEARTBEAT: beat}))
 
     seen_by_b: list[dict] = []
-    release = runner.AskLock.release
+    release = AskLock.release
 
     def release_then_worker_b_reaps(lock):
         held = lock._file is not None
         release(lock)
         if held and not seen_by_b:  # the first release: A has just asked for (popped) the retry
-            b_lock = runner.AskLock(lock.path)
+            b_lock = AskLock(lock.path)
             b_lock.acquire()  # as worker B, blocked on the lock until now, would
             try:
                 study_b_storage = open_storage(journal)
@@ -188,8 +192,8 @@ def test_a_retry_is_not_failed_by_another_workers_reaper_while_it_starts(study_e
                 release(b_lock)
             seen_by_b.append({"running": running, "reaped": reaped})
 
-    monkeypatch.setattr(runner.AskLock, "release", release_then_worker_b_reaps)
-    assert runner.work(spec, 0) == 0
+    monkeypatch.setattr(AskLock, "release", release_then_worker_b_reaps)
+    assert worker_module.work(spec, 0) == 0
     out = capsys.readouterr().out
 
     assert "trial 0 FAILED: its worker died; its configuration is queued again" in out  # A reaped the dead one
@@ -203,7 +207,7 @@ def test_a_retry_is_not_failed_by_another_workers_reaper_while_it_starts(study_e
     assert running.user_attrs["worker"] == worker_tag() and running.user_attrs.get("fail_reason") is None
     # ... and nothing else of the dead run's liveness: its trial process, its heartbeat
     assert running.user_attrs.get("trial_pid") != 4243
-    assert running.system_attrs.get(HEARTBEAT_ATTR, time.time()) > beat
+    assert running.system_attrs.get(HEARTBEAT, time.time()) > beat
 
 
 @pytest.mark.parametrize("when", ["while_it_runs", "before_its_tell"])
@@ -229,8 +233,8 @@ def test_a_trial_failed_by_another_worker_meanwhile_is_one_line_and_the_worker_g
             if message.startswith("trial 0 COMPLETE"):
                 remote_reaper_fails_trial_0()
 
-        monkeypatch.setattr(runner, "print", print_then_fail, raising=False)
-    code = runner.work(spec, 0)
+        monkeypatch.setattr(worker_module, "print", print_then_fail, raising=False)
+    code = worker_module.work(spec, 0)
     out = capsys.readouterr().out
 
     assert code == 0
@@ -256,7 +260,7 @@ def test_a_storage_on_a_full_disk_is_one_line_and_the_trial_stays_running_until_
 
     study_env.trials = [{"at_end": disk_fills_up}, {}]
     with pytest.raises(ConfigError) as raised:
-        runner.work(spec, 0)
+        worker_module.work(spec, 0)
     assert str(raised.value) == (
         f"disk full: cannot write the study's storage '{journal}' (No space left on device); trial 0 stays "
         "RUNNING in it: once the storage can be written, resuming the study fails that trial and runs its "
@@ -267,7 +271,7 @@ def test_a_storage_on_a_full_disk_is_one_line_and_the_trial_stays_running_until_
     monkeypatch.setattr(backend, "append_logs", append)  # space freed; the worker that wrote it has exited:
     storage = open_storage(journal)
     storage.set_trial_user_attr(trial_id(storage, name, trial.number), "worker", f"{socket.gethostname()}:{dead_pid()}")
-    assert runner.work(spec, 0) == 0
+    assert worker_module.work(spec, 0) == 0
     first, retry = trials_of(journal, name)
     assert first.state == TrialState.FAIL and "died" in first.user_attrs["fail_reason"]
     assert retry.state == TrialState.COMPLETE and retry.params == first.params
@@ -280,7 +284,7 @@ def test_a_full_trial_folder_fails_the_trial_in_one_line_and_stops_the_study(stu
     stdout = spec.folder / "trials" / "trial_0000" / "stdout.log"
     study_env.trials = [OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(stdout))]
     with pytest.raises(ConfigError) as raised:
-        runner.work(spec, 0)
+        worker_module.work(spec, 0)
     reason = f"disk full: cannot write '{stdout}' (No space left on device)"
     assert str(raised.value) == f"stopping the study, every trial would fail: {reason}"
     (trial,) = trials_of(journal, name)
@@ -302,7 +306,7 @@ def test_a_trial_whose_process_met_a_full_disk_records_it_and_stops_the_study(st
         full = os.statvfs_result((4096, 4096, 100, 0, 0, 100, 0, 0, 0, 255))
         monkeypatch.setattr(objective_module.os, "statvfs", lambda path: full)
     with pytest.raises(ConfigError, match="^stopping the study, every trial would fail: "):
-        runner.work(spec, 0)
+        worker_module.work(spec, 0)
     (trial,) = trials_of(journal, name)
     reason = trial.user_attrs["fail_reason"]
     run_dir = spec.folder / "trials" / objective_module.trial_dir_name(
@@ -314,7 +318,7 @@ def test_a_trial_whose_process_met_a_full_disk_records_it_and_stops_the_study(st
 
 def test_a_trial_that_failed_otherwise_is_not_called_a_disk_fault(study_env):
     study_env.trials = [{"raises": RuntimeError("something else")}]
-    assert runner.work(study_env.spec, 0) == 0
+    assert worker_module.work(study_env.spec, 0) == 0
     (trial,) = trials_of(study_env.journal, study_env.spec.study_name)
     assert trial.user_attrs["fail_reason"] == "exit code 1: RuntimeError: something else"
 
@@ -324,7 +328,7 @@ def test_a_trial_reason_comes_from_its_result_file_not_its_stderr(study_env):
     spec, journal, name = study_env.spec, study_env.journal, study_env.spec.study_name
     study_env.trials = [{"raises": ConfigError("model.norm 'dtt' is not a norm")}, {"code": 1}]
     spec.n_trials = 2
-    assert runner.work(spec, 0) == 0
+    assert worker_module.work(spec, 0) == 0
     first, second = trials_of(journal, name)
     assert first.user_attrs["fail_reason"] == "model.norm 'dtt' is not a norm" and first.user_attrs["exit_code"] == 2
     assert second.user_attrs["fail_reason"] == "exit code 1: no output"  # nothing recorded, disk not full
@@ -335,7 +339,7 @@ def test_an_objective_no_trial_logs_stops_the_study_with_the_callbacks_line(stud
     study_env.trials = [{"code": 2, "result": {"history": {}, "epochs": 1, "error": message, "kind": "config",
                                                "every_trial": True}}]
     with pytest.raises(ConfigError) as raised:
-        runner.work(study_env.spec, 0)
+        worker_module.work(study_env.spec, 0)
     assert str(raised.value) == f"stopping the study, every trial would fail: {message}"
 
 
@@ -397,7 +401,7 @@ def test_run_trial_beats_a_databases_heartbeat_as_optimize_does_without_its_warn
     monkeypatch.setattr(optuna.storages.RDBStorage, "record_heartbeat", lambda self, tid: beats.append(tid))
     with warnings.catch_warnings(record=True) as shown:
         warnings.simplefilter("always")
-        runner.run_trial(study, storage, lambda trial: trial.suggest_float("x", 0, 1) * 0 + 0.25, url, 10, print)
+        worker_module.run_trial(study, storage, lambda trial: trial.suggest_float("x", 0, 1) * 0 + 0.25, url, 10, print)
     assert [str(w.message) for w in shown] == []
     (trial,) = study.trials
     assert trial.state == TrialState.COMPLETE and trial.value == 0.25 and beats == [trial_id(storage, study.study_name, 0)]
@@ -443,7 +447,7 @@ def test_a_read_only_study_folder_is_one_line_naming_it_before_any_trial(tmp_pat
     path = write_study(tmp_path, "ro", root=mount / "studies", storage=storage)
     spec = load_spec(["--config", str(path)])
     spec.folder.mkdir(parents=True)  # a study that ran once: its storage and study.yaml
-    (spec.folder / runner.SPEC_FILE).write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    (spec.folder / SPEC_FILE).write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
     url = str(spec.folder / "journal.log") if storage == "journal" else f"sqlite:///{spec.folder / 'study.db'}"
     created = open_storage(url)
     optuna.create_study(study_name="ro", storage=created)
@@ -466,7 +470,7 @@ def test_a_read_only_study_folder_is_one_line_naming_it_before_any_trial(tmp_pat
         with pytest.raises(optuna.exceptions.StorageInternalError, match="exceeding max length") as raised:
             optuna.load_study(study_name="ro", storage=open_storage(url)).set_user_attr("x", 1)
         assert write_fault(raised.value).errno == errno.EROFS
-        assert str(runner.storage_fault(raised.value, url)) == (
+        assert str(faults.storage_fault(raised.value, url)) == (
             f"read-only file system: cannot write the study's storage '{spec.folder / 'study.db'}' "
             "(Read-only file system)")
 
@@ -560,7 +564,7 @@ def test_a_changed_search_space_is_one_line_before_any_trial_and_the_study_keeps
     after = optuna.load_study(study_name="grown", storage=open_storage(url))
     assert [t.state for t in after.trials] == [TrialState.COMPLETE] and after.user_attrs["design"] == design
     assert (spec.folder / "journal.log").read_bytes().startswith(before)  # only loads were appended
-    assert not (spec.folder / runner.SPEC_FILE).exists() and not (spec.folder / "trials").exists()
+    assert not (spec.folder / SPEC_FILE).exists() and not (spec.folder / "trials").exists()
 
 
 @pytest.fixture
@@ -578,7 +582,7 @@ def fake_runs(monkeypatch):
         return EndedTrial(run_dir, env, **how)
 
     monkeypatch.setattr(objective_module, "start_trial", start_trial)
-    monkeypatch.setattr(runner, "check_trials", lambda *args: False)
+    monkeypatch.setattr(prepare_module, "check_trials", lambda *args: False)
     sigterm = signal.getsignal(signal.SIGTERM)
     yield Runs
     signal.signal(signal.SIGTERM, sigterm)
@@ -673,7 +677,7 @@ def searched_study(tmp_path: Path) -> str:
     spec = load_spec(["--config", str(write_study(tmp_path, "search", seeds=[0, 1],
                                                   search_space={"model.norm": ["dyt", "derf", "dyt_shift"]}))])
     spec.folder.mkdir(parents=True)
-    (spec.folder / runner.SPEC_FILE).write_text(yaml.safe_dump(spec.to_dict()))
+    (spec.folder / SPEC_FILE).write_text(yaml.safe_dump(spec.to_dict()))
     study = optuna.create_study(study_name="search", storage=open_storage(str(spec.folder / "journal.log")),
                                 direction="maximize")
     dists = SearchSpace(spec.search_space).distributions

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dyt_lab.errors import ConfigError
+from dyt_lab.errors import ConfigError, check_writable
 from dyt_lab.parse_errors import flag_values
 
 USAGE = """\
@@ -85,7 +85,7 @@ def run_arms_or_study(spec) -> None:
     import yaml
 
     from dyt_lab.study.definition.study_file import SPEC_FILE, arm_specs
-    from dyt_lab.study.engine.runner import check_writable, run_study
+    from dyt_lab.study.engine.runner import run_study
 
     arms = arm_specs(spec)
     if not arms:
@@ -126,8 +126,6 @@ def main(argv: list[str]) -> None:
         args = _parse("report", "Report a study: trials table, best trial, importances, plots.", rest, **REPORT_OPTIONS)
         folder = Path(args.root) / args.name
         if folder.is_dir() or args.storage:  # else the report says there is no such study
-            from dyt_lab.study.engine.runner import check_writable
-
             check_writable(folder, "study folder", "the report writes report.md, trials.csv and its plots there")
         arms = (yaml.safe_load((folder / SPEC_FILE).read_text()) or {}).get("arms") if (folder / SPEC_FILE).is_file() \
             else None
@@ -164,7 +162,7 @@ def main(argv: list[str]) -> None:
             confirm(args.name, args.top, args.seeds, root=args.root, storage=args.storage, extend=args.extend,
                     **options)
     elif command == "compare":
-        from dyt_lab.study.report.versus import compare
+        from dyt_lab.study.report.compare import compare
 
         if len(rest) < 2 or any(a.startswith("-") for a in rest[:2]):
             raise ConfigError("study compare needs two studies: dyt-lab study compare NAME AGAINST "
@@ -175,8 +173,6 @@ def main(argv: list[str]) -> None:
         args = _parse("compare", "Pair every configuration of one study with the best of another, seed by seed.",
                       [rest[0], *rest[2:]], **REPORT_OPTIONS)
         if (Path(args.root) / args.name).is_dir():  # else compare says there is no such study
-            from dyt_lab.study.engine.runner import check_writable
-
             check_writable(Path(args.root) / args.name, "study folder", "compare writes its table there")
         compare(args.name, rest[1], root=args.root, storage=args.storage, margin=args.margin)
     elif command == "holdout":
@@ -198,7 +194,7 @@ def main(argv: list[str]) -> None:
         holdout(rest[0], workers=int(workers[-1]) if workers else None,
                 family_root=family_root[-1] if family_root else None)
     elif command == "_worker":  # started by `run --workers N`, not by people
-        from dyt_lab.study.engine.runner import run_worker
+        from dyt_lab.study.engine.pool import run_worker
 
         run_worker(rest[0], int(rest[1]), int(rest[2]), int(rest[3]))
     elif command in (None, "-h", "--help", "help"):

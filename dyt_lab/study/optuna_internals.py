@@ -9,7 +9,7 @@ object the worker opened (never dug out of a study), retries through
   constructor Optuna documents as not for users): the pruning callback runs inside the trial's own
   fit process, not in the worker that asked, and ``report``/``should_prune`` exist only on ``Trial``.
 - Asking and telling as ``study.optimize`` does (``Study._thread_local.in_optimize_loop``): the
-  worker runs one trial by ``ask`` and ``tell`` (``runner.run_trial``), and inside a tell the
+  worker runs one trial by ``ask`` and ``tell`` (``worker.run_trial``), and inside a tell the
   GridSampler calls ``study.stop()`` once its grid is done, which Optuna refuses outside optimize.
 - A database's stale trials (``RDBStorage._get_stale_trial_ids``): the reaper fails them with a
   reason, which Optuna's public ``fail_stale_trials`` does not record, on the database's own clock.

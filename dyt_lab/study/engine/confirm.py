@@ -31,12 +31,12 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
 from dyt_lab.errors import ConfigError
+from dyt_lab.study.attributes import CONFIG, CONFIRMS, DESIGN, SEED
 from dyt_lab.study.definition.design import factor_levels, trial_levels
 from dyt_lab.study.definition.space import SearchSpace
 from dyt_lab.study.definition.storage import find_storage, load_existing
 from dyt_lab.study.definition.study_file import (
     CONFIRM_SUFFIX,
-    CONFIRMS_ATTR,
     NAME_PATTERN,
     SPEC_FILE,
     Pruner,
@@ -45,7 +45,7 @@ from dyt_lab.study.definition.study_file import (
     load_spec,
 )
 from dyt_lab.study.engine.replicates import configuration_key
-from dyt_lab.study.trial.protocol import SEED_ATTR
+from dyt_lab.study.trial.protocol import SEED_KEY
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -75,7 +75,7 @@ def ranked_configurations(study: optuna.Study, space: SearchSpace) -> list[dict]
         entry = found.setdefault(configuration_key(trial), {"params": dict(trial.params), "values": [], "seeds": [],
                                                             "levels": trial_levels(trial, space)})
         entry["values"].append(trial.value)
-        entry["seeds"].append(trial.user_attrs.get(SEED_ATTR))
+        entry["seeds"].append(trial.user_attrs.get(SEED))
     for entry in found.values():
         entry["mean"] = sum(entry["values"]) / len(entry["values"])
     sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
@@ -86,10 +86,10 @@ def search_seeds(study: optuna.Study) -> set[int]:
     """The seeds the search ran: its seed attributes, or the seed_everything of its runs' configs."""
     seeds = set()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if trial.user_attrs.get(SEED_ATTR) is not None:
-            seeds.add(int(trial.user_attrs[SEED_ATTR]))
-        elif Path(str(trial.user_attrs.get("config"))).is_file():
-            seed = yaml.safe_load(Path(trial.user_attrs["config"]).read_text()).get("seed_everything")
+        if trial.user_attrs.get(SEED) is not None:
+            seeds.add(int(trial.user_attrs[SEED]))
+        elif Path(str(trial.user_attrs.get(CONFIG))).is_file():
+            seed = yaml.safe_load(Path(trial.user_attrs[CONFIG]).read_text()).get(SEED_KEY)
             seeds.update([int(seed)] if isinstance(seed, int) else [])
     return seeds
 
@@ -199,10 +199,10 @@ def previous_ask(spec: StudySpec) -> dict | None:
     from dyt_lab.study.engine.precheck import existing_study
 
     study = existing_study(spec)
-    record = study.user_attrs.get(CONFIRMS_ATTR) if study is not None else None
+    record = study.user_attrs.get(CONFIRMS) if study is not None else None
     if not record:
         return None
-    seeds = [int(s) for s in (study.user_attrs.get("design") or {}).get("seeds") or []]
+    seeds = [int(s) for s in (study.user_attrs.get(DESIGN) or {}).get("seeds") or []]
     return {"top": record.get("top"), "per": record.get("per"), "ablate": bool(record.get("ablate")),
             "seeds": seeds, "record": record}
 
@@ -293,7 +293,7 @@ def confirm(name: str, top: int | None = None, seeds_text: str | None = None, ro
     if ablate:  # each neighbour's paired difference to the best: what that one choice is worth
         spec.reference = categorical_levels(queued[0]["params"], space)
     run_study(spec, queue=[q["params"] for q in queued],
-              attrs={CONFIRMS_ATTR: {**record, "configurations": json.loads(json.dumps(queued, default=str))}})
+              attrs={CONFIRMS: {**record, "configurations": json.loads(json.dumps(queued, default=str))}})
 
 
 def extended(spec: StudySpec, before: dict, ask: dict, queued: list[dict], record: dict) -> tuple[list[dict], dict]:

@@ -20,7 +20,8 @@ import optuna
 import yaml
 
 from dyt_lab.errors import ConfigError
-from dyt_lab.study.definition.claims import CLAIMS_FILE, HOLDOUT_ATTR, ClaimsFile, load_claims
+from dyt_lab.study.attributes import HOLDOUT
+from dyt_lab.study.definition.claims import CLAIMS_FILE, ClaimsFile, load_claims
 from dyt_lab.study.definition.space import choice_label
 from dyt_lab.study.definition.storage import load_existing, storage_url
 from dyt_lab.study.definition.study_file import SPEC_FILE, Base, Pruner, Sampler, StudySpec, load_spec
@@ -114,7 +115,7 @@ def holdout(path: str, workers: int | None = None, family_root: str | None = Non
               "selection": claims.selection, "family": claims.family}
     check_recorded(spec, claims)
     try:
-        run_study(spec, queue=list(params.values()), attrs={HOLDOUT_ATTR: record}, only_queued=True)
+        run_study(spec, queue=list(params.values()), attrs={HOLDOUT: record}, only_queued=True)
     finally:  # once the study exists (its checks passed), the claims file as it ran lies beside it
         if (spec.folder / SPEC_FILE).is_file() and not (spec.folder / CLAIMS_FILE).is_file():
             (spec.folder / CLAIMS_FILE).write_text(claims.text)
@@ -128,7 +129,7 @@ def check_recorded(spec: StudySpec, claims: ClaimsFile) -> None:
         study = load_existing(spec.study_name, storage_url(spec.storage, spec.folder))
     except ConfigError:  # no such study yet
         return
-    recorded = study.user_attrs.get(HOLDOUT_ATTR) or {}
+    recorded = study.user_attrs.get(HOLDOUT) or {}
     if recorded and recorded.get("sha256") != claims.sha256:
         raise ConfigError(f"holdout '{claims.name}' recorded claims with hash {recorded.get('sha256', '?')[:12]}, "
                           f"this file has {claims.sha256[:12]}: claims are fixed before the data; state new claims "

@@ -25,14 +25,14 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from dyt_lab.study.attributes import FAIL_REASON, HEARTBEAT, TRIAL_PID, WORKER
 from dyt_lab.study.definition.storage import trial_id
+from dyt_lab.study.engine.faults import dead_worker_reason, no_heartbeat_reason
 from dyt_lab.study.optuna_internals import stale_trial_ids
 
-WORKER_ATTR = "worker"  # user attr "host:pid" of the worker process that runs the trial
-HEARTBEAT_ATTR = "dyt_lab:heartbeat"  # system attr: time.time() of the last journal heartbeat
 # What a run records about its own liveness and failure: never copied into its retry.
-LIVENESS_USER_ATTRS = (WORKER_ATTR, "trial_pid", "fail_reason")
-LIVENESS_SYSTEM_ATTRS = (HEARTBEAT_ATTR,)
+LIVENESS_USER_ATTRS = (WORKER, TRIAL_PID, FAIL_REASON)
+LIVENESS_SYSTEM_ATTRS = (HEARTBEAT,)
 
 
 def worker_tag() -> str:
@@ -57,7 +57,7 @@ def pid_alive(pid: int) -> bool:
 
 def local_worker_dead(trial: FrozenTrial) -> bool:
     """True if the trial's worker ran on this host and its process is gone."""
-    host, _, pid = str(trial.user_attrs.get(WORKER_ATTR, "")).rpartition(":")
+    host, _, pid = str(trial.user_attrs.get(WORKER, "")).rpartition(":")
     return host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid))
 
 
@@ -67,7 +67,7 @@ def heartbeat_stale(trial: FrozenTrial, grace_period: float) -> bool:
     A heartbeat older than the trial's start is not this run's (a retry queued by an older
     dyt-lab copied its predecessor's): the start counts then.
     """
-    times = [float(t) for t in (trial.system_attrs.get(HEARTBEAT_ATTR),
+    times = [float(t) for t in (trial.system_attrs.get(HEARTBEAT),
                                 trial.datetime_start and trial.datetime_start.timestamp()) if t is not None]
     return bool(times) and time.time() - max(times) > grace_period
 
@@ -75,8 +75,8 @@ def heartbeat_stale(trial: FrozenTrial, grace_period: float) -> bool:
 def clean_retry(retry):
     """``retry`` (Optuna's retry callback) queueing the trial without its liveness record.
 
-    Optuna copies every attribute of the failed trial into the WAITING retry: its ``worker``
-    (a dead ``host:pid``), ``trial_pid``, ``fail_reason`` and journal heartbeat too. Popped by a
+    Optuna copies every attribute of the failed trial into the WAITING retry: its WORKER
+    (a dead ``host:pid``), TRIAL_PID, FAIL_REASON and journal heartbeat too. Popped by a
     worker, the retry is RUNNING before that worker records itself; another worker's reaper that
     saw the inherited tag would fail it as dead. What the retry runs (parameters, seed, grid point)
     is kept.
@@ -111,7 +111,7 @@ class TrialHeartbeat:
     def beat(self) -> None:
         """Record one heartbeat now."""
         if self.journal:
-            self.storage.set_trial_system_attr(self.trial_id, HEARTBEAT_ATTR, time.time())
+            self.storage.set_trial_system_attr(self.trial_id, HEARTBEAT, time.time())
         else:
             self.storage.record_heartbeat(self.trial_id)
 
@@ -144,7 +144,7 @@ def fail_and_retry(study: optuna.Study, storage, trial: FrozenTrial, reason: str
     """
     tid = trial_id(storage, study.study_name, trial.number)
     try:
-        storage.set_trial_user_attr(tid, "fail_reason", reason)
+        storage.set_trial_user_attr(tid, FAIL_REASON, reason)
         if not storage.set_trial_state_values(tid, state=TrialState.FAIL):
             return False
     except optuna.exceptions.UpdateFinishedTrialError:
@@ -165,10 +165,10 @@ def reap_dead_trials(study: optuna.Study, storage, retry, journal: bool, grace_p
     reaped = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if local_worker_dead(trial):
-            reason = f"worker {trial.user_attrs[WORKER_ATTR]} died (killed?) while the trial ran"
+            reason = dead_worker_reason(trial.user_attrs[WORKER])
         elif (journal and heartbeat_stale(trial, grace_period)) or (
                 stale and storage.get_trial_id_from_study_id_trial_number(study_id, trial.number) in stale):
-            reason = f"no heartbeat for {grace_period:g} s: its worker died (killed?)"
+            reason = no_heartbeat_reason(grace_period)
         else:
             continue
         if fail_and_retry(study, storage, trial, reason, retry):

@@ -23,36 +23,50 @@ from pathlib import Path
 import optuna
 import yaml
 
-from dyt_lab.errors import EXIT_DIVERGED, fault_line, write_fault
+from dyt_lab.config_keys import flatten
+from dyt_lab.errors import EXIT_DIVERGED
+from dyt_lab.study.attributes import (
+    CONFIG,
+    CONFIGURATION,
+    EPOCHS,
+    EXIT_CODE,
+    FAIL_REASON,
+    FIT_TIME,
+    LAST_METRICS,
+    RETRY_OF,
+    RUN_DIR,
+    SEED,
+    TEST_METRICS,
+    TRIAL_PID,
+    WALL_TIME,
+    WORKER,
+)
 from dyt_lab.study.definition.space import Configuration, SearchSpace, config_flag
 from dyt_lab.study.definition.storage import retry_history, trial_id
-from dyt_lab.study.definition.study_file import TRIALS, StudySpec, flatten_overrides
-from dyt_lab.study.engine.launch import fit_command, start_trial
-from dyt_lab.study.engine.liveness import WORKER_ATTR, worker_tag
-from dyt_lab.study.engine.replicates import (
-    RETRY_ATTR,
-    configuration_key,
-    first_free_seed,
-    queue_missing_seeds,
-    runs,
+from dyt_lab.study.definition.study_file import TRIALS, StudySpec
+from dyt_lab.study.engine.faults import (
+    INTERRUPTED,
+    disk_full_reason,
+    failure_reason,
+    not_finite_reason,
+    outside_space_reason,
+    timeout_reason,
+    unwritable_reason,
 )
+from dyt_lab.study.engine.launch import fit_command, start_trial
+from dyt_lab.study.engine.liveness import worker_tag
+from dyt_lab.study.engine.replicates import configuration_key, first_free_seed, queue_missing_seeds, runs
 from dyt_lab.study.trial.protocol import (
     EVERY_TRIAL,
-    LAST_METRICS_ATTR,
-    LINE_KINDS,
     PRUNING_CALLBACK,
     RESULT_FILE,
-    SEED_ATTR,
     SEED_KEY,
-    TEST_METRICS_ATTR,
     TRIAL_ENV,
     objective_value,
     read_result,
 )
 
-# user attribute: the trial's configuration (configuration_key), the same for its seeds and its retries, so that
-# optuna-dashboard can group a configuration's trials
-CONFIGURATION_ATTR = "configuration"
+CONFIGURATION_ATTR = CONFIGURATION  # kept for tests/test_tensorboard_hparams.py until it imports attributes.CONFIGURATION
 # HParams columns a trial's row gets when it ends: how it ended (complete, pruned, failed, diverged,
 # interrupted), and the trial it runs again (empty if it is no retry)
 STATE_COLUMN, RETRY_COLUMN = "trial.state", "trial.retry_of"
@@ -62,7 +76,8 @@ def base_args(spec: StudySpec) -> list[str]:
     """The fit arguments every trial shares: base configs, quiet logs, fixed overrides."""
     args = [arg for path in spec.base.configs for arg in ("--config", path)]
     args.append("--trainer.enable_progress_bar=false")  # output goes to a file; a bar there is noise
-    return args + [config_flag(k, v) for k, v in flatten_overrides(spec.base.overrides).items()]
+    # as dotted keys, a class (class_path and its arguments) as one value: what one flag can set
+    return args + [config_flag(k, v) for k, v in flatten(spec.base.overrides, whole_classes=True).items()]
 
 
 def study_args(spec: StudySpec, run_dir: Path) -> list[str]:
@@ -93,40 +108,19 @@ def trial_dir_name(trial: optuna.Trial | optuna.trial.FrozenTrial, configuration
     The number first, so folders sort in trial order; its configuration's label; its seed; at most
     ``TRIAL_NAME_LIMIT`` characters.
     """
-    seed = trial.user_attrs.get(SEED_ATTR)
+    seed = trial.user_attrs.get(SEED)
     head, tail = f"trial_{trial.number:04d}", "" if seed is None else f"-seed={seed}"
     middle = f"-{configuration.label()}" if configuration.label() else ""
     return head + middle[:TRIAL_NAME_LIMIT - len(head) - len(tail)] + tail
 
 
-def killed_reason(code: int) -> str:
-    """One line for a trial ended by signal ``-code``: it wrote nothing, its exit code says what happened."""
-    try:
-        name = signal.Signals(-code).name
-    except ValueError:
-        name = f"signal {-code}"
-    return f"killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
-
-
-def failure_reason(code: int, result: dict) -> str:
-    """One line for a failed trial, from what its fit process recorded (``protocol.record_failure``):
-    its ``error:`` line (a config error, a divergence, a full disk), else the exit code and what ended
-    it (a bug's traceback's last line); a process killed by a signal recorded nothing."""
-    if code < 0:
-        return killed_reason(code)
-    error = (result.get("error") or "")[:300]
-    if error and result.get("kind") in LINE_KINDS:
-        return error
-    return f"exit code {code}: {error or 'no output'}"
-
-
 def retried_trial(trial: optuna.trial.FrozenTrial) -> int | None:
     """The number of the trial this one runs again: the last in Optuna's retry history (a dead worker's or
-    an interrupted trial's), else the failed trial a rerun queued it for (``retry_of``); None for no retry."""
+    an interrupted trial's), else the failed trial a rerun queued it for (RETRY_OF); None for no retry."""
     history = retry_history(trial)
     if history:  # first: Optuna's retry copies the user attributes, an older retry_of among them
         return history[-1]
-    return None if trial.user_attrs.get(RETRY_ATTR) is None else int(trial.user_attrs[RETRY_ATTR])
+    return None if trial.user_attrs.get(RETRY_OF) is None else int(trial.user_attrs[RETRY_OF])
 
 
 def trial_row(run_dir: Path, state: str, retry_of: int | None, started: float, fallback: dict) -> None:
@@ -151,24 +145,6 @@ def trial_row(run_dir: Path, state: str, retry_of: int | None, started: float, f
     writer.close()  # its thread writes: a full disk raises here
 
 
-def disk_full_reason(reason: str, result: dict, run_dir: Path) -> str | None:
-    """A failed trial's reason if its disk was full or read-only, naming its folder; None otherwise.
-
-    Its fit process said so (kind ``disk``), or the disk has no space left now: a full disk can
-    also refuse the write of that record itself.
-    """
-    if result.get("kind") == "disk":
-        return reason if str(run_dir) in reason else f"{reason} [trial folder '{run_dir}']"
-    if result.get("error"):
-        return None
-    try:
-        if os.statvfs(run_dir).f_bavail > 0:
-            return None
-    except OSError:
-        return None
-    return f"disk full: no space left under '{run_dir}' ({reason})"
-
-
 class TrialObjective:
     """The Optuna objective: run one trial's fit process and turn its outcome into a value or a state."""
 
@@ -186,22 +162,22 @@ class TrialObjective:
             # Before the ask lock is released, so that another worker's reaper never sees this RUNNING
             # trial without its worker, or with the dead worker a retry queued by an older dyt-lab carries
             # (GitHub issue 13; clean_retry queues retries without it now).
-            trial.set_user_attr(WORKER_ATTR, worker_tag())
-            trial.set_user_attr("fail_reason", None)  # nor does it keep its predecessor's failure
+            trial.set_user_attr(WORKER, worker_tag())
+            trial.set_user_attr(FAIL_REASON, None)  # nor does it keep its predecessor's failure
             configuration = self.space.suggest(trial)
-            trial.set_user_attr(CONFIGURATION_ATTR, configuration_key(trial))
+            trial.set_user_attr(CONFIGURATION, configuration_key(trial))
             if spec.seeds:  # this seed run's seed, and the configuration's other seeds queued next
-                trial.set_user_attr(SEED_ATTR, first_free_seed(trial.study, trial, spec.seeds))
+                trial.set_user_attr(SEED, first_free_seed(trial.study, trial, spec.seeds))
                 queue_missing_seeds(trial.study, spec.seeds)
         except ValueError as err:  # a queued retry whose values the edited search space no longer allows
-            trial.set_user_attr("fail_reason", f"its values do not fit the search space: {err}")
+            trial.set_user_attr(FAIL_REASON, outside_space_reason(err))
             return math.nan
         finally:
             if self.on_start is not None:
                 self.on_start()
-        number, seed = trial.number, trial.user_attrs.get(SEED_ATTR)
+        number, seed = trial.number, trial.user_attrs.get(SEED)
         run_dir = spec.folder / TRIALS / trial_dir_name(trial, configuration)
-        trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr(RUN_DIR, str(run_dir))
         fit_args = [*base_args(spec), *configuration.flags(),
                     *([config_flag(SEED_KEY, seed)] if seed is not None else []), *study_args(spec, run_dir)]
         tid = self._trial_id(trial)
@@ -212,8 +188,8 @@ class TrialObjective:
         shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
         self.log(f"trial {number} started: {shown}" + (f" seed={seed}" if seed is not None else ""))
         fallback = {k: v for k, v in {**configuration.values, SEED_KEY: seed}.items() if v is not None}
-        started, row = time.monotonic(), {"run_dir": run_dir, "retry_of": retried_trial(self.storage.get_trial(tid)),
-                                          "started": time.time(), "fallback": fallback}
+        started, row = time.monotonic(), dict(run_dir=run_dir, retry_of=retried_trial(self.storage.get_trial(tid)),
+                                              started=time.time(), fallback=fallback)
         try:  # the trial folder's own writes: a full or read-only disk fails the trial, and stops the study
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "command.txt").write_text(shlex.join(fit_command(fit_args)) + "\n")  # to re-run it by hand
@@ -248,17 +224,17 @@ class TrialObjective:
 
     def _unwritable(self, trial: optuna.Trial, err: OSError, run_dir: Path) -> float:
         """The trial folder cannot be written: fail the trial with that one line; every next trial would too."""
-        fault = write_fault(err)
-        if fault is None:
+        reason = unwritable_reason(err, run_dir)
+        if reason is None:
             raise err
-        reason = self.fatal = fault_line(fault, f"'{fault.filename or run_dir}'")
-        trial.set_user_attr("fail_reason", reason)
+        self.fatal = reason
+        trial.set_user_attr(FAIL_REASON, reason)
         self.log(f"trial {trial.number} FAILED: {reason}")
         return math.nan
 
     def _wait(self, trial: optuna.Trial, proc, run_dir: Path, started: float) -> int | None:
         """Wait for the fit to end (None: killed for exceeding trial_timeout)."""
-        trial.set_user_attr("trial_pid", proc.pid)
+        trial.set_user_attr(TRIAL_PID, proc.pid)
         try:
             return proc.wait(timeout=self.spec.trial_timeout)
         except subprocess.TimeoutExpired:
@@ -277,9 +253,9 @@ class TrialObjective:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        trial.set_user_attr("epochs", read_result(run_dir / RESULT_FILE).get("epochs", 0))
-        trial.set_user_attr("wall_time_s", round(time.monotonic() - started, 1))
-        trial.set_user_attr("fail_reason", "interrupted; its configuration runs again on resume")
+        trial.set_user_attr(EPOCHS, read_result(run_dir / RESULT_FILE).get("epochs", 0))
+        trial.set_user_attr(WALL_TIME, round(time.monotonic() - started, 1))
+        trial.set_user_attr(FAIL_REASON, INTERRUPTED)
         self.retry(trial.study, self.storage.get_trial(self._trial_id(trial)))
         self.log(f"trial {trial.number} interrupted")
 
@@ -288,18 +264,18 @@ class TrialObjective:
         objective = self.spec.objective
         result = read_result(run_dir / RESULT_FILE)
         history = {int(epoch): value for epoch, value in result.get("history", {}).items()}
-        trial.set_user_attr("epochs", result.get("epochs", 0))
+        trial.set_user_attr(EPOCHS, result.get("epochs", 0))
         if result.get("fit_seconds") is not None:
-            trial.set_user_attr("fit_s", result["fit_seconds"])  # the rest of wall_time_s is start-up
+            trial.set_user_attr(FIT_TIME, result["fit_seconds"])  # the rest of WALL_TIME is start-up
         metrics = result.get("metrics") or {}
         if metrics:  # the last epoch's accuracy and losses, for the report's tables
-            trial.set_user_attr(LAST_METRICS_ATTR, metrics[max(metrics, key=int)])
+            trial.set_user_attr(LAST_METRICS, metrics[max(metrics, key=int)])
         if result.get("test"):  # the best checkpoint on the held-out test split
-            trial.set_user_attr(TEST_METRICS_ATTR, result["test"])
-        trial.set_user_attr("wall_time_s", round(seconds, 1))
-        trial.set_user_attr("exit_code", code)
+            trial.set_user_attr(TEST_METRICS, result["test"])
+        trial.set_user_attr(WALL_TIME, round(seconds, 1))
+        trial.set_user_attr(EXIT_CODE, code)
         if (run_dir / "config.yaml").is_file():
-            trial.set_user_attr("config", str(run_dir / "config.yaml"))
+            trial.set_user_attr(CONFIG, str(run_dir / "config.yaml"))
         # The trial process reported these already; reporting again here makes this process's
         # (cached) view of the trial agree with the storage before Optuna records the final state.
         for epoch in sorted(history):
@@ -316,14 +292,14 @@ class TrialObjective:
         if result.get(EVERY_TRIAL):  # e.g. the objective's metric is not logged
             reason = self.fatal = result["error"]
         elif code is None:
-            reason = f"exceeded trial_timeout ({self.spec.trial_timeout:g} s)"
+            reason = timeout_reason(self.spec.trial_timeout)
         elif code == 0:
-            reason = f"objective {objective.metric} was never a finite number"
+            reason = not_finite_reason(objective.metric)
         else:
             reason = failure_reason(code, result)
             full = disk_full_reason(reason, result, run_dir) if code > 0 else None
             if full is not None:  # every next trial writes to the same disk
                 reason = self.fatal = full
-        trial.set_user_attr("fail_reason", reason)
+        trial.set_user_attr(FAIL_REASON, reason)
         self.log(f"trial {trial.number} FAILED: {reason} ({took}; logs: {run_dir})")
         return math.nan  # Optuna records a NaN objective as FAIL without a traceback in the log

@@ -12,96 +12,21 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import logging
-import os
 import re
-import warnings
-from argparse import ArgumentError
-from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
 from optuna.distributions import CategoricalDistribution, distribution_to_json, json_to_distribution
 from optuna.trial import TrialState
 
+from dyt_lab.config_keys import known_keys, short_key
 from dyt_lab.errors import ConfigError, cause_of_type
+from dyt_lab.study.attributes import OBJECTIVE, SEARCH_SPACE
 from dyt_lab.study.definition.space import SearchSpace, config_flag
 from dyt_lab.study.definition.storage import is_journal, open_storage, storage_url, study_names
 from dyt_lab.study.definition.study_file import TRIALS, Objective, StudySpec, one_line
+from dyt_lab.study.engine.build import build
 from dyt_lab.study.engine.objective import base_args, study_args
-
-SPACE_ATTR = "search_space"  # study attribute: the searched keys' Optuna distributions (as JSON), from creation
-
-
-def visible_gpus() -> list[str]:
-    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries."""
-    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if listed is not None:
-        return [g.strip() for g in listed.split(",") if g.strip() and g.strip() != "-1"]
-    import torch
-
-    return [str(i) for i in range(torch.cuda.device_count())]
-
-
-def worker_gpus(gpus: list[str], workers: int, index: int) -> list[str]:
-    """Worker ``index``'s share: GPUs dealt round-robin, or one shared GPU when workers outnumber them."""
-    if not gpus:
-        return []
-    return gpus[index::workers] if workers <= len(gpus) else [gpus[index % len(gpus)]]
-
-
-def config_keys(config: dict, prefix: str = "") -> set[str]:
-    """Every dotted key of a parsed config, also in the short form without ``init_args``."""
-    keys = set()
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        keys.update({name, name.replace("init_args.", "")})
-        if isinstance(value, dict):
-            keys |= config_keys(value, f"{name}.")
-    return keys
-
-
-# No seeding: building a run draws no seed, and seed_everything would set PL_GLOBAL_SEED in this
-# process's environment, which worker and trial processes inherit (a trial with seed_everything: true
-# would then take 0 instead of a fresh seed). Last, so it wins over the base configs' value.
-NO_SEED = "--seed_everything=false"
-
-
-@contextmanager
-def _quiet():
-    """Hide Lightning's notes and warnings about each Trainer built here: once per value, they say nothing."""
-    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
-    levels = [logger.level for logger in loggers]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for logger in loggers:
-            logger.setLevel(logging.WARNING)
-        try:
-            yield
-        finally:
-            for logger, level in zip(loggers, levels):
-                logger.setLevel(level)
-
-
-def build(args: list[str], what: str, parser=None):
-    """What ``dyt-lab fit`` builds from ``args``: model, data and Trainer (with its checks); or one ConfigError.
-
-    ``parser``: the parser of an earlier build, to parse with again.
-    """
-    from dyt_lab.runs import BuildCLI
-
-    try:
-        with _quiet():
-            # exit_on_error=False: the parser raises ArgumentError, which tells its refusals from the build's.
-            # No load_from_checkpoint support: it dumps the whole config into the model, twice, and the
-            # dump is a third of a build's time; nothing built here is saved.
-            return BuildCLI([*args, NO_SEED], parser=parser, parser_kwargs={"exit_on_error": False},
-                            load_from_checkpoint_support=False)
-    except (ArgumentError, SystemExit) as err:  # SystemExit: a parser that insists on exiting
-        raise ConfigError(f"{what} is refused by the dyt-lab fit parser: {one_line(err)}") from None
-    except Exception as err:
-        cause = cause_of_type(err, (ConfigError,))
-        raise ConfigError(f"{what}: {cause if cause else one_line(err)}") from None
 
 
 def check_devices(cli, gpus: int, workers: int, what: str) -> None:
@@ -136,11 +61,10 @@ def check_trials(spec: StudySpec, space: SearchSpace, gpus: int, configurations:
     """
     base = base_args(spec) + study_args(spec, spec.folder / TRIALS / "check")  # built, never written
     run = build(base, "the base config")
-    known = config_keys(run.config.as_dict())
+    known = known_keys(run.config.as_dict())
     for key in space:
-        if key not in known:
-            shorts = sorted(k for k in known if "init_args" not in k)
-            close = difflib.get_close_matches(key, shorts, n=1)
+        if short_key(key) not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"search_space key '{key}' is not a key of the base config{hint}; "
                               f"keys look like model.norm, model.optimizer.lr, data.batch_size")
@@ -246,7 +170,7 @@ def check_unchanged(spec: StudySpec, space: SearchSpace) -> None:
 
 def check_same_objective(study: optuna.Study, objective: Objective) -> None:
     """The direction never changes (Optuna stores it); the metric and value not once a trial was measured by them."""
-    before = study.user_attrs.get("objective") or {}
+    before = study.user_attrs.get(OBJECTIVE) or {}
     direction = study.direction.name.lower()
     was = (before.get("metric"), direction, before.get("value"))
     asked = (objective.metric, objective.direction, objective.value)
@@ -264,7 +188,7 @@ def check_same_objective(study: optuna.Study, objective: Objective) -> None:
 
 def recorded_space(study: optuna.Study) -> dict[str, optuna.distributions.BaseDistribution]:
     """The distributions the study was created with, else (a study from before they were recorded) its trials'."""
-    saved = study.user_attrs.get(SPACE_ATTR)
+    saved = study.user_attrs.get(SEARCH_SPACE)
     if saved:
         return {key: json_to_distribution(text) for key, text in saved.items()}
     recorded: dict[str, optuna.distributions.BaseDistribution] = {}
@@ -275,7 +199,7 @@ def recorded_space(study: optuna.Study) -> dict[str, optuna.distributions.BaseDi
 
 
 def space_record(space: SearchSpace) -> dict[str, str]:
-    """The search space as the study attribute ``search_space`` records it."""
+    """The search space as the study attribute SEARCH_SPACE records it."""
     return {key: distribution_to_json(dist) for key, dist in space.distributions.items()}
 
 

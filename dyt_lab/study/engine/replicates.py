@@ -25,12 +25,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from dyt_lab.errors import EXIT_DIVERGED
+from dyt_lab.study.attributes import EXIT_CODE, FAIL_REASON, RETRY_OF, SEED
 from dyt_lab.study.definition.storage import retry_history
 from dyt_lab.study.definition.study_file import StudySpec
 from dyt_lab.study.optuna_internals import grid_point
-from dyt_lab.study.trial.protocol import SEED_ATTR
-
-RETRY_ATTR = "retry_of"  # user attribute: the number of the failed trial a rerun queued this one to retry
 
 
 def configuration_key(trial: FrozenTrial | optuna.Trial) -> str:
@@ -41,7 +39,7 @@ def configuration_key(trial: FrozenTrial | optuna.Trial) -> str:
 def retried_numbers(trials: list[FrozenTrial]) -> set[int]:
     """The failed trials queued again: by Optuna's retry callback (a dead worker) or by a rerun (``retry_of``)."""
     numbers = {n for t in trials for n in retry_history(t)}
-    return numbers | {int(t.user_attrs[RETRY_ATTR]) for t in trials if t.user_attrs.get(RETRY_ATTR) is not None}
+    return numbers | {int(t.user_attrs[RETRY_OF]) for t in trials if t.user_attrs.get(RETRY_OF) is not None}
 
 
 def standing(study: optuna.Study) -> list[tuple[FrozenTrial, FrozenTrial]]:
@@ -54,9 +52,9 @@ def standing(study: optuna.Study) -> list[tuple[FrozenTrial, FrozenTrial]]:
         if trial.number in retried:
             continue
         ran = trial
-        while not ran.params and ran.user_attrs.get(RETRY_ATTR) is not None \
-                and int(ran.user_attrs[RETRY_ATTR]) in by_number:
-            ran = by_number[int(ran.user_attrs[RETRY_ATTR])]
+        while not ran.params and ran.user_attrs.get(RETRY_OF) is not None \
+                and int(ran.user_attrs[RETRY_OF]) in by_number:
+            ran = by_number[int(ran.user_attrs[RETRY_OF])]
         pairs.append((trial, ran))
     return pairs
 
@@ -78,19 +76,19 @@ def seeds_by_configuration(study: optuna.Study) -> dict[str, tuple[FrozenTrial, 
         if not ran.params:  # asked, not yet sampled: no configuration yet
             continue
         _, seeds = found.setdefault(configuration_key(ran), (ran, set()))
-        if trial.user_attrs.get(SEED_ATTR) is not None:
-            seeds.add(int(trial.user_attrs[SEED_ATTR]))
+        if trial.user_attrs.get(SEED) is not None:
+            seeds.add(int(trial.user_attrs[SEED]))
     return found
 
 
 def first_free_seed(study: optuna.Study, trial: optuna.Trial, seeds: list[int]) -> int:
     """The seed a new trial takes: its queued seed, else the first its configuration lacks."""
-    queued = trial.user_attrs.get(SEED_ATTR)
+    queued = trial.user_attrs.get(SEED)
     if queued is not None:
         return int(queued)
     key = configuration_key(trial)
-    taken = {int(t.user_attrs[SEED_ATTR]) for t, ran in standing(study)
-             if t.number != trial.number and SEED_ATTR in t.user_attrs and configuration_key(ran) == key}
+    taken = {int(t.user_attrs[SEED]) for t, ran in standing(study)
+             if t.number != trial.number and SEED in t.user_attrs and configuration_key(ran) == key}
     return next((s for s in seeds if s not in taken), seeds[0])
 
 
@@ -107,7 +105,7 @@ def queue_missing_seeds(study: optuna.Study, seeds: list[int]) -> int:
             if seed not in present:
                 study.add_trial(optuna.trial.create_trial(
                     state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-                    user_attrs={SEED_ATTR: seed}, system_attrs=kept))
+                    user_attrs={SEED: seed}, system_attrs=kept))
                 queued += 1
     return queued
 
@@ -119,7 +117,7 @@ def configurations_counted(trials: list[FrozenTrial]) -> int:
 
 def diverged(trial: FrozenTrial) -> bool:
     """A run whose loss became NaN or infinite: a result of its configuration, not a fault to retry."""
-    return trial.state == TrialState.FAIL and trial.user_attrs.get("exit_code") == EXIT_DIVERGED
+    return trial.state == TrialState.FAIL and trial.user_attrs.get(EXIT_CODE) == EXIT_DIVERGED
 
 
 @dataclass
@@ -143,9 +141,9 @@ def failed_points(study: optuna.Study, seeded: bool) -> list[Point]:
                 point.failed.append(trial)
         else:
             point.counts = True
-            point.ended.add(trial.user_attrs.get(SEED_ATTR))
+            point.ended.add(trial.user_attrs.get(SEED))
     for point in points.values():
-        point.failed = [t for t in point.failed if t.user_attrs.get(SEED_ATTR) not in point.ended]
+        point.failed = [t for t in point.failed if t.user_attrs.get(SEED) not in point.ended]
     return list(points.values())
 
 
@@ -168,9 +166,9 @@ def plan_retries(study: optuna.Study, n_trials: int, seeded: bool) -> tuple[list
 def queue_retries(study: optuna.Study, failed: list[FrozenTrial]) -> None:
     """Queue each failed run again with its parameters and seed (a grid trial keeps its point)."""
     for trial in failed:
-        attrs = {RETRY_ATTR: trial.number}
-        if trial.user_attrs.get(SEED_ATTR) is not None:
-            attrs[SEED_ATTR] = trial.user_attrs[SEED_ATTR]
+        attrs = {RETRY_OF: trial.number}
+        if trial.user_attrs.get(SEED) is not None:
+            attrs[SEED] = trial.user_attrs[SEED]
         study.enqueue_trial(trial.params, user_attrs=attrs)
 
 
@@ -200,9 +198,9 @@ def unfinished_line(study: optuna.Study, spec: StudySpec) -> str | None:
         return None
     first = failed[0]
     values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in first.params.items())
-    seed = first.user_attrs.get(SEED_ATTR)
+    seed = first.user_attrs.get(SEED)
     values += f", seed={seed}" if seed is not None else ""
-    reason = str(first.user_attrs.get("fail_reason") or "no reason recorded")[:200]
+    reason = str(first.user_attrs.get(FAIL_REASON) or "no reason recorded")[:200]
     more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
     have = f"{len(failed)} runs have" if len(failed) > 1 else "1 run has"
     line = (f"study {spec.study_name}: {have} no completed trial: trial {first.number} ({values}) failed: "

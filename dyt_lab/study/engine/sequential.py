@@ -16,7 +16,7 @@ which spends almost nothing early (a first look at a quarter of the seeds tests 
 the last look. Testing each look at its increment alone is valid whatever the looks' correlation, since the
 increments sum to alpha (a union bound over looks); the exact group-sequential boundaries, which integrate
 that correlation, would be a little less strict. The looks, their levels and verdicts are recorded in the
-confirmation's study attributes (``sequential``) and printed.
+confirmation's study attribute SEQUENTIAL and printed.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from pathlib import Path
 from scipy import stats
 
 from dyt_lab.errors import ConfigError
+from dyt_lab.study.attributes import SEQUENTIAL
 from dyt_lab.study.report.statistics import ALPHA
 
-SEQUENTIAL_ATTR = "sequential"  # study attribute of a sequential confirmation: max_seeds, batch, its looks
 DECIDED = ("better", "worse", "equivalent")
 
 
@@ -67,7 +67,8 @@ def confirm_until_decided(name: str, top: int | None, max_seeds: int | None, bat
     from dyt_lab.study.definition.storage import find_storage, load_existing
     from dyt_lab.study.definition.study_file import CONFIRM_SUFFIX, SPEC_FILE, load_spec
     from dyt_lab.study.engine.confirm import confirm
-    from dyt_lab.study.report.comparison import confirmation_verdicts, seed_run_table
+    from dyt_lab.study.report.confirmation import confirmation_verdicts
+    from dyt_lab.study.report.seed_runs import seed_run_table
 
     max_seeds = check_sequential(batch, max_seeds)
     if not (Path(root) / name / SPEC_FILE).is_file():
@@ -88,7 +89,7 @@ def confirm_until_decided(name: str, top: int | None, max_seeds: int | None, bat
                               "there is no comparison to decide; give a study with `reference`, or fixed --seeds")
         verdicts = dict(zip(table["label"], table["verdict"]))
         looks.append({"seeds": n_seeds, "level": level, "over": scale, "verdicts": verdicts})
-        study.set_user_attr(SEQUENTIAL_ATTR, {"max_seeds": max_seeds, "batch": batch, "spending": "obrien_fleming",
+        study.set_user_attr(SEQUENTIAL, {"max_seeds": max_seeds, "batch": batch, "spending": "obrien_fleming",
                                               "looks": looks})
         print(f"look {index + 1}: {n_seeds} seeds, level {level:.2g} over {scale}: "
               + "; ".join(f"{label}: {verdict}" for label, verdict in verdicts.items()), flush=True)

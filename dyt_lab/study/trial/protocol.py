@@ -4,9 +4,9 @@ The worker passes the trial's identity in the ``DYT_LAB_STUDY_TRIAL`` environmen
 the trial's StudyPruning callback reports to the storage and leaves its epoch history in a JSON
 result file that the worker reads when the trial ends. A fit that fails adds why to that file
 (``record_failure``: ``error``, its one line, and ``kind``), so the worker reads the reason
-instead of scraping the trial's stderr. A trial dies with its worker (``die_with_parent``). The names
-of the user attributes a trial's record carries, which the report reads, are here too. Both sides
-import this module and nothing else of each other.
+instead of scraping the trial's stderr. A trial dies with its worker (``die_with_parent``). Both sides
+import this module and nothing else of each other; the names a trial's record is stored under are in
+``dyt_lab.study.attributes``.
 """
 
 from __future__ import annotations
@@ -22,10 +22,7 @@ from pathlib import Path
 RESULT_FILE = "study_result.json"
 PRUNING_CALLBACK = "dyt_lab.study.trial.pruning.StudyPruning"
 TRIAL_ENV = "DYT_LAB_STUDY_TRIAL"  # JSON: which trial of which study a fit process reports to
-TEST_METRICS_ATTR = "test"  # user attribute: the best checkpoint's test metrics (test/acc, test/loss)
-SEED_ATTR = "seed"  # user attribute: the seed_everything of this seed run
-SEED_KEY = "seed_everything"  # the fit flag it sets
-LAST_METRICS_ATTR = "last_epoch"  # user attribute: the last epoch's metrics (val/acc, train/loss_epoch, ...)
+SEED_KEY = "seed_everything"  # the fit flag a seed run's seed (attributes.SEED) sets
 # A failed fit's ``kind`` (dyt_lab.errors.failure_kind, or interrupted). The first three printed their
 # ``error`` as an ``error:`` line; a crash's is its traceback's last line, an interruption's "interrupted".
 LINE_KINDS = ("config", "disk", "diverged")
