@@ -1,11 +1,14 @@
-"""Build a run as ``dyt-lab fit`` builds it, without running it: what the up-front check builds each value with.
+"""Build a run as ``dyt-lab fit`` builds it, without running it: what the up-front check and the fork server use.
 
 ``build`` makes the model, the data module and the Trainer (Lightning's own checks of its settings
-included), or raises one ConfigError line. It draws no seed and writes no run folder.
+included), or raises one ConfigError line; ``parse_once`` only parses, for a process in which no torch
+operation may run (a fork server). Neither draws a seed nor writes a run folder.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import warnings
 from argparse import ArgumentError
@@ -55,3 +58,18 @@ def build(args: list[str], what: str, parser=None):
     except Exception as err:
         cause = cause_of_type(err, (ConfigError,))
         raise ConfigError(f"{what}: {cause if cause else one_line(err)}") from None
+
+
+def parse_once(args: list[str]) -> None:
+    """Parse ``args`` as ``dyt-lab fit`` parses them and build nothing; silent, whatever happens."""
+    from dyt_lab.runs import BuildCLI
+
+    class ParseOnly(BuildCLI):
+        def instantiate_classes(self) -> None:  # a model or a Trainer would run torch operations
+            pass
+
+    with quiet(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            ParseOnly([*args, NO_SEED], parser_kwargs={"exit_on_error": False})
+        except (Exception, SystemExit):  # whoever parses these next meets the same error and says it
+            pass

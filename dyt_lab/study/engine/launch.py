@@ -1,14 +1,15 @@
 """How a trial's ``dyt-lab fit`` starts: forked from a warm process, or as a fresh Python process.
 
-A fresh process pays for ``import torch`` and ``import lightning`` (8 s here) before its first
-batch, on every trial. ``warm`` isolation instead keeps one fork server per study worker, the
-stdlib's ``multiprocessing`` forkserver, which imports torch, Lightning and dyt_lab once and forks
-a child per trial. The child is still a process of its own: ``kill -9`` ends it alone, its memory
-is freed when it exits, and a crash cannot take the worker down. The traps of forking a
-framework, and why they do not bite here:
+A fresh process pays for ``import torch`` and ``import lightning`` before its first batch, on
+every trial. ``warm`` isolation instead keeps one fork server per study worker, the stdlib's
+``multiprocessing`` forkserver, which imports torch, Lightning and dyt_lab once, parses the study's
+base config once (``prewarm.py``: what a process pays on its first parse, each trial would pay
+again), and forks a child per trial. The child is still a process of its own: ``kill -9`` ends it
+alone, its memory is freed when it exits, and a crash cannot take the worker down. The traps of
+forking a framework, and why they do not bite here:
 
-- the fork server only *imports*: no torch op runs in it, so no OpenMP pool, no CUDA context and
-  no thread exists when it forks (CUDA initialised before a fork would break every child);
+- the fork server only imports and parses: no torch op runs in it, so no OpenMP pool, no CUDA
+  context and no thread exists when it forks (CUDA initialised before a fork would break every child);
 - each child sets its own thread count, environment, working folder and output files;
 - the child's RNGs are seeded by the run itself (``seed_everything``), not inherited;
 - Python's forkserver restores default signal handlers in each child, so Ctrl-C and SIGTERM
@@ -28,15 +29,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dyt_lab.study.engine.prewarm import WARM_ARGS_ENV
 from dyt_lab.study.trial.protocol import TRIAL_ENV
 
 ISOLATIONS = ("warm", "process")
-# What a trial imports before its first batch; importing them in the fork server is the whole saving.
+# What a trial imports before its first batch; importing them in the fork server is most of the saving.
 WARM_IMPORTS = ["torch", "torchvision", "lightning.pytorch", "lightning.pytorch.cli", "jsonargparse", "torchmetrics",
                 "tensorboard", "optuna", "sklearn.datasets", "dyt_lab.runs", "dyt_lab.training",
                 "dyt_lab.data", "dyt_lab.models", "dyt_lab.norms", "dyt_lab.study.trial.pruning",
-                # the pruning callback opens a database storage: a quarter of a 1-batch trial imported SQLAlchemy
-                "sqlalchemy", "sqlalchemy.orm"]
+                # the pruning callback opens the storage, and Optuna imports what a database needs on first use
+                "sqlalchemy", "sqlalchemy.orm", "sqlalchemy.dialects.sqlite", "sqlalchemy.dialects.postgresql",
+                "psycopg2", "alembic.command", "alembic.config", "alembic.migration", "alembic.script",
+                "dyt_lab.study.engine.prewarm"]  # last: it parses the base config, then freezes the heap
 _forkserver = None  # this worker's fork server context, started on first use
 
 
@@ -57,13 +61,20 @@ def start_trial(isolation: str, fit_args: list[str], env: dict[str, str], run_di
     return WarmTrial(process)
 
 
-def warm_up() -> multiprocessing.context.ForkServerContext:
-    """Start this process's fork server now, so that its imports overlap the work before the first trial."""
+def warm_up(fit_args: list[str] | None = None) -> multiprocessing.context.ForkServerContext:
+    """Start this process's fork server now, so that its imports overlap the work before the first trial.
+
+    ``fit_args``: what every trial's fit shares (the base configs and fixed keys), for it to parse once.
+    """
     global _forkserver
     if _forkserver is None:
         _forkserver = multiprocessing.get_context("forkserver")
         _forkserver.set_forkserver_preload(WARM_IMPORTS)  # an import that fails is skipped, not fatal
-        multiprocessing.forkserver.ensure_running()
+        os.environ[WARM_ARGS_ENV] = json.dumps(fit_args or [])
+        try:  # the fork server takes this process's environment when it starts, and only then
+            multiprocessing.forkserver.ensure_running()
+        finally:
+            del os.environ[WARM_ARGS_ENV]
     return _forkserver
 
 

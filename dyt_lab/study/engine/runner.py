@@ -17,6 +17,7 @@ from dyt_lab.study.definition.storage import open_storage, storage_url
 from dyt_lab.study.definition.study_file import StudySpec
 from dyt_lab.study.engine.faults import disk_faults, storage_shown
 from dyt_lab.study.engine.launch import warm_up
+from dyt_lab.study.engine.objective import base_args
 from dyt_lab.study.engine.pool import spawn_workers
 from dyt_lab.study.engine.prepare import enqueue, prepare, retry_failed
 from dyt_lab.study.engine.replicates import summary_line, unfinished_line
@@ -33,7 +34,7 @@ def run_study(spec: StudySpec, queue: list[dict] | None = None, attrs: dict | No
     """
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial comes from TrialObjective
     if spec.workers == 1 and spec.isolation == "warm":
-        warm_up()  # its imports run beside the checks below, on the other core
+        warm_up(base_args(spec))  # its imports run beside the checks below, on the other core
     gpus = prepare(spec, queue if only_queued else None)
     url = storage_url(spec.storage, spec.folder)
     with disk_faults(storage_shown(url)):

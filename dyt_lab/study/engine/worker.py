@@ -27,7 +27,7 @@ from dyt_lab.study.engine.ask_lock import AskLock
 from dyt_lab.study.engine.faults import every_trial_fails, storage_fault
 from dyt_lab.study.engine.launch import warm_up
 from dyt_lab.study.engine.liveness import TrialHeartbeat, clean_retry, reap_dead_trials
-from dyt_lab.study.engine.objective import TrialObjective
+from dyt_lab.study.engine.objective import TrialObjective, base_args
 from dyt_lab.study.engine.replicates import configurations_counted, counted_trials, queue_missing_seeds
 from dyt_lab.study.optuna_internals import in_optimize_loop
 
@@ -47,7 +47,7 @@ def work(spec: StudySpec, index: int, workers: int = 1) -> int:
     log = lambda message: print(f"{tag}{message}", flush=True)  # noqa: E731
     interrupt_on_sigterm()
     if spec.isolation == "warm":
-        warm_up()
+        warm_up(base_args(spec))
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     space = SearchSpace(spec.search_space)
     url = storage_url(spec.storage, spec.folder)
