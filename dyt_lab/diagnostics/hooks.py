@@ -1,8 +1,8 @@
 """The probe pass: one forward of a fixed batch with forward hooks on the norm sites, removed right after.
 
 Hooks exist only inside ``run_probe``; training steps never run with one installed. The pass runs
-under ``no_grad`` in eval mode, so dropout is off and BatchNorm / CenteredDyT use their running
-statistics, as they do at validation. ``batch_stats=True`` instead lets those sites normalize the
+under ``no_grad`` in eval mode, so dropout is off and sites that keep running statistics (BatchNorm,
+batch-centred DyT) use them, as they do at validation. ``batch_stats=True`` instead lets those sites normalize the
 probe batch with its own statistics, as they do in a training step; their buffers are restored
 afterwards, so the probe never changes the model.
 """
@@ -19,8 +19,6 @@ from torch import nn
 
 from dyt_lab.diagnostics.stats import SiteStats, as_rows, pre_affine, site_stats
 from dyt_lab.errors import ConfigError
-from dyt_lab.norms import CenteredDyT, FactoredNorm
-from dyt_lab.norms.registry import BATCH_NORMS
 
 SAMPLE_SEED = 0  # the same input elements are plotted at every probe, so epochs compare point for point
 
@@ -49,12 +47,19 @@ def probe_images(loader: Iterable, size: int) -> torch.Tensor:
     return torch.cat(images)[:size]
 
 
+def uses_batch_statistics(module: nn.Module) -> bool:
+    """Whether ``module`` itself (not its children) keeps running statistics of the batches it saw."""
+    return any(name.startswith("running_") for name, _ in module.named_buffers(recurse=False))
+
+
 @contextlib.contextmanager
 def probe_mode(net: nn.Module, batch_stats: bool = False) -> Iterator[None]:
     """Eval mode for one pass (BN-like sites in train mode if ``batch_stats``); modes and buffers restored after."""
     modes = {module: module.training for module in net.modules()}
     # SyncBatchNorm stays in eval mode: in train mode it would wait for the other processes, which do not probe.
-    batch_like = [m for m in net.modules() if isinstance(m, (*BATCH_NORMS, CenteredDyT, FactoredNorm))
+    # A site that normalises by the batch in train mode keeps running statistics for eval (BatchNorm, DyT of
+    # the batch-centred input, factored's batch points): its own running_* buffers tell it apart.
+    batch_like = [m for m in net.modules() if uses_batch_statistics(m)
                   and not isinstance(m, nn.SyncBatchNorm)] if batch_stats else []
     saved = {m: [b.clone() for b in m.buffers(recurse=False)] for m in batch_like}  # running stats, counters
     net.eval()
