@@ -135,6 +135,7 @@ def read_matching_checkpoint(model: torch.nn.Module, path: str | Path) -> dict:
 
 
 LINKED = ("num_classes", "in_channels", "image_size")  # set from the data module, not by users
+MODEL_CLASS = "dyt_lab_model_class"  # checkpoint key: the class name of the LightningModule that saved it
 
 
 def _resolved(args: dict) -> dict:
@@ -157,8 +158,8 @@ def conflicting_hyperparameters(model_config: dict, ckpt: dict) -> list[str]:
     from dyt_lab.training.records import flat_hparams
 
     saved = dict(ckpt.get("hyper_parameters") or {})
-    mine_class, theirs_class = model_config.get("class_path"), saved.pop("_class_path", None)
-    if mine_class and theirs_class and mine_class != theirs_class:
+    mine_class, theirs_class = model_config.get("class_path"), ckpt.get(MODEL_CLASS)  # none in an old checkpoint
+    if mine_class and theirs_class and mine_class.rpartition(".")[2] != theirs_class:
         return [f"model={mine_class} (checkpoint: {theirs_class})"]
     plain = lambda v: json.loads(json.dumps(v, default=str))  # noqa: E731  tuples and lists alike
     mine, saved = _resolved(dict(model_config.get("init_args") or {})), _resolved(saved)

@@ -30,6 +30,7 @@ from dyt_lab.norms import NormError
 from dyt_lab.norms.convert import NormConversion
 from dyt_lab.predictions import write_predictions
 from dyt_lab.training.calibration import AlphaCalibration
+from dyt_lab.training.checkpoints import MODEL_CLASS
 from dyt_lab.training.clipping import AdaptiveGradientClipping
 from dyt_lab.training.schedule import WarmupCosineLR
 
@@ -214,6 +215,10 @@ class ImageClassifier(LightningModule):
         """Class probabilities ``(N, num_classes)`` for a batch of images (labels, if any, ignored)."""
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self(x).softmax(dim=-1)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Which classifier saved it: a config of another one is refused by name before its weights are read.
+        checkpoint[MODEL_CLASS] = type(self).__qualname__
 
     def configure_optimizers(self):
         optimizer = self.optimizer(parameter_groups(self.net))
