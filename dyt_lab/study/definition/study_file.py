@@ -342,11 +342,6 @@ def check_spec(spec: StudySpec) -> None:
             raise ConfigError("seeds and a search_space key seed_everything both set the seed: keep one")
 
 
-def flatten_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
-    """TRANSITIONAL: engine/objective.py's name for ``config_keys.flatten(overrides, whole_classes=True)``."""
-    return flatten(overrides, whole_classes=True)
-
-
 def arm_specs(spec: StudySpec) -> list[StudySpec]:
     """The studies of a study tuned arm by arm, NAME.ARM each, alike in all but their arm's keys.
 

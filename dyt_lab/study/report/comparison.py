@@ -15,7 +15,7 @@ import pandas as pd
 
 from dyt_lab.study.definition.design import design_cells, varying_factors
 from dyt_lab.study.definition.space import SearchSpace
-from dyt_lab.study.report.confirmation import confirmation_verdicts, confirmed_section  # noqa: F401 (TRANSITIONAL)
+from dyt_lab.study.report.confirmation import confirmed_section
 from dyt_lab.study.report.factor_sections import (
     attribution_section,
     crossed,
@@ -39,9 +39,6 @@ from dyt_lab.study.report.seed_runs import (
     seed_run_table,
 )
 from dyt_lab.study.report.statistics import summarize
-
-# TRANSITIONAL: engine/sequential.py imports confirmation_verdicts and seed_run_table from here; once it imports them
-# from report.confirmation and report.seed_runs, drop confirmation_verdicts from the imports above.
 
 
 def configurations_section(table: pd.DataFrame, factors: list[str], reference: dict | None, direction: str,
