@@ -63,13 +63,13 @@ def trial_args(folder: Path) -> tuple[list[str], list[list[str]]]:
 
 
 class Built(Exception):
-    """What a trial's fit built, raised where it would start training."""
+    """What a trial's fit built and measured, raised as the fit ends (before any test pass)."""
 
 
 def built_fit(args: list[str], out: str) -> None:
     """In a forked trial process: build ``fit ARGS`` as ``dyt-lab fit`` does, run one batch of it, and write
-    its whole config, its model's hyperparameters and its metrics to ``out`` (JSON), and whether it inherited
-    a frozen heap (a fork server that ran prewarm)."""
+    its whole config, its model's hyperparameters and its metrics to ``out`` (JSON), whether it inherited
+    a frozen heap (a fork server that ran prewarm) and how many threads its parent runs (Linux)."""
     import gc
 
     import torch
@@ -83,7 +83,11 @@ def built_fit(args: list[str], out: str) -> None:
             hparams = {key: repr(value) for key, value in self.model.hparams.items()}
             metrics = {key: float(value) for key, value in self.trainer.callback_metrics.items()}
             raise Built(json.dumps({"config": self.parser.dump(self.config, skip_none=False), "hparams": hparams,
-                                    "metrics": metrics, "frozen": gc.get_freeze_count() > 0}))
+                                    "metrics": metrics, "frozen": gc.get_freeze_count() > 0,
+                                    "parent_threads": parent_threads}))
+
+    status = Path(f"/proc/{os.getppid()}/status").read_text()
+    parent_threads = int(status.split("Threads:")[1].split()[0])
 
     try:
         Record(args=["fit", *args], save_config_kwargs={"overwrite": True})
@@ -130,6 +134,8 @@ def test_a_trial_of_a_warmed_fork_server_builds_what_a_cold_process_builds(tmp_p
     for number, configuration in enumerate(CONFIGURATIONS):
         warm, cold = (json.loads((tmp_path / f"{mode}_{number}.json").read_text()) for mode in ("warm", "cold"))
         assert (warm.pop("frozen"), cold.pop("frozen")) == (True, False)  # the fork server did parse first
+        # ... and started no thread (an OpenMP pool, a torch op's) that a fork would leave broken in the trial
+        assert warm.pop("parent_threads") == 1 and cold.pop("parent_threads") >= 1
         assert warm == cold
         config = yaml.safe_load(warm["config"])["fit"]
         assert config["model"]["init_args"]["optimizer"]["class_path"] == configuration["model.optimizer"]["class_path"]
