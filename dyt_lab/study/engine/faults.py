@@ -1,9 +1,10 @@
-"""Every line the engine writes about a fault: why a trial failed, and a storage or disk that refused a write.
+"""Every line the engine writes about a fault: why a trial failed, which runs a study still lacks, and a
+storage or disk that refused a write.
 
-A failed trial's reason is one line in its ``fail_reason`` attribute, which the log, the report and a
-rerun's summary show as written here. A storage or folder that cannot be written ends the command in
-one ``ConfigError`` line naming the file (``dyt_lab.errors.write_fault`` finds the fault behind an
-exception), never in a worker's traceback.
+A failed trial's reason is one line in its FAIL_REASON attribute, which the log, the report and the
+study's last line (``unfinished_line``) show as written here. A storage or folder that cannot be written
+ends the command in one ``ConfigError`` line naming the file (``dyt_lab.errors.write_fault`` finds the
+fault behind an exception), never in a worker's traceback.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ import optuna
 from optuna.trial import TrialState
 
 from dyt_lab.errors import ConfigError, fault_line, write_fault
+from dyt_lab.study.attributes import FAIL_REASON, SEED
 from dyt_lab.study.definition.storage import shown
+from dyt_lab.study.definition.study_file import StudySpec
+from dyt_lab.study.engine.replicates import plan_retries
 from dyt_lab.study.trial.protocol import LINE_KINDS
 
 # Why a trial failed, when its fit process could not say it (the trial's attribute FAIL_REASON).
@@ -98,6 +102,29 @@ def unwritable_reason(err: OSError, run_dir: Path) -> str | None:
 def every_trial_fails(reason: str) -> ConfigError:
     """The line that stops a study whose every further trial would fail as the last one did."""
     return ConfigError(f"stopping the study, every trial would fail: {reason}")
+
+
+def unfinished_line(study: optuna.Study, spec: StudySpec) -> str | None:
+    """One line on the failed runs that still have no completed trial (diverged runs are results), or None."""
+    retry, left = plan_retries(study, spec.n_trials, bool(spec.seeds))
+    failed = sorted(retry + left, key=lambda t: t.number)
+    if not failed:
+        return None
+    first = failed[0]
+    values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in first.params.items())
+    seed = first.user_attrs.get(SEED)
+    values += f", seed={seed}" if seed is not None else ""
+    reason = str(first.user_attrs.get(FAIL_REASON) or "no reason recorded")[:200]
+    more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+    have = f"{len(failed)} runs have" if len(failed) > 1 else "1 run has"
+    line = (f"study {spec.study_name}: {have} no completed trial: trial {first.number} ({values}) failed: "
+            f"{reason}{more}; ")
+    them = "them" if len(failed) > 1 else "it"
+    if not left:
+        return line + f"fix the cause, then run the same command again: it retries {them}"
+    beyond = f"{len(left)} of them" if retry else them
+    return line + (f"fix the cause, then run the same command again with --n_trials above {spec.n_trials} to retry "
+                   f"{beyond} (configurations that completed fill n_trials)")
 
 
 def storage_shown(url: str) -> str:

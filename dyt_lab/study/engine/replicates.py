@@ -25,7 +25,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from dyt_lab.errors import EXIT_DIVERGED
-from dyt_lab.study.attributes import EXIT_CODE, FAIL_REASON, RETRY_OF, SEED
+from dyt_lab.study.attributes import EXIT_CODE, RETRY_OF, SEED
 from dyt_lab.study.definition.storage import retry_history
 from dyt_lab.study.definition.study_file import StudySpec
 from dyt_lab.study.optuna_internals import grid_point
@@ -188,26 +188,3 @@ def summary_line(study: optuna.Study, spec: StudySpec, retried: int) -> str:
     unit = f"configurations x {len(spec.seeds)} seeds" if spec.seeds else "trials"
     line = f"study {spec.study_name}: {done}/{spec.n_trials} {unit} ({summary or 'none'})"
     return line + (f", {runs(retried)} retried" if retried else "")
-
-
-def unfinished_line(study: optuna.Study, spec: StudySpec) -> str | None:
-    """One line on the failed runs that still have no completed trial (diverged runs are results), or None."""
-    retry, left = plan_retries(study, spec.n_trials, bool(spec.seeds))
-    failed = sorted(retry + left, key=lambda t: t.number)
-    if not failed:
-        return None
-    first = failed[0]
-    values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in first.params.items())
-    seed = first.user_attrs.get(SEED)
-    values += f", seed={seed}" if seed is not None else ""
-    reason = str(first.user_attrs.get(FAIL_REASON) or "no reason recorded")[:200]
-    more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
-    have = f"{len(failed)} runs have" if len(failed) > 1 else "1 run has"
-    line = (f"study {spec.study_name}: {have} no completed trial: trial {first.number} ({values}) failed: "
-            f"{reason}{more}; ")
-    them = "them" if len(failed) > 1 else "it"
-    if not left:
-        return line + f"fix the cause, then run the same command again: it retries {them}"
-    beyond = f"{len(left)} of them" if retry else them
-    return line + (f"fix the cause, then run the same command again with --n_trials above {spec.n_trials} to retry "
-                   f"{beyond} (configurations that completed fill n_trials)")

@@ -15,12 +15,12 @@ import optuna
 from dyt_lab.errors import EXIT_INTERRUPTED, ConfigError
 from dyt_lab.study.definition.storage import open_storage, storage_url
 from dyt_lab.study.definition.study_file import StudySpec
-from dyt_lab.study.engine.faults import disk_faults, storage_shown
+from dyt_lab.study.engine.faults import disk_faults, storage_shown, unfinished_line
 from dyt_lab.study.engine.launch import warm_up
 from dyt_lab.study.engine.objective import base_args
 from dyt_lab.study.engine.pool import spawn_workers
 from dyt_lab.study.engine.prepare import enqueue, prepare, retry_failed
-from dyt_lab.study.engine.replicates import summary_line, unfinished_line
+from dyt_lab.study.engine.replicates import summary_line
 from dyt_lab.study.engine.worker import work
 
 
