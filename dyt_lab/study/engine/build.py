@@ -7,12 +7,11 @@ operation may run (a fork server). Neither draws a seed nor writes a run folder.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import warnings
 from argparse import ArgumentError
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 
 from dyt_lab.errors import ConfigError, cause_of_type
 from dyt_lab.study.definition.study_file import one_line
@@ -68,7 +67,7 @@ def parse_once(args: list[str]) -> None:
         def instantiate_classes(self) -> None:  # a model or a Trainer would run torch operations
             pass
 
-    with quiet(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    with quiet(), redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
         try:
             ParseOnly([*args, NO_SEED], parser_kwargs={"exit_on_error": False})
         except (Exception, SystemExit):  # whoever parses these next meets the same error and says it
