@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from dyt_lab.study.attributes import CONFIGURATION
 from dyt_lab.study.definition.space import SearchSpace, choice_label, saved_space
 from dyt_lab.study.engine.objective import (
-    CONFIGURATION_ATTR,
     TRIAL_NAME_LIMIT,
     retried_trial,
     trial_dir_name,
@@ -205,5 +205,5 @@ def test_a_studys_rows_show_how_each_trial_ended_and_its_dashboard_names_the_met
     for trial in study.trials:
         shown = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "diverged"}[trial.state.name]
         assert states[trial.user_attrs["run_dir"].rsplit("/", 1)[-1]] == shown
-        assert trial.user_attrs[CONFIGURATION_ATTR] == configuration_key(trial)
+        assert trial.user_attrs[CONFIGURATION] == configuration_key(trial)
     assert study.metric_names == ["val/loss"]

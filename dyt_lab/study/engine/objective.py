@@ -66,7 +66,6 @@ from dyt_lab.study.trial.protocol import (
     read_result,
 )
 
-CONFIGURATION_ATTR = CONFIGURATION  # kept for tests/test_tensorboard_hparams.py until it imports attributes.CONFIGURATION
 # HParams columns a trial's row gets when it ends: how it ended (complete, pruned, failed, diverged,
 # interrupted), and the trial it runs again (empty if it is no retry)
 STATE_COLUMN, RETRY_COLUMN = "trial.state", "trial.retry_of"
