@@ -1,4 +1,13 @@
-"""Shared test set-up: quiet, deterministic, and nothing written outside tmp folders."""
+"""Shared test set-up: quiet, deterministic, and nothing written outside tmp folders.
+
+tests/ mirrors the package: the tests of ``dyt_lab/norms/`` are in ``tests/norms/``, of ``dyt_lab/study/`` in
+``tests/study/`` (``test_definition.py``, ``test_engine_*.py``, ``test_report_*.py``, ...), and the tests of the
+top-level modules and of what crosses them (the layers, the CLI, the bad-input table, the shipped configs) here.
+The convention for what tests share: fixtures (they need pytest's tmp folders, monkeypatch or teardown) live
+in a ``conftest.py``: this one for every test, ``tests/study/conftest.py`` for the study's; plain functions and
+constants live in ``tests/helpers.py`` (and ``tests/study/helpers.py``), imported by name. A conftest is not
+imported by tests (pytest loads it; importing it again is what its documentation warns against).
+"""
 
 import os
 import tempfile
@@ -46,18 +55,3 @@ def tmpfs(tmp_path):
     for folder in mounted:
         unmount(folder)
 
-
-def shared_folder(tmp_path_factory, name: str, build) -> Path:
-    """A folder built once per test session by ``build(folder)``, even when xdist spreads the tests that read
-    it over its workers (a shared base folder and a file lock, as xdist's documentation does for session
-    fixtures). ``build`` runs once; a ``.built`` marker tells the other workers it finished."""
-    from filelock import FileLock
-
-    shared = tmp_path_factory.getbasetemp()  # under xdist, its parent is this session's, shared by workers
-    folder = (shared.parent if os.environ.get("PYTEST_XDIST_WORKER") else shared) / name
-    with FileLock(f"{folder}.lock"):
-        if not (folder / ".built").is_file():
-            folder.mkdir(exist_ok=True)
-            build(folder)
-            (folder / ".built").touch()
-    return folder

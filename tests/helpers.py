@@ -1,4 +1,10 @@
-"""Shared helpers for tests that run dyt-lab in-process or as a real subprocess."""
+"""Plain helpers shared by tests in more than one folder: paths, running dyt-lab, one-line errors, model builders.
+
+The convention (tests/conftest.py says it too): what a test calls with its own arguments is a plain function
+here, imported by name, so a reader can jump to it and a ``parametrize`` list or a module-scoped fixture can
+call it; what needs pytest's per-test machinery (tmp folders, monkeypatch, teardown) is a fixture in a
+``conftest.py``. Helpers that only one package's tests share live beside them (``tests/study/helpers.py``).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+RESNET_DIGITS = ROOT / "configs" / "experiments" / "resnet_bn_vs_dyt_digits.yaml"
 # Fast, quiet runs: tests read metrics from the trainer and the event files, not from the terminal.
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 
@@ -52,3 +61,65 @@ def last_line(text: str) -> str:
     """The last non-empty line of a process's output."""
     lines = [line for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else ""
+
+
+def cli_refusal(capsys, args: list[str]) -> tuple[str, str, str]:
+    """Run ``dyt-lab ARGS`` in this process; it must exit with code 2 and no traceback. Its last stderr line,
+    its stderr and its stdout."""
+    from dyt_lab.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 2, err
+    assert "Traceback" not in err, err
+    return last_line(err), err, out
+
+
+def one_line_error(call, *args, **kwargs) -> str:
+    """``call(*args, **kwargs)`` must raise a ConfigError whose message is one line; that message."""
+    from dyt_lab.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        call(*args, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def digits_resnet(preset: str = "resnet_tiny", seed: int | None = None, **kwargs):
+    """A ResNet for digits-shaped data (1 channel, 10 classes), built after ``torch.manual_seed(seed)`` if given."""
+    import torch
+
+    from dyt_lab.models import ResNet
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    return ResNet(preset, num_classes=10, in_channels=1, **kwargs)
+
+
+def digits_vit(seed: int | None = None, **kwargs):
+    """The digits ViT (``vit_digits``: 1 channel, 10 classes), built after ``torch.manual_seed(seed)`` if given."""
+    import torch
+
+    from dyt_lab.models import ViT
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    return ViT("vit_digits", num_classes=10, in_channels=1, **kwargs)
+
+
+def shared_folder(tmp_path_factory, name: str, build) -> Path:
+    """A folder built once per test session by ``build(folder)``, even when xdist spreads the tests that read
+    it over its workers (a shared base folder and a file lock, as xdist's documentation does for session
+    fixtures). ``build`` runs once; a ``.built`` marker tells the other workers it finished."""
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()  # under xdist, its parent is this session's, shared by workers
+    folder = (shared.parent if os.environ.get("PYTEST_XDIST_WORKER") else shared) / name
+    with FileLock(f"{folder}.lock"):
+        if not (folder / ".built").is_file():
+            folder.mkdir(exist_ok=True)
+            build(folder)
+            (folder / ".built").touch()
+    return folder

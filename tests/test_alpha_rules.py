@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import subprocess
@@ -17,22 +18,16 @@ from dyt_lab.models.alpha_rules import calibrate_alpha
 from dyt_lab.norms import DYT_FAMILY
 from dyt_lab.runs import run_lightning
 from dyt_lab.training import ResNetClassifier
-from tests.helpers import ROOT, fit_args
+from tests.helpers import RESNET_DIGITS, ROOT, digits_resnet, digits_vit, fit_args
 
-RESNET_DIGITS = ROOT / "configs" / "experiments" / "resnet_bn_vs_dyt_digits.yaml"
 # one site of each kind: BatchNorm (keeps buffers), scalar DyT, per-channel alpha, centered, erf
 MIXED_RESNET = {"stem": "batchnorm", "layer2.*.norm1": "dyt_channel_alpha", "layer2.0.downsample.norm": "derf",
                 "layer3.*.norm2": {"name": "dyt_centered", "alpha_init": 1.5}}
 
 
-def _resnet(preset: str = "resnet_tiny", **kw) -> ResNet:
-    torch.manual_seed(0)
-    return ResNet(preset, num_classes=10, in_channels=1, norm="dyt", alpha_init=0.7, **kw)
-
-
-def _vit(**kw) -> ViT:
-    torch.manual_seed(0)
-    return ViT("vit_digits", num_classes=10, in_channels=1, norm="dyt", **kw)
+# This file's models: DyT at every site (the ResNet at alpha0 0.7), built from seed 0.
+_resnet = functools.partial(digits_resnet, seed=0, norm="dyt", alpha_init=0.7)
+_vit = functools.partial(digits_vit, seed=0, norm="dyt")
 
 
 def _dyt(model) -> dict:

@@ -25,7 +25,7 @@ from dyt_lab.data import (
     stratified_split,
 )
 from dyt_lab.data.embedded import random_shift
-from dyt_lab.errors import ConfigError
+from tests.helpers import ROOT, one_line_error
 
 EMBEDDED = [(Digits, 8, (1437, 180, 180)), (MNIST5k, 28, (4000, 500, 500))]
 
@@ -36,14 +36,6 @@ def ready(cls: type[ImageDataModule]) -> ImageDataModule:
     data = cls()
     data.setup("fit")
     return data
-
-
-def one_line_error(call, *args) -> str:
-    with pytest.raises(ConfigError) as info:
-        call(*args)
-    message = str(info.value)
-    assert "\n" not in message
-    return message
 
 
 @pytest.mark.parametrize(("cls", "side", "sizes"), EMBEDDED)
@@ -290,7 +282,7 @@ def test_digits_trains_under_a_lightning_trainer():
 
 
 def test_data_layer_imports_nothing_above_it():
-    package = Path(__file__).parents[1] / "dyt_lab" / "data"
+    package = ROOT / "dyt_lab" / "data"
     for path in package.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module:

@@ -14,9 +14,8 @@ import torch
 
 from dyt_lab.data import FashionMNIST
 from dyt_lab.data.fashion_mnist import DEBIAN_DIR, TEST_FILES, TRAIN_FILES, find_files, read_idx
-from dyt_lab.errors import ConfigError
 from dyt_lab.runs import run_lightning
-from tests.helpers import ROOT
+from tests.helpers import ROOT, one_line_error
 
 EXPERIMENT = ROOT / "configs" / "experiments" / "bn_factors_fashion_mnist.yaml"
 
@@ -47,13 +46,6 @@ def pixels(dataset) -> np.ndarray:
     """A TensorDataset's normalized images back as uint8 (N, 28, 28)."""
     images = dataset.tensors[0][:, 0] * FashionMNIST.std[0] + FashionMNIST.mean[0]
     return (images * 255).round().to(torch.uint8).numpy()
-
-
-def one_line_error(call, *args, **kwargs) -> str:
-    with pytest.raises(ConfigError) as info:
-        call(*args, **kwargs)
-    assert "\n" not in str(info.value)
-    return str(info.value)
 
 
 def test_the_real_files_split_into_train_val_and_the_official_test_set():

@@ -17,8 +17,7 @@ from dyt_lab.cli import main
 from dyt_lab.predictions import PREDICTIONS_FILE
 from dyt_lab.study.attributes import HOLDOUT
 from dyt_lab.study.definition.claims import CLAIMS_FILE
-from tests.conftest import shared_folder
-from tests.helpers import ROOT, last_line, run_cli
+from tests.helpers import ROOT, last_line, run_cli, shared_folder
 
 BASE = str(ROOT / "configs" / "experiments" / "resnet_bn_vs_dyt_digits.yaml")
 TINY = {"trainer.max_epochs": 2, "trainer.limit_train_batches": 2, "trainer.limit_val_batches": 1,

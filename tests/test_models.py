@@ -10,6 +10,7 @@ from torch import nn
 from dyt_lab.errors import ConfigError
 from dyt_lab.models import ResNet, ViT, describe_placement, format_placement
 from dyt_lab.norms import NORMS, CenteredDyT, DyT, available_norms
+from tests.helpers import digits_resnet, digits_vit
 
 
 def _count(model: nn.Module) -> int:
@@ -45,16 +46,8 @@ def test_cifar_resnets_match_he_et_al(preset, millions):
     assert _count(ResNet(preset, num_classes=10)) / 1e6 == pytest.approx(millions, rel=0.03)
 
 
-def _vit(**kw):
-    return ViT("vit_digits", num_classes=10, in_channels=1, **kw)
-
-
-def _resnet(**kw):
-    return ResNet("resnet_tiny", num_classes=10, in_channels=1, **kw)
-
-
 @pytest.mark.parametrize("norm", available_norms())
-@pytest.mark.parametrize(("family", "layout"), [(_vit, "channels_last"), (_resnet, "channels_first")])
+@pytest.mark.parametrize(("family", "layout"), [(digits_vit, "channels_last"), (digits_resnet, "channels_first")])
 def test_forward_backward_with_every_norm(family, layout, norm):
     if layout not in NORMS[norm].layouts:
         with pytest.raises(ConfigError, match=f"norm '{norm}' does not support layout '{layout}'"):
@@ -71,7 +64,7 @@ def test_forward_backward_with_every_norm(family, layout, norm):
 
 
 def test_site_names():
-    vit = _vit()
+    vit = digits_vit()
     assert list(vit.norm_sites()) == [f"blocks.{i}.norm{k}" for i in range(4) for k in (1, 2)] + ["norm"]
     assert set(vit.norm_sites().values()) == {"channels_last"}
     resnet = ResNet("resnet18")
@@ -88,11 +81,11 @@ def _sites_with(model, cls):
 
 
 def test_vit_presets_select_expected_sites():
-    assert _sites_with(_vit(norm="dyt", placement="attn"), DyT) == [f"blocks.{i}.norm1" for i in range(4)]
-    assert _sites_with(_vit(norm="dyt", placement="mlp"), DyT) == [f"blocks.{i}.norm2" for i in range(4)]
-    assert _sites_with(_vit(norm="dyt", placement="final"), DyT) == ["norm"]
-    assert len(_sites_with(_vit(norm="dyt", placement=["attn", "final"]), DyT)) == 5
-    assert _sites_with(_vit(norm="dyt", placement="blocks.3.*"), DyT) == ["blocks.3.norm1", "blocks.3.norm2"]
+    assert _sites_with(digits_vit(norm="dyt", placement="attn"), DyT) == [f"blocks.{i}.norm1" for i in range(4)]
+    assert _sites_with(digits_vit(norm="dyt", placement="mlp"), DyT) == [f"blocks.{i}.norm2" for i in range(4)]
+    assert _sites_with(digits_vit(norm="dyt", placement="final"), DyT) == ["norm"]
+    assert len(_sites_with(digits_vit(norm="dyt", placement=["attn", "final"]), DyT)) == 5
+    assert _sites_with(digits_vit(norm="dyt", placement="blocks.3.*"), DyT) == ["blocks.3.norm1", "blocks.3.norm2"]
 
 
 def test_resnet_presets_select_expected_sites():
@@ -122,12 +115,12 @@ def test_mixed_model_has_exactly_the_norms_asked_for():
 
 
 def test_model_wide_alpha_init_applies_unless_the_spec_sets_one():
-    model = _vit(norm="dyt", base_norm={"name": "derf", "alpha_init": 2.0}, placement="attn", alpha_init=0.1)
+    model = digits_vit(norm="dyt", base_norm={"name": "derf", "alpha_init": 2.0}, placement="attn", alpha_init=0.1)
     table = describe_placement(model)
     assert table["blocks.0.norm1"] == "dyt(alpha_init=0.1)" and table["blocks.0.norm2"] == "derf(alpha_init=2)"
 
 
-@pytest.mark.parametrize("family", [_vit, _resnet])
+@pytest.mark.parametrize("family", [digits_vit, digits_resnet])
 def test_state_dict_round_trip(family):
     a = family(norm="dyt_channel_shift").eval()
     with torch.no_grad():
@@ -141,7 +134,7 @@ def test_state_dict_round_trip(family):
 
 @pytest.mark.parametrize("norm", ["batchnorm", "dyt_centered"])
 def test_batch_statistics_sites_differ_between_train_and_eval(norm):
-    model = _resnet(norm=norm)
+    model = digits_resnet(norm=norm)
     x = torch.randn(8, 1, 8, 8) * 3 + 2
     model.train()
     alone_train = model(x[:1])
@@ -157,32 +150,32 @@ def test_batch_statistics_sites_differ_between_train_and_eval(norm):
 def test_drop_path_and_zero_init_residual():
     vit = ViT("vit_digits", num_classes=10, in_channels=1, drop_path=0.2)
     assert vit.blocks[0].drop_path.p == 0.0 and vit.blocks[-1].drop_path.p == pytest.approx(0.2)
-    resnet = _resnet(norm="dyt", zero_init_residual=True)
+    resnet = digits_resnet(norm="dyt", zero_init_residual=True)
     assert torch.all(resnet.layer1[0].norm2.weight == 0) and torch.all(resnet.layer1[0].norm1.weight == 1)
 
 
 def test_cls_token_and_avg_pool():
-    assert _vit(pool="cls").pos_embed.shape == (1, 17, 64)
-    assert _vit(pool="avg").pos_embed.shape == (1, 16, 64) and _vit().cls_token is None
+    assert digits_vit(pool="cls").pos_embed.shape == (1, 17, 64)
+    assert digits_vit(pool="avg").pos_embed.shape == (1, 16, 64) and digits_vit().cls_token is None
 
 
 @pytest.mark.parametrize(
     ("build", "message"),
     [
-        (lambda: _vit(norm="dyt", rules=[{"blocks.9.*": "layernorm"}]),
+        (lambda: digits_vit(norm="dyt", rules=[{"blocks.9.*": "layernorm"}]),
          "--model.rules 'blocks.9.*': neither a preset of this ViT nor a pattern matching a site; its presets: all, attn"),
-        (lambda: _vit(norm="dyt", placement="attention"), "placement 'attention' is neither a ViT preset"),
+        (lambda: digits_vit(norm="dyt", placement="attention"), "placement 'attention' is neither a ViT preset"),
         (lambda: ResNet("resnet20", placement="stage4"), "placement 'stage4' is neither a ResNet preset"),
         (lambda: ViT("vit_huge"), "unknown ViT preset 'vit_huge'; valid presets: vit_b_16, vit_l_16"),
         (lambda: ResNet("resnet101"), "unknown ResNet preset 'resnet101'; valid presets: resnet18"),
         (lambda: ViT("vit_b_16", image_size=28), "ViT patch_size 16 does not divide image_size 28; "
                                                   "valid patch sizes: 1, 2, 4, 7, 14, 28"),
-        (lambda: _vit(depth=0), "ViT depth must be a positive integer, got 0"),
-        (lambda: _vit(dim=100, heads=3), "ViT dim 100 is not divisible by heads 3"),
-        (lambda: _resnet(layers=[1, 1], widths=[8, 16, 32]), "must be lists of the same length"),
-        (lambda: _resnet(widths=[16, -2, 8]), "ResNet widths[1] must be a positive integer, got -2"),
-        (lambda: _vit(norm="dty"), "unknown norm 'dty' (did you mean 'dyt'?)"),
-        (lambda: _resnet(rules=["stem"]), "a placement rule is a one-key mapping {pattern: norm}"),
+        (lambda: digits_vit(depth=0), "ViT depth must be a positive integer, got 0"),
+        (lambda: digits_vit(dim=100, heads=3), "ViT dim 100 is not divisible by heads 3"),
+        (lambda: digits_resnet(layers=[1, 1], widths=[8, 16, 32]), "must be lists of the same length"),
+        (lambda: digits_resnet(widths=[16, -2, 8]), "ResNet widths[1] must be a positive integer, got -2"),
+        (lambda: digits_vit(norm="dty"), "unknown norm 'dty' (did you mean 'dyt'?)"),
+        (lambda: digits_resnet(rules=["stem"]), "a placement rule is a one-key mapping {pattern: norm}"),
     ],
 )
 def test_bad_model_arguments_get_one_clear_line(build, message):

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
-from dyt_lab.models import PlacementError, ResNet, ViT, describe_placement
+from dyt_lab.models import PlacementError, ViT, describe_placement
 from dyt_lab.models.placement import rule_pairs
 from dyt_lab.runs import load_run
-from tests.helpers import ROOT
+from tests.helpers import RESNET_DIGITS, digits_resnet
 
-RESNET_DIGITS = ROOT / "configs" / "experiments" / "resnet_bn_vs_dyt_digits.yaml"
-
-
-def _resnet(**kw) -> ResNet:
-    torch.manual_seed(0)
-    return ResNet("resnet_tiny", num_classes=10, in_channels=1, norm="batchnorm", **kw)
+# This file's model: BatchNorm wherever no rule says otherwise, built from seed 0.
+_resnet = functools.partial(digits_resnet, seed=0, norm="batchnorm")
 
 
 def test_rule_pairs_keep_the_order_written():
