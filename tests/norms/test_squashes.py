@@ -4,14 +4,13 @@ the study file that runs them all in a ResNet."""
 
 import math
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
 
 from dyt_lab.norms import NormError, PointwiseNorm, build_norm, choices_of, functional, fused
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 NAMES = list(functional.SQUASHES)
 
 

@@ -1,6 +1,6 @@
 """The fused DyT kernels against the reference formula: values, every gradient, memory, fallbacks.
 
-tests/test_norms.py already checks each layer class against its formula and gradchecks it with
+tests/norms/test_norm_layers.py already checks each layer class against its formula and gradchecks it with
 fused=True/False; here the subject is the kernel path itself: every (squash x alpha x shift x
 layout) combination through ``dynamic_squash``, dtypes, layouts, compile, autocast and fallbacks.
 """
