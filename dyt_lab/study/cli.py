@@ -120,7 +120,8 @@ def main(argv: list[str]) -> None:
         import yaml
 
         from dyt_lab.study.definition.claims import CLAIMS_FILE
-        from dyt_lab.study.definition.study_file import DEFAULT_MARGIN, SPEC_FILE
+        from dyt_lab.study.definition.margin import report_margin
+        from dyt_lab.study.definition.study_file import SPEC_FILE
         from dyt_lab.study.report.report import report
 
         args = _parse("report", "Report a study: trials table, best trial, importances, plots.", rest, **REPORT_OPTIONS)
@@ -136,7 +137,7 @@ def main(argv: list[str]) -> None:
         elif arms:  # a study tuned arm by arm: budgets, bests, edges
             from dyt_lab.study.report.arms import arms_report
 
-            arms_report(args.name, list(arms), root=args.root, margin=args.margin or DEFAULT_MARGIN)
+            arms_report(args.name, list(arms), root=args.root, margin=report_margin({}, args.margin))
         else:
             report(args.name, root=args.root, storage=args.storage, margin=args.margin)
     elif command == "confirm":

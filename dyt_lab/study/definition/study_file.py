@@ -33,6 +33,11 @@ TRIALS = "trials"  # the study folder's folder of trial runs: TensorBoard's logd
 CONFIRM_SUFFIX = ".confirm"  # NAME.confirm: the study `dyt-lab study confirm NAME` runs, beside NAME
 
 
+def confirmation_name(name: str, tag: str | None = None) -> str:
+    """The study ``dyt-lab study confirm NAME [--tag TAG]`` runs: ``NAME.confirm`` or ``NAME.confirm.TAG``."""
+    return f"{name}{CONFIRM_SUFFIX}" + (f".{tag}" if tag else "")
+
+
 class Overrides(dict):
     """The type of ``base.overrides``: a mapping kept as written, so a ``class_path`` in it stays data."""
 

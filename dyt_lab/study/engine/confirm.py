@@ -36,12 +36,12 @@ from dyt_lab.study.definition.design import factor_levels, trial_levels
 from dyt_lab.study.definition.space import SearchSpace
 from dyt_lab.study.definition.storage import find_storage, load_existing
 from dyt_lab.study.definition.study_file import (
-    CONFIRM_SUFFIX,
     NAME_PATTERN,
     SPEC_FILE,
     Pruner,
     Sampler,
     StudySpec,
+    confirmation_name,
     load_spec,
 )
 from dyt_lab.study.engine.replicates import configuration_key
@@ -158,7 +158,7 @@ def confirm_spec(parent: StudySpec, seeds: list[int], n_configurations: int, wor
     Every trial is queued with fixed values, so the sampler never chooses one (random is the cheapest that
     honours them); no pruning, since a confirmation measures each configuration to its end.
     """
-    name = f"{parent.study_name}{CONFIRM_SUFFIX}" + (f".{tag}" if tag else "")
+    name = confirmation_name(parent.study_name, tag)
     return replace(parent, study_name=name, seeds=seeds, n_trials=n_configurations,
                    sampler=Sampler(name="random", seed=0), pruner=Pruner(name="none"), gap_from=None,
                    timeout=None, workers=workers or parent.workers)

@@ -65,7 +65,7 @@ def confirm_until_decided(name: str, top: int | None, max_seeds: int | None, bat
     """Run ``NAME.confirm`` look by look (seeds first_seed, first_seed + 1, ...) until every comparison is decided."""
     from dyt_lab.study.definition.space import saved_space
     from dyt_lab.study.definition.storage import find_storage, load_existing
-    from dyt_lab.study.definition.study_file import CONFIRM_SUFFIX, SPEC_FILE, load_spec
+    from dyt_lab.study.definition.study_file import SPEC_FILE, confirmation_name, load_spec
     from dyt_lab.study.engine.confirm import confirm
     from dyt_lab.study.report.confirmation import confirmation_verdicts
     from dyt_lab.study.report.seed_runs import seed_run_table
@@ -79,7 +79,7 @@ def confirm_until_decided(name: str, top: int | None, max_seeds: int | None, bat
         confirm(name, top, f"{first_seed}..{first_seed + n_seeds - 1}", root=root, storage=storage,
                 extend=index > 0, **options)
         search = load_existing(name, find_storage(name, root, storage))
-        confirmation = f"{name}{CONFIRM_SUFFIX}" + (f".{options['tag']}" if options.get("tag") else "")
+        confirmation = confirmation_name(name, options.get("tag"))
         study = load_existing(confirmation, find_storage(confirmation, root, storage))
         space = saved_space(Path(root) / name)
         table, scale = confirmation_verdicts(study, space, seed_run_table(search, space),

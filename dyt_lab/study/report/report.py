@@ -29,7 +29,7 @@ from dyt_lab.study.attributes import (
 from dyt_lab.study.definition.margin import report_margin
 from dyt_lab.study.definition.space import saved_space
 from dyt_lab.study.definition.storage import find_storage, load_existing, retried_trial_number, retry_history
-from dyt_lab.study.definition.study_file import CONFIRM_SUFFIX, TRIALS
+from dyt_lab.study.definition.study_file import TRIALS, confirmation_name
 from dyt_lab.study.report.comparison import replicated_sections
 from dyt_lab.study.report.confirmation import confirmed_section
 from dyt_lab.study.report.markdown import markdown_table
@@ -112,7 +112,7 @@ def how_to_open(name: str, url: str, folder: Path) -> list[str]:
 
 def linked_confirm(name: str, root: str, storage: str | None) -> optuna.Study | None:
     """The confirm study ``NAME.confirm`` (``dyt-lab study confirm``), if one was started."""
-    confirm_name = f"{name}{CONFIRM_SUFFIX}"
+    confirm_name = confirmation_name(name)
     try:
         return load_existing(confirm_name, find_storage(confirm_name, root, storage))
     except ConfigError:
