@@ -57,6 +57,8 @@ class NoLitLoggerTip(logging.Filter):
     """Drop Lightning's tip to install litlogger, which it logs for every Trainer without a LitLogger.
 
     A run here logs to TensorBoard on purpose; the tip is one more line before every fit and every trial.
+    Lightning (2.6) has no setting for it (pytorch-lightning issue #21294 asks for one), so the public
+    handle is Python's logging: a filter on the logger it writes to drops that one line and nothing else.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
