@@ -26,9 +26,8 @@ from dyt_lab.runs import run_lightning
 from dyt_lab.training import ResNetClassifier
 from dyt_lab.training.checkpoints import conflicting_hyperparameters
 from dyt_lab.training.clipping import AdaptiveGradientClipping
-from tests.helpers import ROOT, fit_args, last_line
+from tests.helpers import RESNET_DIGITS, ROOT, fit_args, last_line
 
-RESNET_DIGITS = ROOT / "configs" / "experiments" / "resnet_bn_vs_dyt_digits.yaml"
 TINY = ["--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"]
 
 
