@@ -1,4 +1,4 @@
-"""A callback for tests/test_multinode.py: each rank writes what it ended with, in a file named by its global rank.
+"""A callback for tests/training/test_multinode.py: each rank writes what it ended with, in a file named by its global rank.
 
 Passed to a real ``dyt-lab fit`` as ``--trainer.callbacks+=tests.multinode_probe.RankRecord
 --trainer.callbacks.out_dir=DIR`` (the subprocess needs the repository root on PYTHONPATH).

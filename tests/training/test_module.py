@@ -11,9 +11,8 @@ from dyt_lab.cli import main
 from dyt_lab.runs import run_lightning
 from dyt_lab.training import ResNetClassifier, ViTClassifier
 from dyt_lab.training.callbacks import DIVERGED_MARKER
-from tests.helpers import ROOT, fit_args
+from tests.helpers import RESNET_DIGITS, ROOT, fit_args
 
-RESNET_DIGITS = ROOT / "configs" / "experiments" / "resnet_bn_vs_dyt_digits.yaml"
 TESTBED = ROOT / "configs" / "experiments" / "bn_factors_mnist5k.yaml"
 
 
@@ -96,7 +95,7 @@ class StopAfterEpoch(Callback):
 def test_resume_from_last_ends_like_an_uninterrupted_run(tmp_path):
     args = ["--trainer.max_epochs=4", "--trainer.enable_checkpointing=true"]
     whole = run_lightning(fit_args(tmp_path / "whole", *args))
-    cut = run_lightning(fit_args(tmp_path / "cut", *args, "--trainer.callbacks+=tests.test_training.StopAfterEpoch",
+    cut = run_lightning(fit_args(tmp_path / "cut", *args, "--trainer.callbacks+=tests.training.test_module.StopAfterEpoch",
                                  "--trainer.callbacks.epoch=2"))
     assert cut.trainer.current_epoch == 2
     last = torch.load(tmp_path / "cut" / "quickstart" / "version_0" / "checkpoints" / "last.ckpt", weights_only=False)
@@ -249,8 +248,8 @@ def test_the_testbeds_fast_path_trains_as_the_path_the_first_studies_ran(tmp_pat
         cli = run_lightning(fit_args(tmp_path / memory_format, f"--model.norm={{name: factored, {point}, fused: {fused}}}",
                                      f"--model.memory_format={memory_format}", "--trainer.max_epochs=1",
                                      "--trainer.limit_train_batches=12", "--trainer.limit_val_batches=1",
-                                     "--trainer.callbacks+=tests.test_training.StepLosses", config=TESTBED))
-        losses[memory_format] = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "StepLosses").losses  # tests.test_training
+                                     "--trainer.callbacks+=tests.training.test_module.StepLosses", config=TESTBED))
+        losses[memory_format] = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "StepLosses").losses  # tests.training.test_module
     assert len(losses["contiguous"]) == 12
     assert losses["channels_last"] == pytest.approx(losses["contiguous"], rel=2e-3)
 

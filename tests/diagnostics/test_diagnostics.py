@@ -20,9 +20,8 @@ from dyt_lab.diagnostics.sites import spread_out
 from dyt_lab.models import ResNet, ViT, sites_of
 from dyt_lab.norms import CenteredDyT, DyT, ShiftedDyT
 from dyt_lab.runs import run_lightning
-from tests.helpers import QUICKSTART, ROOT, fit_args
+from tests.helpers import QUICKSTART, RESNET_DIGITS, fit_args
 
-RESNET_DIGITS = ROOT / "configs" / "experiments" / "resnet_bn_vs_dyt_digits.yaml"
 BLANK = 0.005  # pixel variance (values in [0, 1]) below which a PNG counts as blank; a white one has 0
 SHORT = ["--trainer.max_epochs=2", "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=1"]
 
@@ -137,7 +136,7 @@ trainer:
   callbacks:
     - class_path: dyt_lab.diagnostics.NormDiagnostics
       init_args: {alpha_every_n_steps: 2, stats_every_n_epochs: 1, curves_every_n_epochs: 2, max_points: 300}
-    - class_path: tests.test_diagnostics.HookSpy
+    - class_path: tests.diagnostics.test_diagnostics.HookSpy
 """, "--model.norm=dyt_channel_alpha", "--model.placement=attn")
     spy = next(c for c in cli.trainer.callbacks if type(c).__name__ == "HookSpy")  # imported by class path
     assert spy.steps == 8 and spy.hooked == []  # no hook during any training step

@@ -135,7 +135,7 @@ def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(tmp_
     handler = signal.getsignal(signal.SIGINT)  # Lightning ignores Ctrl-C while it shuts down
     try:
         with pytest.raises(SystemExit) as exit_info:
-            main(fit_args(tmp_path, "--trainer.callbacks+=tests.test_run_faults.InterruptFirstStep"))
+            main(fit_args(tmp_path, "--trainer.callbacks+=tests.training.test_run_faults.InterruptFirstStep"))
     finally:
         signal.signal(signal.SIGINT, handler)
     line = last_line(capsys.readouterr().err)

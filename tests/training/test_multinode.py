@@ -19,14 +19,14 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import fit_args, free_port
+from tests.helpers import ROOT, fit_args, free_port
 
 TRAIN_BATCHES = 3
 
 
 def _env(cwd: Path) -> dict[str, str]:
     """The user's environment, one thread per process, the repository importable, no launcher's variables."""
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(ROOT)
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("SLURM_", "TORCHELASTIC_", "PMI_", "OMPI_"))
            and k not in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "WORLD_SIZE", "RANK", "LOCAL_RANK",

@@ -1,0 +1,1 @@
+"""Tests of dyt_lab/diagnostics/: hooks, statistics, callbacks and the probe."""
