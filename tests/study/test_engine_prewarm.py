@@ -126,7 +126,7 @@ def test_a_trial_of_a_warmed_fork_server_builds_what_a_cold_process_builds(tmp_p
     base, trials = trial_args(tmp_path)
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     for mode in ("warm", "cold"):
-        code = f"from tests.test_engine_prewarm import forked_trials; forked_trials({mode!r}, {base!r}, {trials!r}, " \
+        code = f"from tests.study.test_engine_prewarm import forked_trials; forked_trials({mode!r}, {base!r}, {trials!r}, " \
                f"{str(tmp_path)!r})"
         done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=300)

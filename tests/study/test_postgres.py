@@ -24,8 +24,8 @@ from dyt_lab.study.engine.liveness import pid_alive
 from dyt_lab.study.engine.objective import trial_dir_name
 from dyt_lab.study.trial.protocol import RESULT_FILE
 from tests.helpers import free_port, last_line
-from tests.postgres_server import PostgresServer, ServerUnavailable
-from tests.test_study import BASE, TINY, counted, write_study
+from tests.study.postgres_server import PostgresServer, ServerUnavailable
+from tests.study.test_engine_runs import BASE, TINY, counted, write_study
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ from dyt_lab.study.engine.objective import (
 from dyt_lab.study.engine.replicates import configuration_key
 from dyt_lab.training.records import HPARAM_FIRST, HPARAM_METRICS, experiment_summary, one_column_each
 from tests.helpers import fit_args, run_cli
-from tests.test_study import BASE, TINY, load, pruned_study, write_study  # noqa: F401  (pruned_study: a fixture)
+from tests.study.test_engine_runs import BASE, TINY, load, pruned_study, write_study  # noqa: F401  (pruned_study: a fixture)
 
 
 def served(logdir):
