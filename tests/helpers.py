@@ -123,3 +123,28 @@ def shared_folder(tmp_path_factory, name: str, build) -> Path:
             build(folder)
             (folder / ".built").touch()
     return folder
+
+
+def served(logdir):
+    """What TensorBoard's hparams backend serves for ``logdir``: the experiment and the session groups."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import api_pb2, backend_context, get_experiment, list_session_groups
+
+    multiplexer = plugin_event_multiplexer.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(logdir))
+    multiplexer.Reload()
+    provider = data_provider.MultiplexerDataProvider(multiplexer, str(logdir))
+    backend = backend_context.Context(base_plugin.TBContext(data_provider=provider, logdir=str(logdir)))
+    request = context.RequestContext()
+    experiment = get_experiment.Handler(request, backend, "", api_pb2.GetExperimentRequest(hparams_limit=1000)).run()
+    query = api_pb2.ListSessionGroupsRequest(start_index=0, slice_size=100, allowed_statuses=list(range(4)))
+    groups = list_session_groups.Handler(request, backend, "", query).run().session_groups
+    return experiment, groups
+
+
+def ticked(experiment) -> list[str]:
+    """The columns the HParams tab ticks: the first five, differing ones first (its stable sort)."""
+    infos = sorted(experiment.hparam_infos, key=lambda info: not info.differs)
+    return [info.name for info in infos[:5]]

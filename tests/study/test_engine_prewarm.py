@@ -19,9 +19,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import ROOT
+from tests.helpers import RESNET_DIGITS, ROOT
 
-BASE = str(ROOT / "configs" / "experiments" / "resnet_bn_vs_dyt_digits.yaml")
+# Not tests.study.helpers' BASE: the process that forks the trials imports this module, and the study's helpers
+# would import dyt_lab.cli (and Lightning) into it before the fork server's own warm-up.
+BASE = str(RESNET_DIGITS)
+
 ONE_BATCH = {"trainer.max_epochs": 1, "trainer.limit_train_batches": 1, "trainer.limit_val_batches": 1,
              "trainer.limit_test_batches": 1, "trainer.enable_model_summary": False}
 SGD = {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.05, "momentum": 0.9}}

@@ -1,52 +1,22 @@
-"""TensorBoard's HParams tab shows what varied: read back through TensorBoard's own hparams backend.
+"""TensorBoard's HParams tab shows what a study varied: its trials' folder names, its searched keys and seed,
+each trial's state and the trial it retries (``engine/objective.py``), read back through TensorBoard's own
+hparams backend (``served`` in tests/helpers.py; a single fit's tab: tests/training/test_records.py).
 
-The backend takes the experiment summary of the first run it reads, sorts its columns by
-``differs`` and then by name, and the tab ticks the first five; these tests ask the backend what
-it would serve for a tiny study's ``trials/`` folder and for a single fit's ``runs/`` folder.
+The backend takes the experiment summary of the first run it reads, sorts its columns by ``differs`` and then
+by name, and the tab ticks the first five; these tests ask the backend what it would serve for a tiny study's
+``trials/`` folder.
 """
 
 from __future__ import annotations
 
 import pytest
-import yaml
 
 from dyt_lab.study.attributes import CONFIGURATION
 from dyt_lab.study.definition.space import SearchSpace, choice_label, saved_space
-from dyt_lab.study.engine.objective import (
-    TRIAL_NAME_LIMIT,
-    retried_trial,
-    trial_dir_name,
-    trial_row,
-)
+from dyt_lab.study.engine.objective import TRIAL_NAME_LIMIT, retried_trial, trial_dir_name, trial_row
 from dyt_lab.study.engine.replicates import configuration_key
-from dyt_lab.training.records import HPARAM_FIRST, HPARAM_METRICS, experiment_summary, one_column_each
-from tests.helpers import fit_args, run_cli
-from tests.study.test_engine_runs import BASE, TINY, load, pruned_study, write_study  # noqa: F401  (pruned_study: a fixture)
-
-
-def served(logdir):
-    """What TensorBoard's hparams backend serves for ``logdir``: the experiment and the session groups."""
-    from tensorboard import context
-    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
-    from tensorboard.plugins import base_plugin
-    from tensorboard.plugins.hparams import api_pb2, backend_context, get_experiment, list_session_groups
-
-    multiplexer = plugin_event_multiplexer.EventMultiplexer()
-    multiplexer.AddRunsFromDirectory(str(logdir))
-    multiplexer.Reload()
-    provider = data_provider.MultiplexerDataProvider(multiplexer, str(logdir))
-    backend = backend_context.Context(base_plugin.TBContext(data_provider=provider, logdir=str(logdir)))
-    request = context.RequestContext()
-    experiment = get_experiment.Handler(request, backend, "", api_pb2.GetExperimentRequest(hparams_limit=1000)).run()
-    query = api_pb2.ListSessionGroupsRequest(start_index=0, slice_size=100, allowed_statuses=list(range(4)))
-    groups = list_session_groups.Handler(request, backend, "", query).run().session_groups
-    return experiment, groups
-
-
-def ticked(experiment) -> list[str]:
-    """The columns the HParams tab ticks: the first five, differing ones first (its stable sort)."""
-    infos = sorted(experiment.hparam_infos, key=lambda info: not info.differs)
-    return [info.name for info in infos[:5]]
+from tests.helpers import run_cli, served, ticked
+from tests.study.helpers import BASE, TINY, load, write_study
 
 
 def named(number: int, values: dict, seed: int | None = None, fixed: tuple = ()) -> str:
@@ -77,22 +47,6 @@ def test_trial_names_show_the_searched_values_that_vary_and_the_seed_short_and_s
         == "trial_0001-data.norm=a_b_c-model.norm=dyt-placement=stage1+stage2"
     long = named(2, {"model.rules": "x" * 300}, seed=4)
     assert len(long) == TRIAL_NAME_LIMIT and long.startswith("trial_0002-rules=xxx") and long.endswith("-seed=4")
-
-
-def test_the_experiment_summary_marks_varied_keys_and_their_options_first():
-    from tensorboard.plugins.hparams import metadata
-
-    hparams = {"model.norm.center": "batch", "model.norm.scale": "alpha", "data.batch_size": 64,
-               "model.optimizer.lr": 0.002, "model.normalize": True, "seed_everything": 1}
-    summary = experiment_summary(hparams, ["model.norm", "model.optimizer.init_args.lr", "seed_everything"],
-                                 ["val/acc", "test/acc"])
-    (value,) = summary.value
-    assert value.tag == metadata.EXPERIMENT_TAG
-    experiment = metadata.parse_experiment_plugin_data(value.metadata.plugin_data.content)
-    names = [(info.name, info.differs) for info in experiment.hparam_infos]
-    assert names == [("model.norm.center", True), ("model.norm.scale", True), ("model.optimizer.lr", True),
-                     ("seed_everything", True), ("data.batch_size", False), ("model.normalize", False)]
-    assert [m.name.tag for m in experiment.metric_infos] == ["val/acc", "test/acc"]
 
 
 @pytest.mark.slow
@@ -127,42 +81,6 @@ def test_a_studys_tensorboard_ticks_its_searched_keys_and_seed_and_names_runs_by
     assert [group.hparams["trial.state"].string_value for group in groups] == ["complete", "complete"]
 
 
-@pytest.mark.slow
-def test_a_single_fits_tensorboard_ticks_its_real_arguments(tmp_path, capsys):
-    from dyt_lab.runs import run_lightning
-
-    run_lightning(fit_args(tmp_path / "runs", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
-                           "--trainer.limit_val_batches=1", "--model.norm=dyt", config=BASE))
-    assert "after 1 epoch.\n" in capsys.readouterr().err  # not "1 epochs"
-    experiment, (group,) = served(tmp_path / "runs")
-    assert ticked(experiment) == sorted(HPARAM_FIRST)  # the tab sorts the differing columns by name
-    assert [info.name for info in experiment.hparam_infos if info.differs] == sorted(HPARAM_FIRST)
-    assert [m.name.tag for m in experiment.metric_infos] == list(HPARAM_METRICS)
-    assert group.name == "resnet_bn_vs_dyt_digits/version_0" and group.hparams["model.norm"].string_value == "dyt"
-    config = yaml.safe_load((tmp_path / "runs" / group.name / "hparams.yaml").read_text())
-    assert config["model.alpha_init"] == group.hparams["model.alpha_init"].number_value
-
-
-def test_a_plain_runs_norm_mapping_is_one_column_so_its_five_real_arguments_stay_ticked():
-    hparams = {"model.norm.name": "factored", "model.norm.center": "none", "model.norm.scale": "alpha",
-               "model.placement": "all", "model.alpha_init": 0.5, "data.batch_size": 64}
-    assert one_column_each(hparams, HPARAM_FIRST) == {
-        "model.norm": "factored(center=none, scale=alpha)", "model.placement": "all", "model.alpha_init": 0.5,
-        "data.batch_size": 64}
-    assert one_column_each({"model.rules.stem": "dyt", "x": 1}, ["model.rules"]) == {"model.rules": "stem=dyt", "x": 1}
-
-
-@pytest.mark.slow
-def test_a_single_fit_with_a_norm_mapping_ticks_the_same_five_arguments(tmp_path):
-    from dyt_lab.runs import run_lightning
-
-    run_lightning(fit_args(tmp_path / "runs", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
-                           "--trainer.limit_val_batches=1", "--model.norm={name: dyt, alpha_init: 2.0}", config=BASE))
-    experiment, (group,) = served(tmp_path / "runs")
-    assert ticked(experiment) == sorted(HPARAM_FIRST)
-    assert group.hparams["model.norm"].string_value == "dyt(alpha_init=2.0)"
-
-
 def test_a_trials_row_carries_its_state_and_the_trial_it_retries(tmp_path):
     """The row the worker writes when a trial ends: the fit's hparams.yaml, or the searched values if the
     fit ended before it wrote one; its state; and, for a retry, its parent (the last of Optuna's retry
@@ -192,7 +110,7 @@ def test_a_trials_row_carries_its_state_and_the_trial_it_retries(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_studys_rows_show_how_each_trial_ended_and_its_dashboard_names_the_metric(pruned_study):  # noqa: F811
+def test_a_studys_rows_show_how_each_trial_ended_and_its_dashboard_names_the_metric(pruned_study):
     """Completed, pruned and diverged trials of one study, read back from their event files; the study
     names its objective's metric and each trial its configuration, for optuna-dashboard."""
     folder, stdout = pruned_study

@@ -17,11 +17,9 @@ from dyt_lab.cli import main
 from dyt_lab.predictions import PREDICTIONS_FILE
 from dyt_lab.study.attributes import HOLDOUT
 from dyt_lab.study.definition.claims import CLAIMS_FILE
-from tests.helpers import ROOT, last_line, run_cli, shared_folder
+from tests.helpers import last_line, run_cli, shared_folder
+from tests.study.helpers import BASE, TINY
 
-BASE = str(ROOT / "configs" / "experiments" / "resnet_bn_vs_dyt_digits.yaml")
-TINY = {"trainer.max_epochs": 2, "trainer.limit_train_batches": 2, "trainer.limit_val_batches": 1,
-        "trainer.enable_model_summary": False}
 CLAIMS = {"name": "ho", "family": ["fam"], "selection": "both arms at the family's settings",
           "base": {"configs": [BASE], "overrides": TINY},
           # keys that only go together (alpha_rule data needs a DyT norm): each arm is checked whole, not key by key

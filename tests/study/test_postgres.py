@@ -18,14 +18,13 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from dyt_lab.cli import main
 from dyt_lab.study.definition.space import saved_space
 from dyt_lab.study.engine.liveness import pid_alive
 from dyt_lab.study.engine.objective import trial_dir_name
 from dyt_lab.study.trial.protocol import RESULT_FILE
-from tests.helpers import free_port, last_line
+from tests.helpers import cli_refusal, free_port
+from tests.study.helpers import BASE, TINY, counted, write_study
 from tests.study.postgres_server import PostgresServer, ServerUnavailable
-from tests.study.test_engine_runs import BASE, TINY, counted, write_study
 
 
 @pytest.fixture(scope="session")
@@ -39,20 +38,10 @@ def postgres():
     server.stop()
 
 
-def one_line_error(capsys, *args: str) -> str:
-    """Run the CLI, expect exit code 2, and return its one ``error:`` line."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return last_line(err)
-
-
 def test_a_missing_driver_says_what_to_install(capsys, monkeypatch):
     for module in ("psycopg", "psycopg2"):  # None in sys.modules: `import psycopg` fails as if not installed
         monkeypatch.setitem(sys.modules, module, None)
-    line = one_line_error(capsys, "study", "report", "s", "--storage", "postgresql://u:secret@127.0.0.1:1/db")
+    line = cli_refusal(capsys, ["study", "report", "s", "--storage", "postgresql://u:secret@127.0.0.1:1/db"])[0]
     assert line.startswith("error: storage 'postgresql://u:***@127.0.0.1:1/db' cannot be opened: its database "
                            "driver 'psycopg")  # psycopg (SQLAlchemy >= 2.1) or psycopg2 (older)
     assert line.endswith("is not installed: pip install -e '.[postgres]'") and "secret" not in line
@@ -60,16 +49,16 @@ def test_a_missing_driver_says_what_to_install(capsys, monkeypatch):
 
 def test_an_unreachable_server_is_one_line_with_the_password_masked(capsys):
     url = f"postgresql://u:secret@127.0.0.1:{free_port()}/db"  # a free port: nothing listens there
-    line = one_line_error(capsys, "study", "report", "s", "--storage", url)
+    line = cli_refusal(capsys, ["study", "report", "s", "--storage", url])[0]
     assert line.startswith(f"error: storage '{url.replace('secret', '***')}' cannot be opened: ")
     assert "Connection refused" in line and "secret" not in line
 
 
 def test_a_wrong_password_or_study_name_is_one_line_with_the_password_masked(postgres, capsys):
-    line = one_line_error(capsys, "study", "report", "s", "--storage", postgres.url(password="wrong-pw"))
+    line = cli_refusal(capsys, ["study", "report", "s", "--storage", postgres.url(password="wrong-pw")])[0]
     assert line.startswith(f"error: storage '{postgres.url(password='***')}' cannot be opened: ")
     assert "password authentication failed" in line and "wrong-pw" not in line
-    line = one_line_error(capsys, "study", "report", "nosuch", "--storage", postgres.url())
+    line = cli_refusal(capsys, ["study", "report", "nosuch", "--storage", postgres.url()])[0]
     assert line.startswith(f"error: no study 'nosuch' in storage '{postgres.url(password='***')}'; it holds: ")
     assert postgres.url() not in line
 
@@ -109,7 +98,8 @@ def wait_for(what: str, condition, procs: list[subprocess.Popen], logs: list[Pat
         time.sleep(0.2)
 
 
-def trials_of(name: str, url: str) -> list:
+def trials_so_far(name: str, url: str) -> list:
+    """The study's trials so far: none while no machine has created it yet."""
     try:
         return optuna.load_study(study_name=name, storage=url).trials
     except KeyError:  # the study is not created yet
@@ -147,7 +137,7 @@ def test_two_machines_on_postgres_kill_9_one_and_rerun_it(postgres, tmp_path):
         of_a = lambda t: t.user_attrs.get("worker", "").endswith(f":{a.pid}")  # noqa: E731  (tags are host:pid)
 
         def a_mid_trial() -> bool:  # machine B has started a trial, and machine A's has finished an epoch
-            now = trials_of(name, url)
+            now = trials_so_far(name, url)
             return any(not of_a(t) for t in now if "worker" in t.user_attrs) and any(
                 of_a(t) and t.state == TrialState.RUNNING and (Path(t.user_attrs["run_dir"]) / RESULT_FILE).is_file()
                 for t in now if "run_dir" in t.user_attrs)
@@ -160,7 +150,7 @@ def test_two_machines_on_postgres_kill_9_one_and_rerun_it(postgres, tmp_path):
             if not a_mid_trial():
                 return False
             os.killpg(a.pid, signal.SIGSTOP)
-            frozen[:] = [t for t in trials_of(name, url) if of_a(t) and t.state == TrialState.RUNNING]
+            frozen[:] = [t for t in trials_so_far(name, url) if of_a(t) and t.state == TrialState.RUNNING]
             if not frozen:
                 os.killpg(a.pid, signal.SIGCONT)
             return bool(frozen)
