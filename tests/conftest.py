@@ -1,12 +1,16 @@
 """Shared test set-up: quiet, deterministic, and nothing written outside tmp folders.
 
-tests/ mirrors the package: the tests of ``dyt_lab/norms/`` are in ``tests/norms/``, of ``dyt_lab/study/`` in
-``tests/study/`` (``test_definition.py``, ``test_engine_*.py``, ``test_report_*.py``, ...), and the tests of the
-top-level modules and of what crosses them (the layers, the CLI, the bad-input table, the shipped configs) here.
-The convention for what tests share: fixtures (they need pytest's tmp folders, monkeypatch or teardown) live
-in a ``conftest.py``: this one for every test, ``tests/study/conftest.py`` for the study's; plain functions and
-constants live in ``tests/helpers.py`` (and ``tests/study/helpers.py``), imported by name. A conftest is not
-imported by tests (pytest loads it; importing it again is what its documentation warns against).
+tests/ mirrors the package: the tests of ``dyt_lab/norms/`` are in ``tests/norms/``, those of ``dyt_lab/study/`` in
+``tests/study/`` (``test_definition.py``, ``test_engine_*.py``, ``test_trial.py``, ``test_report*.py``, ...), and so
+on; the tests of the top-level modules and of what crosses the packages (the import layers, the CLI, the
+bad-input table, the shipped configs) sit here. Each folder is a package (``__init__.py``), so two folders may
+hold test files of the same name.
+
+What tests share, once: a fixture (it needs pytest's tmp folders, monkeypatch or a teardown) lives in a
+``conftest.py``: this one for every test, ``tests/study/conftest.py`` for the study's. A plain function or
+constant lives in ``tests/helpers.py`` (or, used only by the study's tests, ``tests/study/helpers.py``) and is
+imported by name: a ``parametrize`` list or a module-scoped fixture can call it with its own arguments, and a
+reader can jump to it. Nothing imports a conftest (pytest loads it itself).
 """
 
 import os

@@ -1,2 +1,3 @@
-"""Tests of dyt_lab/study/: definition, engine, trial and report (test_definition.py, test_engine_*.py, test_trial.py,
-test_report*.py), and studies on PostgreSQL; shared fixtures in conftest.py, plain helpers in helpers.py."""
+"""Tests of dyt_lab/study/: test_definition.py, test_engine_*.py, test_trial.py, test_report*.py, test_holdout.py,
+test_optuna_internals.py, test_postgres.py. Fixtures in conftest.py; plain helpers in helpers.py (the tiny
+study file, stand-in trials, one-line refusals) and synthetic.py (seed tables from a known model)."""
