@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The Debian packages the test suite reads, installed where missing: the one home of this step, run by
 # `make install`, `make test` and `.ci/run`. Cheap when everything is there (two file checks, no apt).
-#   postgresql             tests/test_postgres.py starts a server of its own (initdb, pg_ctl)
+#   postgresql             tests/study/test_postgres.py starts a server of its own (initdb, pg_ctl)
 #   dataset-fashion-mnist  the real Fashion-MNIST files under /usr/share/datasets/fashion-mnist
 # As root with apt-get: one `apt-get update`, then each missing package. Otherwise one line per package
 # saying what to run, and exit 0: `make train` needs neither, and the tests that do say so themselves.
 set -uo pipefail
 
-declare -A without=([postgresql]="tests/test_postgres.py will skip"
-                    [dataset-fashion-mnist]="tests/test_fashion_mnist.py and tests/test_data.py will fail")
+declare -A without=([postgresql]="tests/study/test_postgres.py will skip"
+                    [dataset-fashion-mnist]="tests/data/test_fashion_mnist.py and tests/data/test_datamodules.py will fail")
 missing=()
 if ! command -v initdb >/dev/null && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
     missing+=(postgresql)

@@ -7,7 +7,7 @@ tile's parameters are one ``(BLOCK_C,)`` load. Backward writes grad_x and per-pr
 the four parameter gradients, ``(4, programs, C)``, which torch sums (a tiny second pass).
 
 tanh is the same rational function as the CPU kernel's (no libdevice call), so the kernels also run
-under ``TRITON_INTERPRET=1`` on CPU tensors, which is how tests/test_fused.py checks them.
+under ``TRITON_INTERPRET=1`` on CPU tensors, which is how tests/norms/test_fused.py checks them.
 """
 
 import math

@@ -18,8 +18,8 @@ object the worker opened (never dug out of a study), retries through
   unvisited point, which then never runs. Optuna's public ``enqueue_trial`` avoids that, but its
   WAITING trial has no params until it runs, so the queued seed runs could not be counted.
 
-``tests/test_study.py::test_the_optuna_internals_we_use_still_exist`` (and, for in_optimize_loop,
-``tests/test_study_faults.py::test_a_tell_as_in_optimize_lets_the_grid_sampler_stop``) fails loudly
+``tests/study/test_optuna_internals.py``: ``test_the_optuna_internals_we_use_still_exist`` (and, for in_optimize_loop,
+``test_a_tell_as_in_optimize_lets_the_grid_sampler_stop``) fails loudly
 if an Optuna release renames or changes any of them; ``pyproject.toml`` bounds Optuna to the releases
 that test has passed on.
 """

@@ -16,7 +16,7 @@ benchmarks") argue a benchmark must randomise together. Two estimates of the mea
   Annals of Applied Statistics), resampling seeds and images independently. It is conservative, as Owen
   discusses: given the data its variance is (N SS_seed + S SS_image + SS_resid) / (S N)^2, whose
   expectation is about (1 - 1/S) sigma2_seed/S + sigma2_image/N + 3 sigma2_resid/(S N): the seed x image
-  part counted three times (tests/test_resampling.py checks both).
+  part counted three times (tests/study/test_report_resampling.py checks both).
 
 ``compare_crossed`` turns them into verdicts (``statistics.verdicts``: Holm, TOST) with the moment SE by
 default (the bootstrap's is a column and an option), shows the seed-only verdict beside them, and says how
@@ -169,7 +169,7 @@ def compare_crossed(d, margin: float, higher_is_better: bool = True, n_boot: int
     out["seed_verdict"] = verdicts(seed_frame, margin, higher_is_better, alpha)["verdict"].to_numpy()
 
     # Seeds x images. The moment SE is the default: the bootstrap counts the seed x image part three times
-    # (Owen 2007), so where that part is large its intervals cover well above 95% (tests/test_resampling.py).
+    # (Owen 2007), so where that part is large its intervals cover well above 95% (tests/study/test_report_resampling.py).
     parts = crossed_variance(d)
     boot = bootstrap_means(d, n_boot, seed)  # (K, n_boot)
     out["moment_se"], out["boot_se"] = np.sqrt(parts["var_total"]), boot.std(axis=1, ddof=1)
