@@ -17,6 +17,9 @@ from pathlib import Path
 import numpy as np
 
 PREDICTIONS_FILE = "test_predictions.npz"
+# A study folder's copy of its runs' predictions, one <run folder name>.npz each: what docs/results ships of a
+# holdout, whose run folders (checkpoints, events) are too large to commit.
+ARCHIVE = "predictions"
 
 
 def write_predictions(folder: str | Path, index: np.ndarray, pred: np.ndarray, label: np.ndarray) -> Path:
@@ -32,9 +35,21 @@ def write_predictions(folder: str | Path, index: np.ndarray, pred: np.ndarray, l
 
 
 def read_predictions(folder: str | Path) -> dict[str, np.ndarray] | None:
-    """``{"index", "pred", "label"}`` of the run in ``folder`` (each (N,)), or None if it wrote none."""
-    path = Path(folder) / PREDICTIONS_FILE
+    """``{"index", "pred", "label"}`` of the run in ``folder`` (each (N,)), or None if it wrote none.
+
+    ``folder`` may also name a predictions file itself (an archived run's ``.npz``).
+    """
+    path = Path(folder) if Path(folder).suffix == ".npz" else Path(folder) / PREDICTIONS_FILE
     if not path.is_file():
         return None
     with np.load(path) as data:
         return {key: data[key] for key in ("index", "pred", "label")}
+
+
+def predictions_of(run_dir: str | Path, study_folder: str | Path) -> Path:
+    """Where run ``run_dir``'s predictions are: its own folder, or, where they are not there (a shipped study),
+    the study folder's archive; ``run_dir`` if neither has them."""
+    archived = Path(study_folder) / ARCHIVE / f"{Path(run_dir).name}.npz"
+    if not (Path(run_dir) / PREDICTIONS_FILE).is_file() and archived.is_file():
+        return archived
+    return Path(run_dir)

@@ -7,6 +7,7 @@ One tiny family study (two norms, seeds 0-1, ResNet-tiny on digits, a few batche
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import optuna
@@ -14,7 +15,7 @@ import pytest
 import yaml
 
 from dyt_lab.cli import main
-from dyt_lab.predictions import PREDICTIONS_FILE
+from dyt_lab.predictions import ARCHIVE, PREDICTIONS_FILE
 from dyt_lab.study.attributes import HOLDOUT
 from dyt_lab.study.definition.claims import CLAIMS_FILE
 from tests.helpers import last_line, run_cli, shared_folder
@@ -136,6 +137,23 @@ def test_holdout_report_needs_every_run_s_predictions(ran, capsys, monkeypatch):
     finally:
         (ran / run_dir / PREDICTIONS_FILE).write_bytes(saved)
     assert line.startswith(f"error: run '{run_dir}' has no {PREDICTIONS_FILE}")
+
+
+@pytest.mark.slow
+def test_a_shipped_holdout_reports_from_its_archived_predictions(ran, tmp_path, monkeypatch):
+    """docs/results ships a holdout's journal and each run's predictions as predictions/RUN.npz, not its run
+    folders: the report from there is the report of the run."""
+    shipped = tmp_path / "studies" / "ho"
+    shipped.mkdir(parents=True)
+    for name in ("journal.log", CLAIMS_FILE):
+        shutil.copy(ran / "studies" / "ho" / name, shipped / name)
+    for run in (ran / "studies" / "ho" / "trials").iterdir():
+        (shipped / ARCHIVE).mkdir(exist_ok=True)
+        shutil.copy(run / PREDICTIONS_FILE, shipped / ARCHIVE / f"{run.name}.npz")
+    monkeypatch.chdir(tmp_path)  # the recorded run folders (studies/ho/trials/...) are not here
+    main(["study", "report", "ho"])
+    claims = lambda path: [line for line in path.read_text().splitlines() if line.startswith("| ")]  # noqa: E731
+    assert claims(shipped / "report.md") == claims(ran / "studies" / "ho" / "report.md")
 
 
 BAD_CLAIMS = {

@@ -15,6 +15,7 @@ from pathlib import Path
 from optuna.trial import TrialState
 
 from dyt_lab.errors import ConfigError
+from dyt_lab.predictions import predictions_of
 from dyt_lab.study.attributes import HOLDOUT, RUN_DIR, SEED
 from dyt_lab.study.definition.storage import find_storage, load_existing
 from dyt_lab.study.report.markdown import markdown_table, publish
@@ -49,7 +50,9 @@ def holdout_report(name: str, root: str = "studies", storage: str | None = None)
     if not record:
         raise ConfigError(f"study '{name}' is not a holdout (no claims file recorded): report it with "
                           f"dyt-lab study report {name}")
-    runs = runs_by_arm(study, record["arms"])
+    folder = Path(root) / name
+    runs = {arm: {seed: predictions_of(run_dir, folder) for seed, run_dir in by_seed.items()}
+            for arm, by_seed in runs_by_arm(study, record["arms"]).items()}
     claims = record["claims"]
     used = sorted({c[role] for c in claims for role in ("arm", "against")})
     if min(len(runs[arm]) for arm in used) < 2:
