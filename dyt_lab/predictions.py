@@ -46,6 +46,18 @@ def read_predictions(folder: str | Path) -> dict[str, np.ndarray] | None:
         return {key: data[key] for key in ("index", "pred", "label")}
 
 
+def archive_predictions(run_dirs: list[str | Path], study_folder: str | Path) -> Path:
+    """Copy each run's predictions into the study folder's archive (what can be committed of a study); its path."""
+    import shutil
+
+    archive = Path(study_folder) / ARCHIVE
+    archive.mkdir(parents=True, exist_ok=True)
+    for run_dir in run_dirs:
+        if (Path(run_dir) / PREDICTIONS_FILE).is_file():
+            shutil.copyfile(Path(run_dir) / PREDICTIONS_FILE, archive / f"{Path(run_dir).name}.npz")
+    return archive
+
+
 def predictions_of(run_dir: str | Path, study_folder: str | Path) -> Path:
     """Where run ``run_dir``'s predictions are: its own folder, or, where they are not there (a shipped study),
     the study folder's archive; ``run_dir`` if neither has them."""

@@ -101,6 +101,8 @@ def test_holdout_records_its_claims_and_reports_confirmatory_verdicts(ran):
     assert sorted((t.params["model.norm"], t.user_attrs["seed"]) for t in complete) == \
         [("batchnorm", 5), ("batchnorm", 6), ("dyt", 5), ("dyt", 6)]
     assert all((ran / t.user_attrs["run_dir"] / PREDICTIONS_FILE).is_file() for t in complete)
+    archived = {p.stem for p in (ran / "studies" / "ho" / ARCHIVE).glob("*.npz")}  # what docs/results can ship
+    assert archived == {Path(t.user_attrs["run_dir"]).name for t in complete}
 
     report = (ran / "studies" / "ho" / "report.md").read_text()
     assert report in (ran / "holdout_stdout.txt").read_text()  # printed as written
@@ -130,26 +132,27 @@ def test_holdout_refuses_a_second_look(ran, capsys, monkeypatch):
 @pytest.mark.slow
 def test_holdout_report_needs_every_run_s_predictions(ran, capsys, monkeypatch):
     run_dir = next((ran / "studies" / "ho" / "trials").glob("*seed=6")).relative_to(ran)  # as the study records it
-    saved = (ran / run_dir / PREDICTIONS_FILE).read_bytes()
-    (ran / run_dir / PREDICTIONS_FILE).unlink()
+    copies = [ran / run_dir / PREDICTIONS_FILE, ran / "studies" / "ho" / ARCHIVE / f"{run_dir.name}.npz"]
+    saved = [path.read_bytes() for path in copies]
+    for path in copies:  # neither the run's own file nor the holdout's archived copy
+        path.unlink()
     try:
         line = refusal(capsys, ran, monkeypatch, "report", "ho")
     finally:
-        (ran / run_dir / PREDICTIONS_FILE).write_bytes(saved)
+        for path, data in zip(copies, saved):
+            path.write_bytes(data)
     assert line.startswith(f"error: run '{run_dir}' has no {PREDICTIONS_FILE}")
 
 
 @pytest.mark.slow
 def test_a_shipped_holdout_reports_from_its_archived_predictions(ran, tmp_path, monkeypatch):
-    """docs/results ships a holdout's journal and each run's predictions as predictions/RUN.npz, not its run
-    folders: the report from there is the report of the run."""
+    """docs/results ships a holdout's journal and the predictions it archived (predictions/RUN.npz), not its
+    run folders: the report from there is the report of the run."""
     shipped = tmp_path / "studies" / "ho"
     shipped.mkdir(parents=True)
     for name in ("journal.log", CLAIMS_FILE):
         shutil.copy(ran / "studies" / "ho" / name, shipped / name)
-    for run in (ran / "studies" / "ho" / "trials").iterdir():
-        (shipped / ARCHIVE).mkdir(exist_ok=True)
-        shutil.copy(run / PREDICTIONS_FILE, shipped / ARCHIVE / f"{run.name}.npz")
+    shutil.copytree(ran / "studies" / "ho" / ARCHIVE, shipped / ARCHIVE)  # the holdout archived them
     monkeypatch.chdir(tmp_path)  # the recorded run folders (studies/ho/trials/...) are not here
     main(["study", "report", "ho"])
     claims = lambda path: [line for line in path.read_text().splitlines() if line.startswith("| ")]  # noqa: E731

@@ -20,7 +20,8 @@ import optuna
 import yaml
 
 from dyt_lab.errors import ConfigError
-from dyt_lab.study.attributes import HOLDOUT
+from dyt_lab.predictions import archive_predictions
+from dyt_lab.study.attributes import HOLDOUT, RUN_DIR
 from dyt_lab.study.definition.claims import CLAIMS_FILE, ClaimsFile, load_claims
 from dyt_lab.study.definition.space import choice_label
 from dyt_lab.study.definition.storage import load_existing, storage_url
@@ -116,6 +117,11 @@ def holdout(path: str, workers: int | None = None, family_root: str | None = Non
     check_recorded(spec, claims)
     try:
         run_study(spec, queue=list(params.values()), attrs={HOLDOUT: record}, only_queued=True)
+        # The runs' predictions beside the journal, small enough to commit: the report reads them from there
+        # where the run folders (checkpoints, events) are not kept.
+        study = load_existing(spec.study_name, storage_url(spec.storage, spec.folder))
+        archive_predictions([t.user_attrs[RUN_DIR] for t in study.get_trials(deepcopy=False)
+                             if t.state == optuna.trial.TrialState.COMPLETE], spec.folder)
     finally:  # once the study exists (its checks passed), the claims file as it ran lies beside it
         if (spec.folder / SPEC_FILE).is_file() and not (spec.folder / CLAIMS_FILE).is_file():
             (spec.folder / CLAIMS_FILE).write_text(claims.text)
